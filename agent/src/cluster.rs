@@ -1,0 +1,195 @@
+//! How the agent reaches the Kubernetes API: kubeconfig resolution like kubectl's
+//! (`--kubeconfig`, then `KUBECONFIG`, then `~/.kube/config`, then the in-cluster service account).
+
+use std::path::PathBuf;
+
+use clap::Args;
+use k8s_openapi::api::authentication::v1::SelfSubjectReview;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("kubeconfig {path}: {source}")]
+    ReadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("kubeconfig {path}: {source}")]
+    LoadKubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) and not in a pod: {0}")]
+    Infer(#[source] kube::config::InferConfigError),
+    #[error("kubeconfig from KUBECONFIG or ~/.kube/config: {0}")]
+    Default(#[source] kube::config::KubeconfigError),
+    #[error("cannot build a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    #[error("{what}: {source}")]
+    Api {
+        what: &'static str,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Connection flags, shared by every command that talks to a cluster.
+#[derive(Debug, Clone, Default, Args)]
+#[group(skip)]
+#[command(next_help_heading = "Cluster connection")]
+pub struct Options {
+    /// Path to a kubeconfig file; without it KUBECONFIG, then ~/.kube/config, then the in-cluster service account.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use instead of its current-context.
+    #[arg(long, global = true, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// Where the connection settings came from, for logs and `check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    File(PathBuf),
+    Environment,
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "kubeconfig {}", p.display()),
+            Origin::Environment => {
+                f.write_str("KUBECONFIG, ~/.kube/config or in-cluster service account")
+            }
+        }
+    }
+}
+
+impl Options {
+    /// Resolves the client configuration the way kubectl does.
+    pub async fn config(&self) -> Result<(Config, Origin)> {
+        let kopts = KubeConfigOptions {
+            context: self.context.clone(),
+            ..Default::default()
+        };
+        if let Some(path) = &self.kubeconfig {
+            let kc = Kubeconfig::read_from(path).map_err(|source| Error::ReadKubeconfig {
+                path: path.clone(),
+                source,
+            })?;
+            let cfg = Config::from_custom_kubeconfig(kc, &kopts)
+                .await
+                .map_err(|source| Error::LoadKubeconfig {
+                    path: path.clone(),
+                    source,
+                })?;
+            return Ok((cfg, Origin::File(path.clone())));
+        }
+        if self.context.is_some() {
+            // A context only means something in a kubeconfig: do not fall back to in-cluster.
+            let cfg = Config::from_kubeconfig(&kopts)
+                .await
+                .map_err(Error::Default)?;
+            return Ok((cfg, Origin::Environment));
+        }
+        let cfg = Config::infer().await.map_err(Error::Infer)?;
+        Ok((cfg, Origin::Environment))
+    }
+
+    pub async fn client(&self) -> Result<(Client, Origin)> {
+        let (cfg, origin) = self.config().await?;
+        let client = Client::try_from(cfg).map_err(Error::Client)?;
+        Ok((client, origin))
+    }
+}
+
+/// What `check` reports: the server and who the agent is to it.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub server_version: String,
+    pub username: String,
+    pub groups: Vec<String>,
+}
+
+/// Asks the API server for its version and for our own identity (SelfSubjectReview, GA since 1.28).
+pub async fn identify(client: &Client) -> Result<Identity> {
+    let version = client
+        .apiserver_version()
+        .await
+        .map_err(|source| Error::Api {
+            what: "GET /version",
+            source,
+        })?;
+    let reviews: Api<SelfSubjectReview> = Api::all(client.clone());
+    let review = reviews
+        .create(&Default::default(), &SelfSubjectReview::default())
+        .await
+        .map_err(|source| Error::Api {
+            what: "SelfSubjectReview",
+            source,
+        })?;
+    let user = review.status.and_then(|s| s.user_info).unwrap_or_default();
+    Ok(Identity {
+        server_version: version.git_version,
+        username: user.username.unwrap_or_default(),
+        groups: user.groups.unwrap_or_default(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn missing_kubeconfig_names_the_path() {
+        let opts = Options {
+            kubeconfig: Some("/nonexistent/kubeconfig".into()),
+            context: None,
+        };
+        let err = opts.config().await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("kubeconfig /nonexistent/kubeconfig:"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_context_is_an_error_naming_the_file() {
+        let dir = std::env::temp_dir().join(format!("gitops-agent-kc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config");
+        std::fs::write(
+            &path,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {server: 'https://127.0.0.1:1'}\n\
+             users:\n- name: u\n  user: {token: t}\ncontexts:\n- name: a\n  context: {cluster: c, user: u}\n\
+             current-context: a\n",
+        )
+        .unwrap();
+        let ok = Options {
+            kubeconfig: Some(path.clone()),
+            context: None,
+        }
+        .config()
+        .await
+        .unwrap();
+        assert_eq!(ok.0.cluster_url.to_string(), "https://127.0.0.1:1/");
+        assert_eq!(ok.1, Origin::File(path.clone()));
+        let err = Options {
+            kubeconfig: Some(path.clone()),
+            context: Some("nope".into()),
+        }
+        .config()
+        .await
+        .unwrap_err();
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

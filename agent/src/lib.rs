@@ -1,0 +1,15 @@
+//! gitops-agent: keeps a Kubernetes cluster in step with a Git repository.
+//!
+//! Data flows one way: trigger → source → render → policy → apply → prune → health →
+//! inventory → alerts. Each stage is a module named after what it owns.
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod cluster;
+pub mod logging;
+
+/// The agent's version, as built.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The field manager name for every server-side apply the agent makes.
+pub const FIELD_MANAGER: &str = "gitops-agent";

@@ -1,0 +1,181 @@
+//! End-to-end test harness: a real local control plane (tests/cluster) per test binary,
+//! or a running one named by `GITOPS_AGENT_TEST_KUBECONFIG`, and a namespace per test.
+//!
+//! The control plane is started once, lazily, with `k8s-local supervise --exit-with-stdin`:
+//! the child holds our stdin pipe, so when the test binary exits (however it exits) the
+//! pipe closes and the supervisor tears the cluster down and removes its directory.
+#![allow(dead_code)] // each test binary uses a different part of the harness
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace as CoreNamespace;
+use kube::api::{DeleteParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Api, Client, Config};
+
+/// Names a kubeconfig of an already running cluster to use instead of starting one.
+pub const KUBECONFIG_ENV: &str = "GITOPS_AGENT_TEST_KUBECONFIG";
+/// Label on every namespace the harness creates, so leftovers are easy to find.
+pub const TEST_LABEL: &str = "gitops-agent.io/e2e";
+
+pub struct ControlPlane {
+    kubeconfig: PathBuf,
+    // Held for the life of the process: dropping it would close the supervisor's stdin.
+    _supervisor: Option<Mutex<Child>>,
+}
+
+static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("agent/ has a parent")
+        .to_path_buf()
+}
+
+/// The shared control plane, started on first use. Panics (failing the test) with the
+/// supervisor's own error when the cluster cannot start.
+pub fn control_plane() -> &'static ControlPlane {
+    match CONTROL_PLANE.get_or_init(start) {
+        Ok(cp) => cp,
+        Err(e) => panic!("local control plane: {e}"),
+    }
+}
+
+fn start() -> Result<ControlPlane, String> {
+    if let Ok(path) = std::env::var(KUBECONFIG_ENV) {
+        return Ok(ControlPlane {
+            kubeconfig: path.into(),
+            _supervisor: None,
+        });
+    }
+    let build = repo_root().join("tests/cluster/build");
+    let out = Command::new(&build)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", build.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", build.display(), out.status));
+    }
+    let bin_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let dir = std::env::temp_dir().join(format!("gitops-agent-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let log = std::fs::File::create(dir.join("supervisor.out")).map_err(|e| e.to_string())?;
+    let mut child = Command::new(bin_dir.join("k8s-local"))
+        .args(["supervise", "--exit-with-stdin", "--cleanup", "--dir"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn k8s-local: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        if let Ok(path) = std::fs::read_to_string(dir.join("ready")) {
+            return Ok(ControlPlane {
+                kubeconfig: path.trim().into(),
+                _supervisor: Some(Mutex::new(child)),
+            });
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let why = std::fs::read_to_string(dir.join("failed")).unwrap_or_default();
+            return Err(format!(
+                "supervisor exited ({status}): {why}; logs in {}",
+                dir.join("logs").display()
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!(
+                "not ready in 240s; logs in {}",
+                dir.join("logs").display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+impl ControlPlane {
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Client configuration for the cluster admin (system:masters).
+    pub async fn config(&self) -> Config {
+        let kc = Kubeconfig::read_from(&self.kubeconfig).expect("read test kubeconfig");
+        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+            .await
+            .expect("load test kubeconfig")
+    }
+
+    /// A fresh admin client. Each test makes its own: a client's connections belong to the
+    /// runtime it was made on, and every `#[tokio::test]` has its own runtime.
+    pub async fn client(&self) -> Client {
+        Client::try_from(self.config().await).expect("build client")
+    }
+}
+
+/// A namespace for one test, deleted when dropped.
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+}
+
+impl TestNamespace {
+    pub async fn create(client: &Client, prefix: &str) -> Self {
+        let name = format!("e2e-{prefix}-{:06x}", rand::random::<u32>() & 0xff_ffff);
+        let ns: CoreNamespace = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": name, "labels": {TEST_LABEL: "true"}}
+        }))
+        .unwrap();
+        Api::<CoreNamespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .unwrap_or_else(|e| panic!("Namespace/{name}: create: {e}"));
+        TestNamespace {
+            name,
+            kubeconfig: control_plane().kubeconfig.clone(),
+        }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be shutting down: delete from a
+        // thread with its own runtime and client. Deletion is asynchronous in the cluster.
+        let (name, kubeconfig) = (self.name.clone(), self.kubeconfig.clone());
+        let handle = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let kc = Kubeconfig::read_from(&kubeconfig).ok()?;
+                let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                    .await
+                    .ok()?;
+                let client = Client::try_from(cfg).ok()?;
+                Api::<CoreNamespace>::all(client)
+                    .delete(&name, &DeleteParams::background())
+                    .await
+                    .ok()
+            })
+        });
+        let _ = handle.join();
+    }
+}
+
+/// Installs a test log subscriber once (RUST_LOG or warn), so agent logs show in failing tests.
+pub fn init_logging() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
