@@ -6,7 +6,11 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod health;
 pub mod logging;
+pub mod object;
+pub mod render;
+pub mod source;
 
 /// The agent's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
