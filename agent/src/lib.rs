@@ -4,11 +4,18 @@
 //! inventory → alerts. Each stage is a module named after what it owns.
 #![forbid(unsafe_code)]
 
+pub mod apply;
+pub mod change;
 pub mod cli;
 pub mod cluster;
+pub mod config;
+pub mod diff;
+pub mod discovery;
 pub mod health;
+pub mod inventory;
 pub mod logging;
 pub mod object;
+pub mod prune;
 pub mod render;
 pub mod source;
 

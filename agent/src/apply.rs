@@ -1,0 +1,548 @@
+//! Staged server-side apply, modelled on Flux's `ssa.ResourceManager`: CRDs and Namespaces
+//! first (waiting until CRDs are Established), then everything else in a fixed kind order.
+//! Drift is decided by a server-side dry-run compared with the live object after
+//! normalisation; only objects that differ are written.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::Value;
+
+use crate::change::{Action, Change, ChangeSet};
+use crate::diff;
+use crate::discovery::{self, Discovery, Resource};
+use crate::object::ObjectRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Discovery(#[from] discovery::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Label that marks an object as managed by a sync; prune only ever deletes objects carrying it.
+pub const OWNER_LABEL: &str = "gitops-agent.io/sync";
+/// Annotation allowing delete-and-recreate when an immutable field changes.
+pub const RECREATE_ANNOTATION: &str = "gitops-agent.io/recreate";
+
+/// One object to apply: its identity and the manifest as rendered from Git.
+#[derive(Debug, Clone, Copy)]
+pub struct Desired<'a> {
+    pub id: &'a ObjectRef,
+    pub object: &'a Value,
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub field_manager: String,
+    /// Labels added to every applied object (the owner label of the sync).
+    pub labels: BTreeMap<String, String>,
+    /// Decide and diff, but write nothing.
+    pub dry_run: bool,
+    /// Requests in flight at once within a stage.
+    pub concurrency: usize,
+    /// How long to wait for applied CRDs to become Established.
+    pub crd_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            field_manager: crate::FIELD_MANAGER.to_string(),
+            labels: BTreeMap::new(),
+            dry_run: false,
+            concurrency: 16,
+            crd_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The fixed apply order: what others depend on first, admission webhooks last (so a
+/// broken webhook cannot block the rest of the revision). Unknown kinds (custom
+/// resources) go after the built-in workloads and before webhooks.
+const KIND_ORDER: &[&str] = &[
+    "CustomResourceDefinition",
+    "Namespace",
+    "ResourceQuota",
+    "LimitRange",
+    "PriorityClass",
+    "NetworkPolicy",
+    "PodDisruptionBudget",
+    "ServiceAccount",
+    "Secret",
+    "ConfigMap",
+    "StorageClass",
+    "PersistentVolume",
+    "PersistentVolumeClaim",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "Role",
+    "RoleBinding",
+    "Service",
+    "DaemonSet",
+    "Pod",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "HorizontalPodAutoscaler",
+    "StatefulSet",
+    "Job",
+    "CronJob",
+    "IngressClass",
+    "Ingress",
+    "APIService",
+];
+const WEBHOOK_KINDS: &[&str] = &[
+    "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+];
+
+/// Rank of a kind in the apply order (prune uses the reverse).
+pub fn kind_rank(kind: &str) -> usize {
+    if let Some(i) = KIND_ORDER.iter().position(|k| *k == kind) {
+        return i;
+    }
+    if let Some(i) = WEBHOOK_KINDS.iter().position(|k| *k == kind) {
+        return KIND_ORDER.len() + 1 + i;
+    }
+    KIND_ORDER.len()
+}
+
+/// Sort key for apply: kind order, then namespace, then name.
+pub fn order_key(id: &ObjectRef) -> (usize, String, String, Option<String>, String) {
+    (
+        kind_rank(&id.kind),
+        id.kind.clone(),
+        id.group.clone(),
+        id.namespace.clone(),
+        id.name.clone(),
+    )
+}
+
+fn is_stage_one(id: &ObjectRef) -> bool {
+    (id.group == "apiextensions.k8s.io" && id.kind == "CustomResourceDefinition")
+        || (id.group.is_empty() && id.kind == "Namespace")
+}
+
+/// Applies desired objects to the cluster with server-side apply.
+pub struct ResourceManager {
+    client: Client,
+    discovery: Discovery,
+}
+
+impl ResourceManager {
+    pub async fn new(client: Client) -> Result<Self> {
+        let discovery = Discovery::run(&client).await?;
+        Ok(ResourceManager { client, discovery })
+    }
+
+    pub fn with_discovery(client: Client, discovery: Discovery) -> Self {
+        ResourceManager { client, discovery }
+    }
+
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Applies everything in two stages and returns one change per object, in apply order.
+    pub async fn apply_all_staged(
+        &mut self,
+        desired: &[Desired<'_>],
+        opts: &Options,
+    ) -> Result<ChangeSet> {
+        let mut sorted: Vec<Desired<'_>> = desired.to_vec();
+        sorted.sort_by_key(|d| order_key(d.id));
+        let (stage_one, stage_two): (Vec<_>, Vec<_>) =
+            sorted.into_iter().partition(|d| is_stage_one(d.id));
+
+        let mut changes = self.apply_group(&stage_one, opts).await;
+        let crds_changed: Vec<ObjectRef> = changes
+            .entries
+            .iter()
+            .filter(|c| {
+                c.subject.kind == "CustomResourceDefinition"
+                    && matches!(c.action, Action::Created | Action::Configured)
+            })
+            .map(|c| c.subject.clone())
+            .collect();
+        if !crds_changed.is_empty() && !opts.dry_run {
+            let failures = self.wait_established(&crds_changed, opts.crd_timeout).await;
+            for (name, why) in failures {
+                if let Some(c) = changes.entries.iter_mut().find(|c| {
+                    c.subject.kind == "CustomResourceDefinition" && c.subject.name == name
+                }) {
+                    c.action = Action::Failed;
+                    c.message = Some(why);
+                }
+            }
+        }
+        if !crds_changed.is_empty()
+            || stage_one
+                .iter()
+                .any(|d| d.id.kind == "CustomResourceDefinition")
+        {
+            // New kinds only resolve after a fresh discovery.
+            self.discovery = Discovery::run(&self.client).await?;
+        }
+
+        // Within stage two, kinds go one rank at a time so that, say, ServiceAccounts
+        // exist before the Deployments that use them; objects of a rank go concurrently.
+        let mut by_rank: BTreeMap<usize, Vec<Desired<'_>>> = BTreeMap::new();
+        for d in stage_two {
+            by_rank.entry(kind_rank(&d.id.kind)).or_default().push(d);
+        }
+        for group in by_rank.values() {
+            changes.extend(self.apply_group(group, opts).await);
+        }
+        Ok(changes)
+    }
+
+    async fn apply_group(&self, group: &[Desired<'_>], opts: &Options) -> ChangeSet {
+        let results: Vec<(usize, Change)> = futures::stream::iter(group.iter().enumerate())
+            .map(|(i, d)| async move { (i, self.apply_one(*d, opts).await) })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
+        let mut results = results;
+        results.sort_by_key(|(i, _)| *i);
+        ChangeSet {
+            entries: results.into_iter().map(|(_, c)| c).collect(),
+        }
+    }
+
+    fn api_for(&self, res: &Resource, namespace: Option<&str>) -> Api<DynamicObject> {
+        match (res.namespaced, namespace) {
+            (true, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &res.api),
+            _ => Api::all_with(self.client.clone(), &res.api),
+        }
+    }
+
+    /// Decides and (unless dry-run) applies one object. Never panics, never returns an
+    /// error: a failure is a `Failed` change naming the object.
+    pub async fn apply_one(&self, d: Desired<'_>, opts: &Options) -> Change {
+        let id = d.id;
+        let Some(res) = self.discovery.resolve(&id.group, &id.version, &id.kind) else {
+            return Change::new(id.clone(), Action::Failed).with_message(format!(
+                "no API resource for {} {} in this cluster",
+                id.api_version(),
+                id.kind
+            ));
+        };
+        let api = self.api_for(res, id.namespace.as_deref());
+        let mut body = d.object.clone();
+        add_labels(&mut body, &opts.labels);
+
+        let live = match api.get_opt(&id.name).await {
+            Ok(l) => l,
+            Err(e) => return failed(id, "get", &e),
+        };
+        let Some(live) = live else {
+            // Absent: nothing to compare, so no dry-run first.
+            let diff = diff::unified(&id.to_string(), None, Some(&body));
+            if !opts.dry_run {
+                if let Err(e) = self.patch(&api, id, &body, opts, false).await {
+                    return failed(id, "apply", &e);
+                }
+            }
+            return Change::new(id.clone(), Action::Created).with_diff(diff);
+        };
+
+        let live_json = match serde_json::to_value(&live) {
+            Ok(v) => v,
+            Err(e) => {
+                return Change::new(id.clone(), Action::Failed)
+                    .with_message(format!("encode live object: {e}"));
+            }
+        };
+        let merged = match self.patch(&api, id, &body, opts, true).await {
+            Ok(m) => m,
+            Err(e) if is_immutable(&e) => {
+                return self.recreate(&api, id, &body, &live, opts, &e).await;
+            }
+            Err(e) => return failed(id, "dry-run apply", &e),
+        };
+        let merged_json = match serde_json::to_value(&merged) {
+            Ok(v) => v,
+            Err(e) => {
+                return Change::new(id.clone(), Action::Failed)
+                    .with_message(format!("encode dry-run result: {e}"));
+            }
+        };
+        if diff::normalize(&live_json) == diff::normalize(&merged_json) {
+            return Change::new(id.clone(), Action::Unchanged);
+        }
+        let diff = diff::unified(&id.to_string(), Some(&live_json), Some(&merged_json));
+        if !opts.dry_run {
+            if let Err(e) = self.patch(&api, id, &body, opts, false).await {
+                return failed(id, "apply", &e);
+            }
+        }
+        Change::new(id.clone(), Action::Configured).with_diff(diff)
+    }
+
+    async fn patch(
+        &self,
+        api: &Api<DynamicObject>,
+        id: &ObjectRef,
+        body: &Value,
+        opts: &Options,
+        dry_run: bool,
+    ) -> kube::Result<DynamicObject> {
+        let mut pp = PatchParams::apply(&opts.field_manager).force();
+        if dry_run {
+            pp = pp.dry_run();
+        }
+        api.patch(&id.name, &pp, &Patch::Apply(body)).await
+    }
+
+    /// An immutable field changed. Only an explicit annotation on the object in Git allows
+    /// deleting and recreating it; otherwise the conflict is reported on the object.
+    async fn recreate(
+        &self,
+        api: &Api<DynamicObject>,
+        id: &ObjectRef,
+        body: &Value,
+        live: &DynamicObject,
+        opts: &Options,
+        cause: &kube::Error,
+    ) -> Change {
+        let allowed = body
+            .pointer("/metadata/annotations")
+            .and_then(|a| a.get(RECREATE_ANNOTATION))
+            .and_then(Value::as_str)
+            .is_some_and(|v| v == "true" || v == "enabled");
+        if !allowed {
+            return Change::new(id.clone(), Action::Failed).with_message(format!(
+                "{} (annotate it {RECREATE_ANNOTATION}: \"true\" in Git to allow delete and recreate)",
+                api_message(cause)
+            ));
+        }
+        let diff = serde_json::to_value(live)
+            .ok()
+            .and_then(|l| diff::unified(&id.to_string(), Some(&l), Some(body)));
+        if opts.dry_run {
+            return Change::new(id.clone(), Action::Configured)
+                .with_diff(diff)
+                .with_message("would be recreated: immutable field changed");
+        }
+        let dp = DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Foreground),
+            ..Default::default()
+        };
+        if let Err(e) = api.delete(&id.name, &dp).await {
+            return failed(id, "delete for recreate", &e);
+        }
+        // Wait for the old object (same uid) to be gone before creating the new one.
+        let uid = live.uid();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            match api.get_opt(&id.name).await {
+                Ok(None) => break,
+                Ok(Some(o)) if o.uid() != uid => break,
+                Ok(Some(_)) if tokio::time::Instant::now() > deadline => {
+                    return Change::new(id.clone(), Action::Failed)
+                        .with_message("recreate: old object still terminating after 60s");
+                }
+                Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
+                Err(e) => return failed(id, "wait for deletion", &e),
+            }
+        }
+        match self.patch(api, id, body, opts, false).await {
+            Ok(_) => Change::new(id.clone(), Action::Configured)
+                .with_diff(diff)
+                .with_message("recreated: immutable field changed"),
+            Err(e) => failed(id, "apply after recreate", &e),
+        }
+    }
+
+    /// Waits until each CRD reports Established; returns the ones that did not, with why.
+    async fn wait_established(
+        &self,
+        crds: &[ObjectRef],
+        timeout: Duration,
+    ) -> Vec<(String, String)> {
+        let Some(res) =
+            self.discovery
+                .resolve("apiextensions.k8s.io", "v1", "CustomResourceDefinition")
+        else {
+            return crds
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        "CustomResourceDefinition API not found".to_string(),
+                    )
+                })
+                .collect();
+        };
+        let api = self.api_for(res, None);
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut pending: Vec<String> = crds.iter().map(|c| c.name.clone()).collect();
+        let mut last: BTreeMap<String, String> = BTreeMap::new();
+        while !pending.is_empty() {
+            let mut still = Vec::new();
+            for name in pending {
+                match api.get_opt(&name).await {
+                    Ok(Some(o)) if condition_true(&o.data, "Established") => {}
+                    Ok(_) => {
+                        last.insert(name.clone(), "not Established".into());
+                        still.push(name)
+                    }
+                    Err(e) => {
+                        last.insert(name.clone(), api_message(&e));
+                        still.push(name)
+                    }
+                }
+            }
+            pending = still;
+            if pending.is_empty() || tokio::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        pending
+            .into_iter()
+            .map(|n| {
+                let why = last.remove(&n).unwrap_or_default();
+                (
+                    n,
+                    format!("not Established within {}s: {why}", timeout.as_secs()),
+                )
+            })
+            .collect()
+    }
+}
+
+fn condition_true(data: &Value, type_: &str) -> bool {
+    data.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == type_ && c["status"] == "True")
+        })
+}
+
+fn add_labels(obj: &mut Value, labels: &BTreeMap<String, String>) {
+    if labels.is_empty() {
+        return;
+    }
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let l = meta
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !l.is_object() {
+        *l = Value::Object(Default::default());
+    }
+    if let Some(map) = l.as_object_mut() {
+        for (k, v) in labels {
+            map.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
+}
+
+fn is_immutable(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 422 && s.message.contains("immutable"))
+}
+
+/// The API server's own message, without kube's wrapping.
+pub fn api_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) => s.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn failed(id: &ObjectRef, what: &str, e: &kube::Error) -> Change {
+    Change::new(id.clone(), Action::Failed).with_message(format!("{what}: {}", api_message(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(group: &str, kind: &str, ns: Option<&str>, name: &str) -> ObjectRef {
+        ObjectRef {
+            group: group.into(),
+            version: "v1".into(),
+            kind: kind.into(),
+            namespace: ns.map(Into::into),
+            name: name.into(),
+        }
+    }
+
+    #[test]
+    fn order_is_dependencies_first_webhooks_last() {
+        let mut ids = [
+            r(
+                "admissionregistration.k8s.io",
+                "ValidatingWebhookConfiguration",
+                None,
+                "v",
+            ),
+            r("apps", "Deployment", Some("a"), "web"),
+            r("example.com", "Widget", Some("a"), "w"),
+            r("", "ServiceAccount", Some("a"), "sa"),
+            r("", "ConfigMap", Some("b"), "c2"),
+            r("", "ConfigMap", Some("a"), "c1"),
+            r("", "Namespace", None, "a"),
+            r(
+                "apiextensions.k8s.io",
+                "CustomResourceDefinition",
+                None,
+                "widgets.example.com",
+            ),
+        ];
+        ids.sort_by_key(order_key);
+        let names: Vec<&str> = ids.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "widgets.example.com",
+                "a",
+                "sa",
+                "c1",
+                "c2",
+                "web",
+                "w",
+                "v"
+            ]
+        );
+    }
+
+    #[test]
+    fn labels_are_added_without_dropping_existing() {
+        let mut obj = serde_json::json!({"metadata": {"name": "a", "labels": {"app": "x"}}});
+        add_labels(
+            &mut obj,
+            &BTreeMap::from([(OWNER_LABEL.to_string(), "shop".to_string())]),
+        );
+        assert_eq!(
+            obj["metadata"]["labels"],
+            serde_json::json!({"app": "x", OWNER_LABEL: "shop"})
+        );
+    }
+
+    #[test]
+    fn stage_one_is_crds_and_namespaces() {
+        assert!(is_stage_one(&r("", "Namespace", None, "a")));
+        assert!(is_stage_one(&r(
+            "apiextensions.k8s.io",
+            "CustomResourceDefinition",
+            None,
+            "a"
+        )));
+        assert!(!is_stage_one(&r("example.com", "Namespace", None, "a")));
+    }
+}
