@@ -249,10 +249,10 @@ impl ResourceManager {
         let Some(live) = live else {
             // Absent: nothing to compare, so no dry-run first.
             let diff = diff::unified(&id.to_string(), None, Some(&body));
-            if !opts.dry_run {
-                if let Err(e) = self.patch(&api, id, &body, opts, false).await {
-                    return failed(id, "apply", &e);
-                }
+            if !opts.dry_run
+                && let Err(e) = self.patch(&api, id, &body, opts, false).await
+            {
+                return failed(id, "apply", &e);
             }
             return Change::new(id.clone(), Action::Created).with_diff(diff);
         };
@@ -282,10 +282,10 @@ impl ResourceManager {
             return Change::new(id.clone(), Action::Unchanged);
         }
         let diff = diff::unified(&id.to_string(), Some(&live_json), Some(&merged_json));
-        if !opts.dry_run {
-            if let Err(e) = self.patch(&api, id, &body, opts, false).await {
-                return failed(id, "apply", &e);
-            }
+        if !opts.dry_run
+            && let Err(e) = self.patch(&api, id, &body, opts, false).await
+        {
+            return failed(id, "apply", &e);
         }
         Change::new(id.clone(), Action::Configured).with_diff(diff)
     }

@@ -117,13 +117,13 @@ async fn prune_one(rm: &ResourceManager, id: &ObjectRef, opts: &Options) -> Opti
             propagation_policy: Some(PropagationPolicy::Background),
             ..Default::default()
         };
-        if let Err(e) = api.delete(&id.name, &dp).await {
-            if !matches!(&e, kube::Error::Api(s) if s.code == 404) {
-                return Some(
-                    Change::new(id.clone(), Action::Failed)
-                        .with_message(format!("delete: {}", apply::api_message(&e))),
-                );
-            }
+        if let Err(e) = api.delete(&id.name, &dp).await
+            && !matches!(&e, kube::Error::Api(s) if s.code == 404)
+        {
+            return Some(
+                Change::new(id.clone(), Action::Failed)
+                    .with_message(format!("delete: {}", apply::api_message(&e))),
+            );
         }
     }
     Some(Change::new(id.clone(), Action::Deleted))
