@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::{cluster, logging};
+use crate::change::Action;
+use crate::{cluster, config, daemon, health, inventory, logging, render, source, sync};
 
 #[derive(Debug, Parser)]
 #[command(name = "gitops-agent", version = crate::VERSION, about = "Keeps a Kubernetes cluster in step with Git: server-side apply, prune, drift alerts.", long_about = None)]
@@ -33,6 +34,38 @@ pub enum Command {
     Version,
     /// Connect to the cluster and report its version and who the agent is to it.
     Check,
+    /// Parse and validate manifests offline (no cluster): a directory of the repository.
+    Validate {
+        /// Directory to validate (as a sync path would be read).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Namespace given to namespaced objects that name none.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    /// Show what a sync would change, as a unified diff per object. Exit code 1 when
+    /// something would change, 0 when nothing would, 2 on error (like kubectl diff).
+    Diff {
+        /// Only this sync (default: all).
+        #[arg(long)]
+        sync: Option<String>,
+    },
+    /// Sync now and print the change set; non-zero exit code on failure.
+    Sync {
+        /// Sync once and exit (the only mode; the daemon is `run`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Only this sync (default: all).
+        #[arg(long)]
+        sync: Option<String>,
+        /// Print the diff of every changed object.
+        #[arg(long)]
+        show_diff: bool,
+    },
+    /// Run the agent: poll sources on their intervals and sync new revisions.
+    Run,
+    /// Show each sync's last revision, time, counts per action, health and last error.
+    Status,
 }
 
 impl Cli {
@@ -52,8 +85,155 @@ impl Cli {
                 println!("via:      {origin}");
                 Ok(ExitCode::SUCCESS)
             }
+            Command::Validate { dir, namespace } => validate(&dir, &namespace),
+            Command::Diff { ref sync } => {
+                let code = match diff(&self, sync.as_deref()).await {
+                    Ok(true) => 1,
+                    Ok(false) => 0,
+                    Err(e) => {
+                        eprintln!("gitops-agent: {e:#}");
+                        2
+                    }
+                };
+                Ok(ExitCode::from(code))
+            }
+            Command::Sync { ref sync, show_diff, .. } => sync_once(&self, sync.as_deref(), show_diff).await,
+            Command::Run => {
+                let config = config::load(&self.config)?;
+                let (client, origin) = self.cluster.client().await?;
+                tracing::info!(%origin, config = %self.config.display(), "starting");
+                daemon::run(client, config, daemon::Options::default()).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Status => status(&self).await,
         }
     }
+}
+
+fn validate(dir: &std::path::Path, namespace: &str) -> anyhow::Result<ExitCode> {
+    let files = source::read_dir(dir, &source::Limits::default())?;
+    let opts = render::Options { default_namespace: namespace.to_string(), ..Default::default() };
+    match render::render(&files, &opts, &render::BuiltinScopes) {
+        Ok(manifests) => {
+            println!("{}: {} objects valid", dir.display(), manifests.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            println!("{errors}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The syncs selected by `--sync`, or all of them.
+fn selected<'a>(cfg: &'a config::Config, only: Option<&str>) -> anyhow::Result<Vec<&'a config::Sync>> {
+    let syncs: Vec<&config::Sync> = cfg.syncs.iter().filter(|s| only.is_none_or(|o| o == s.name)).collect();
+    if let Some(o) = only
+        && syncs.is_empty()
+    {
+        anyhow::bail!("no sync named {o:?} in the configuration");
+    }
+    Ok(syncs)
+}
+
+async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
+    let cfg = config::load(&cli.config)?;
+    let (client, _) = cli.cluster.client().await?;
+    let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
+    let mut changed = false;
+    for s in selected(&cfg, only)? {
+        let outcome = daemon::sync_one(&mut engine, Some(&client), &cfg, s, &sync::Options { dry_run: true }).await;
+        for c in &outcome.changes.entries {
+            match (&c.action, &c.diff) {
+                (Action::Created | Action::Configured, Some(d)) => print!("{d}"),
+                (Action::Deleted, _) => println!("--- live/{}\n+++ /dev/null\n(would be deleted)", c.subject),
+                (Action::Failed, _) => eprintln!("{} failed: {}", c.subject, c.message.as_deref().unwrap_or("")),
+                _ => {}
+            }
+        }
+        changed |= outcome.changes.has_writes();
+        if let Some(f) = outcome.failure {
+            anyhow::bail!("sync {}: {f}", s.name);
+        }
+    }
+    Ok(changed)
+}
+
+async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Result<ExitCode> {
+    let cfg = config::load(&cli.config)?;
+    let (client, _) = cli.cluster.client().await?;
+    let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
+    let mut ok = true;
+    for s in selected(&cfg, only)? {
+        if s.suspend {
+            println!("sync {}: suspended", s.name);
+            continue;
+        }
+        let outcome = daemon::sync_one(&mut engine, Some(&client), &cfg, s, &sync::Options::default()).await;
+        println!("sync {}: revision {}", s.name, outcome.revision);
+        for c in &outcome.changes.entries {
+            print!("  {} {}", c.subject, c.action);
+            if let Some(m) = &c.message {
+                print!(": {m}");
+            }
+            println!();
+            if show_diff && let Some(d) = &c.diff {
+                for line in d.lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+        println!("  summary: {}", outcome.changes.summary());
+        if let Some(h) = outcome.overall_health() {
+            println!("  health: {h}");
+            for (id, a) in outcome.health.iter().filter(|(_, a)| a.status != health::Status::Healthy) {
+                println!("    {id}: {a}");
+            }
+        }
+        if let Some(f) = &outcome.failure {
+            ok = false;
+            println!("  error: {f}");
+        }
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+async fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let cfg = config::load(&cli.config)?;
+    let (client, _) = cli.cluster.client().await?;
+    let store = inventory::Store::new(client, &cfg.namespace);
+    let records = store.list().await?;
+    println!("{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  COUNTS", "SYNC", "REVISION", "RESULT", "HEALTH", "OBJECTS", "LAST-CHANGE");
+    for s in &cfg.syncs {
+        let Some((_, r)) = records.iter().find(|(n, _)| *n == s.name) else {
+            println!("{:<20} {:<12} {:<10}", s.name, "-", "NeverSynced");
+            continue;
+        };
+        let rev = r.status.revision.as_deref().map(short_revision).unwrap_or("-");
+        let counts = r.status.last_change_counts.iter().map(|(a, n)| format!("{a}={n}")).collect::<Vec<_>>().join(",");
+        println!(
+            "{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  {}",
+            s.name,
+            rev,
+            r.status.result,
+            r.status.health.as_deref().unwrap_or("-"),
+            r.inventory.entries.len(),
+            r.status.last_change_time.as_deref().unwrap_or("-"),
+            counts
+        );
+    }
+    for (name, r) in &records {
+        if let Some(e) = &r.status.error {
+            println!("\n{name}: {e}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `main@sha1:0123abcd...` → `0123abcd`.
+fn short_revision(rev: &str) -> &str {
+    let sha = rev.rsplit(':').next().unwrap_or(rev);
+    &sha[..sha.len().min(12)]
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! (`--kubeconfig`, then `KUBECONFIG`, then `~/.kube/config`, then the in-cluster service account).
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use clap::Args;
 use k8s_openapi::api::authentication::v1::SelfSubjectReview;
@@ -105,6 +107,74 @@ impl Options {
         let client = Client::try_from(cfg).map_err(Error::Client)?;
         Ok((client, origin))
     }
+
+    /// A client whose every request is counted by `counter`.
+    pub async fn counted_client(&self, counter: &RequestCounter) -> Result<(Client, Origin)> {
+        let (cfg, origin) = self.config().await?;
+        Ok((counted_client(cfg, counter)?, origin))
+    }
+}
+
+/// Counts API requests as they leave the client: all of them, real writes (mutating
+/// verbs without `dryRun`), and server-side dry-runs. This is how "a resync of an unchanged
+/// revision writes nothing" is measured rather than assumed.
+#[derive(Debug, Clone, Default)]
+pub struct RequestCounter(Arc<Counts>);
+
+#[derive(Debug, Default)]
+struct Counts {
+    total: AtomicU64,
+    writes: AtomicU64,
+    dry_runs: AtomicU64,
+}
+
+/// A snapshot of a [`RequestCounter`]; subtract two to count what happened between them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestCounts {
+    pub total: u64,
+    pub writes: u64,
+    pub dry_runs: u64,
+}
+
+impl std::ops::Sub for RequestCounts {
+    type Output = RequestCounts;
+    fn sub(self, o: RequestCounts) -> RequestCounts {
+        RequestCounts { total: self.total - o.total, writes: self.writes - o.writes, dry_runs: self.dry_runs - o.dry_runs }
+    }
+}
+
+impl RequestCounter {
+    pub fn snapshot(&self) -> RequestCounts {
+        RequestCounts {
+            total: self.0.total.load(Ordering::Relaxed),
+            writes: self.0.writes.load(Ordering::Relaxed),
+            dry_runs: self.0.dry_runs.load(Ordering::Relaxed),
+        }
+    }
+
+    fn record(&self, method: &http::Method, uri: &http::Uri) {
+        self.0.total.fetch_add(1, Ordering::Relaxed);
+        if matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+            return;
+        }
+        let dry_run = uri.query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("dryRun=")));
+        if dry_run {
+            self.0.dry_runs.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.0.writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Builds a client from `cfg` with `counter` in its request path.
+pub fn counted_client(cfg: Config, counter: &RequestCounter) -> Result<Client> {
+    let counter = counter.clone();
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counter.record(req.method(), req.uri());
+        req
+    });
+    let builder = kube::client::ClientBuilder::try_from(cfg).map_err(Error::Client)?;
+    Ok(builder.with_layer(&layer).build())
 }
 
 /// What `check` reports: the server and who the agent is to it.
@@ -143,6 +213,17 @@ pub async fn identify(client: &Client) -> Result<Identity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counter_tells_writes_from_reads_and_dry_runs() {
+        let c = RequestCounter::default();
+        let u = |s: &str| s.parse::<http::Uri>().unwrap();
+        c.record(&http::Method::GET, &u("/api/v1/namespaces/a/configmaps/b"));
+        c.record(&http::Method::PATCH, &u("/api/v1/namespaces/a/configmaps/b?fieldManager=x&dryRun=All&force=true"));
+        c.record(&http::Method::PATCH, &u("/api/v1/namespaces/a/configmaps/b?fieldManager=x&force=true"));
+        c.record(&http::Method::DELETE, &u("/api/v1/namespaces/a/configmaps/b"));
+        assert_eq!(c.snapshot(), RequestCounts { total: 4, writes: 2, dry_runs: 1 });
+    }
 
     #[tokio::test]
     async fn missing_kubeconfig_names_the_path() {

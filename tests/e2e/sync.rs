@@ -1,0 +1,397 @@
+//! The sync engine end to end: real Git repositories (file:// and smart HTTP with a token
+//! from a Kubernetes Secret), the real local control plane, and the real binary for the
+//! commands. Each test has its own namespace, which also holds its inventory.
+
+#[path = "../harness/git.rs"]
+mod git;
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+
+use git::{HttpGit, Repo, Upstream};
+use gitops_agent::change::Action;
+use gitops_agent::cluster::{RequestCounter, RequestCounts, counted_client};
+use gitops_agent::config;
+use gitops_agent::daemon;
+use gitops_agent::sync::{self, Engine, Failure, Outcome};
+use harness::{TestNamespace, control_plane};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{DynamicObject, GroupVersionKind, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+struct Fixture {
+    _upstream: Upstream,
+    repo: Repo,
+    _state: tempfile::TempDir,
+    ns: TestNamespace,
+    client: Client,
+    counter: RequestCounter,
+    engine: Engine,
+    cfg: config::Config,
+}
+
+fn cm(name: &str, value: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n")
+}
+
+impl Fixture {
+    /// A repo with `files` on main, and a config with one sync of its `deploy/` path into a
+    /// fresh namespace. `sync_extra` is added to the sync's YAML (indented four spaces).
+    async fn new(prefix: &str, files: &[(&str, &str)], sync_extra: &str) -> Fixture {
+        harness::init_logging();
+        let cp = control_plane();
+        let admin = cp.client().await;
+        let ns = TestNamespace::create(&admin, prefix).await;
+        let upstream = Upstream::new();
+        let repo = upstream.create("apps");
+        repo.push("main", files, &[]);
+        let url = repo.file_url();
+        Self::with_source(upstream, repo, ns, &format!("url: {url}"), sync_extra).await
+    }
+
+    async fn with_source(upstream: Upstream, repo: Repo, ns: TestNamespace, source_yaml: &str, sync_extra: &str) -> Fixture {
+        let state = tempfile::tempdir().unwrap();
+        let text = format!(
+            "stateDir: {state}\nnamespace: {ns}\nsources:\n  - name: apps\n    {source_yaml}\n    ref: {{branch: main}}\n\
+             syncs:\n  - name: apps\n    source: apps\n    path: deploy\n    namespace: {ns}\n    health: {{wait: false}}\n{extra}",
+            state = state.path().display(),
+            ns = ns.name,
+            extra = sync_extra.lines().map(|l| format!("    {l}\n")).collect::<String>(),
+        );
+        let cfg = config::parse(Path::new("e2e.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let counter = RequestCounter::default();
+        let client = counted_client(control_plane().config().await, &counter).unwrap();
+        let engine = Engine::new(client.clone(), &ns.name).await.unwrap();
+        Fixture { _upstream: upstream, repo, _state: state, ns, client, counter, engine, cfg }
+    }
+
+    async fn sync(&mut self) -> (Outcome, RequestCounts) {
+        let before = self.counter.snapshot();
+        let s = self.cfg.syncs[0].clone();
+        let outcome = daemon::sync_one(&mut self.engine, Some(&self.client), &self.cfg, &s, &sync::Options::default()).await;
+        (outcome, self.counter.snapshot() - before)
+    }
+
+    fn configmaps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// name → resourceVersion of every ConfigMap we manage, to see what was written.
+    async fn versions(&self) -> BTreeMap<String, String> {
+        let list = self.configmaps().list(&Default::default()).await.unwrap();
+        list.items
+            .into_iter()
+            .filter(|c| c.labels().contains_key("gitops-agent.io/sync"))
+            .map(|c| (c.name_any(), c.resource_version().unwrap()))
+            .collect()
+    }
+}
+
+fn actions(o: &Outcome) -> BTreeMap<String, Action> {
+    o.changes.entries.iter().map(|c| (c.subject.to_string(), c.action)).collect()
+}
+
+#[tokio::test]
+async fn pushed_change_is_applied_and_nothing_else_is_written() {
+    let mut f = Fixture::new(
+        "push",
+        &[("deploy/a.yaml", &cm("a", "1")), ("deploy/b.yaml", &cm("b", "1")), ("deploy/c.yaml", &cm("c", "1"))],
+        "",
+    )
+    .await;
+    let (first, _) = f.sync().await;
+    assert!(first.succeeded(), "{:?}", first.failure);
+    assert_eq!(first.changes.counts().get(&Action::Created), Some(&3), "{}", first.changes);
+
+    // A resync of the same revision writes nothing at all: no object, no inventory.
+    let before = f.versions().await;
+    let (resync, requests) = f.sync().await;
+    assert!(resync.succeeded(), "{:?}", resync.failure);
+    assert!(resync.changes.entries.iter().all(|c| c.action == Action::Unchanged), "{}", resync.changes);
+    assert_eq!(requests.writes, 0, "no-change resync made write requests: {requests:?}");
+    assert_eq!(f.versions().await, before);
+
+    // One changed file: exactly that object is configured.
+    f.repo.push("main", &[("deploy/b.yaml", &cm("b", "2"))], &[]);
+    let (pushed, requests) = f.sync().await;
+    assert!(pushed.succeeded(), "{:?}", pushed.failure);
+    let ns = &f.ns.name;
+    let expected: BTreeMap<String, Action> = [
+        (format!("ConfigMap/{ns}/a"), Action::Unchanged),
+        (format!("ConfigMap/{ns}/b"), Action::Configured),
+        (format!("ConfigMap/{ns}/c"), Action::Unchanged),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(actions(&pushed), expected);
+    let diff = pushed.changes.entries.iter().find(|c| c.action == Action::Configured).unwrap().diff.clone().unwrap();
+    assert!(diff.contains("-  value: '1'") || diff.contains("-  value: \"1\""), "{diff}");
+    // One apply for the object and one for the inventory's new revision.
+    assert_eq!(requests.writes, 2, "{requests:?}");
+    let after = f.versions().await;
+    assert_eq!(after["a"], before["a"]);
+    assert_ne!(after["b"], before["b"]);
+    assert_eq!(f.configmaps().get("b").await.unwrap().data.unwrap()["value"], "2");
+}
+
+#[tokio::test]
+async fn removed_file_is_pruned_but_prune_disabled_objects_survive() {
+    let keep = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: keep\n  annotations:\n    gitops-agent.io/prune: disabled\ndata: {k: v}\n";
+    let mut f = Fixture::new(
+        "prune",
+        &[
+            ("deploy/a.yaml", &cm("a", "1")),
+            ("deploy/keep.yaml", keep),
+            ("deploy/c.yaml", &cm("c", "1")),
+            ("deploy/d.yaml", &cm("d", "1")),
+        ],
+        "",
+    )
+    .await;
+    assert!(f.sync().await.0.succeeded());
+    f.repo.push("main", &[], &["deploy/a.yaml", "deploy/keep.yaml"]);
+    let (o, _) = f.sync().await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    let ns = &f.ns.name;
+    let a = actions(&o);
+    assert_eq!(a[&format!("ConfigMap/{ns}/a")], Action::Deleted);
+    assert_eq!(a[&format!("ConfigMap/{ns}/keep")], Action::Skipped);
+    assert!(f.configmaps().get_opt("a").await.unwrap().is_none(), "pruned");
+    assert!(f.configmaps().get_opt("keep").await.unwrap().is_some(), "prune: disabled survives");
+    // The survivor is no longer in the inventory: a later sync does not try again.
+    let (again, _) = f.sync().await;
+    assert!(again.changes.entries.iter().all(|c| c.action == Action::Unchanged), "{}", again.changes);
+}
+
+#[tokio::test]
+async fn bad_yaml_commit_changes_nothing_and_reports_file_and_line() {
+    let mut f = Fixture::new("badyaml", &[("deploy/a.yaml", &cm("a", "1")), ("deploy/b.yaml", &cm("b", "1"))], "").await;
+    let (good, _) = f.sync().await;
+    assert!(good.succeeded());
+    let before = f.versions().await;
+
+    // A valid change to a.yaml and a broken b.yaml in one commit: all or nothing.
+    f.repo.push(
+        "main",
+        &[("deploy/a.yaml", &cm("a", "2")), ("deploy/b.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n data: [unclosed\n")],
+        &[],
+    );
+    let (bad, requests) = f.sync().await;
+    let err = match &bad.failure {
+        Some(e @ Failure::Render { .. }) => e.to_string(),
+        other => panic!("expected a render failure, got {other:?}"),
+    };
+    assert!(err.contains("deploy/b.yaml:5"), "{err}");
+    assert!(bad.changes.entries.is_empty());
+    assert_eq!(f.versions().await, before, "nothing in the cluster changed");
+    assert_eq!(f.configmaps().get("a").await.unwrap().data.unwrap()["value"], "1");
+    // Only the status was recorded; the inventory still holds the last good revision.
+    assert_eq!(requests.writes, 1, "{requests:?}");
+    let record = f.engine.store().load("apps").await.unwrap();
+    assert_eq!(record.inventory.revision.as_deref(), Some(good.revision.as_str()));
+    assert_eq!(record.status.result, "Failed");
+    assert!(record.status.error.unwrap().contains("deploy/b.yaml:5"));
+}
+
+#[tokio::test]
+async fn mass_deletion_guard_holds_back_the_revision() {
+    let files: Vec<(String, String)> = (0..4).map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1"))).collect();
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let mut f = Fixture::new("guard", &refs, "").await;
+    assert!(f.sync().await.0.succeeded());
+
+    f.repo.push("main", &[], &["deploy/cm0.yaml", "deploy/cm1.yaml", "deploy/cm2.yaml"]);
+    let (o, _) = f.sync().await;
+    match &o.failure {
+        Some(Failure::HeldBack { reason, .. }) => assert!(reason.contains("3 of 4"), "{reason}"),
+        other => panic!("expected the guard to hold, got {other:?}"),
+    }
+    assert_eq!(f.versions().await.len(), 4, "nothing was deleted");
+
+    // An empty render is always held back.
+    f.repo.push("main", &[], &["deploy/cm3.yaml"]);
+    let (o, _) = f.sync().await;
+    assert!(matches!(&o.failure, Some(Failure::HeldBack { reason, .. }) if reason.contains("all 4")), "{:?}", o.failure);
+    assert_eq!(f.versions().await.len(), 4);
+    assert_eq!(f.engine.store().load("apps").await.unwrap().status.result, "HeldBack");
+}
+
+#[tokio::test]
+async fn crd_and_its_custom_resources_apply_in_order_in_one_commit() {
+    let group = format!("e2e{:06x}.gitops-agent.io", rand::random::<u32>() & 0xff_ffff);
+    let crd = format!(
+        "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: widgets, singular: widget, kind: Widget}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            x-kubernetes-preserve-unknown-fields: true\n"
+    );
+    let widgets = format!(
+        "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: one\nspec: {{size: 1}}\n---\napiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: two\nspec: {{size: 2}}\n"
+    );
+    // The custom resources sort before their CRD by file name: order must come from kinds.
+    let mut f = Fixture::new("crd", &[("deploy/a-widgets.yaml", &widgets), ("deploy/z-crd.yaml", &crd)], "").await;
+    let (o, _) = f.sync().await;
+    assert!(o.succeeded(), "{:?}\n{}", o.failure, o.changes);
+    let subjects: Vec<String> = o.changes.entries.iter().map(|c| c.subject.to_string()).collect();
+    assert_eq!(subjects[0], format!("CustomResourceDefinition/widgets.{group}"));
+    assert!(o.changes.entries.iter().all(|c| c.action == Action::Created), "{}", o.changes);
+    let gvk = GroupVersionKind::gvk(&group, "v1", "Widget");
+    let ar = kube::api::ApiResource::from_gvk(&gvk);
+    let api: Api<DynamicObject> = Api::namespaced_with(f.client.clone(), &f.ns.name, &ar);
+    assert_eq!(api.get("two").await.unwrap().data["spec"]["size"], 2);
+    let (again, requests) = f.sync().await;
+    assert!(again.changes.entries.iter().all(|c| c.action == Action::Unchanged), "{}", again.changes);
+    assert_eq!(requests.writes, 0);
+    // The CRD is cluster-scoped: remove it so test runs do not accumulate.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(f.client.clone());
+    crds.delete(&format!("widgets.{group}"), &Default::default()).await.unwrap();
+}
+
+#[tokio::test]
+async fn immutable_field_conflict_is_reported_and_recreate_needs_the_annotation() {
+    let deploy = |selector: &str, annotate: bool| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n{ann}spec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: {selector}}}\n  template:\n    metadata:\n      labels: {{app: {selector}}}\n    spec:\n      containers: [{{name: web, image: registry.example/web:1}}]\n",
+            ann = if annotate { "  annotations:\n    gitops-agent.io/recreate: \"true\"\n" } else { "" }
+        )
+    };
+    let mut f = Fixture::new("immutable", &[("deploy/web.yaml", &deploy("web", false))], "").await;
+    assert!(f.sync().await.0.succeeded());
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
+    let uid = deployments.get("web").await.unwrap().uid();
+
+    f.repo.push("main", &[("deploy/web.yaml", &deploy("web2", false))], &[]);
+    let (o, _) = f.sync().await;
+    let c = &o.changes.entries[0];
+    assert_eq!(c.action, Action::Failed);
+    let msg = c.message.clone().unwrap();
+    assert!(msg.contains("immutable") && msg.contains("gitops-agent.io/recreate"), "{msg}");
+    assert_eq!(deployments.get("web").await.unwrap().uid(), uid, "not recreated without the annotation");
+
+    f.repo.push("main", &[("deploy/web.yaml", &deploy("web2", true))], &[]);
+    let (o, _) = f.sync().await;
+    assert!(o.succeeded(), "{:?}\n{}", o.failure, o.changes);
+    assert!(o.changes.entries[0].message.as_deref().unwrap_or("").contains("recreated"));
+    let now = deployments.get("web").await.unwrap();
+    assert_ne!(now.uid(), uid);
+    assert_eq!(now.spec.unwrap().selector.match_labels.unwrap()["app"], "web2");
+}
+
+#[tokio::test]
+async fn health_wait_times_out_naming_the_unhealthy_object() {
+    let stuck = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: stuck}\n  template:\n    metadata:\n      labels: {app: stuck}\n    spec:\n      nodeSelector: {no-such-node: \"true\"}\n      containers: [{name: c, image: registry.example/c:1}]\n";
+    let mut f = Fixture::new("health", &[("deploy/stuck.yaml", stuck)], "health: {wait: true, timeout: 4s}").await;
+    // The fixture's `health: {wait: false}` is overridden by the later key? No: make it explicit.
+    f.cfg.syncs[0].health = config::HealthWait { wait: true, timeout: std::time::Duration::from_secs(4) };
+    let (o, _) = f.sync().await;
+    match &o.failure {
+        Some(Failure::Health(m)) => assert!(m.contains(&format!("Deployment/{}/stuck", f.ns.name)), "{m}"),
+        other => panic!("expected a health failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn http_source_with_token_from_a_kubernetes_secret() {
+    harness::init_logging();
+    let admin = control_plane().client().await;
+    let ns = TestNamespace::create(&admin, "httpsrc").await;
+    let upstream = Upstream::new();
+    let repo = upstream.create("apps");
+    repo.push("main", &[("deploy/a.yaml", &cm("a", "from-http"))], &[]);
+    let token = "e2e-token-4f1c";
+    let server = HttpGit::start(upstream.root(), token);
+    let secret: Secret = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "git-creds"}, "stringData": {"username": "bot", "password": token}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(admin.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
+    let source = format!("url: {}\n    secretRef: {{name: git-creds}}", server.url("apps"));
+    let mut f = Fixture::with_source(upstream, repo, ns, &source, "").await;
+    let (o, _) = f.sync().await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    assert_eq!(f.configmaps().get("a").await.unwrap().data.unwrap()["value"], "from-http");
+
+    // A wrong token in the Secret fails clearly, without the token in the message.
+    let patch = serde_json::json!({"stringData": {"password": "wrong-token-77"}});
+    Api::<Secret>::namespaced(admin.clone(), &f.ns.name)
+        .patch("git-creds", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .unwrap();
+    let state = tempfile::tempdir().unwrap();
+    f.cfg.state_dir = state.path().to_path_buf();
+    let (o, _) = f.sync().await;
+    let err = o.failure.expect("wrong token fails").to_string();
+    assert!(!err.contains("wrong-token-77"), "{err}");
+    assert!(err.to_lowercase().contains("auth") || err.contains("401"), "{err}");
+    drop(server);
+}
+
+/// The README's main job, through the binary: first sync of the bundled example, health
+/// waited for, then `status` and `diff` agree that nothing is left to do.
+#[tokio::test]
+async fn binary_syncs_the_example_repo_and_reports_status() {
+    harness::init_logging();
+    let cp = control_plane();
+    let admin = cp.client().await;
+    let agent_ns = TestNamespace::create(&admin, "example").await;
+    let upstream = Upstream::new();
+    let repo = upstream.create("examples");
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(root.join("shop")).unwrap() {
+        let p = entry.unwrap().path();
+        files.push((format!("shop/{}", p.file_name().unwrap().to_str().unwrap()), std::fs::read_to_string(&p).unwrap()));
+    }
+    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    repo.push("main", &refs, &[]);
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "stateDir: {}\nnamespace: {}\nsources:\n  - name: examples\n    url: {}\nsyncs:\n  - name: shop\n    source: examples\n    path: shop\n    namespace: shop\n    health: {{timeout: 90s}}\n",
+            state.path().display(),
+            agent_ns.name,
+            repo.file_url()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--kubeconfig")
+            .arg(cp.kubeconfig())
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (code, out, err) = run(&["sync", "--once"]);
+    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    for line in ["Namespace/shop created", "ConfigMap/shop/web-config created", "Deployment/shop/web created", "Deployment/shop/redis created", "Service/shop/redis created", "health: Healthy"] {
+        assert!(out.contains(line), "{line:?} missing in:\n{out}");
+    }
+    let (code, out, err) = run(&["status"]);
+    assert_eq!(code, Some(0), "{err}");
+    let row = out.lines().find(|l| l.starts_with("shop ")).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("Succeeded") && row.contains("Healthy"), "{out}");
+    let (code, out, err) = run(&["diff"]);
+    assert_eq!(code, Some(0), "nothing to change; stdout:\n{out}\nstderr:\n{err}");
+
+    // Someone edits the ConfigMap behind Git's back: diff shows it and exits 1.
+    let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "shop");
+    let patch = serde_json::json!({"data": {"GREETING": "changed by hand"}});
+    cms.patch("web-config", &kube::api::PatchParams::apply("someone-else").force(), &kube::api::Patch::Apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": patch["data"]
+    })))
+    .await
+    .unwrap();
+    let (code, out, _) = run(&["diff"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("-  GREETING: changed by hand") && out.contains("+  GREETING: Hello from gitops-agent"), "{out}");
+
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
+    namespaces.delete("shop", &Default::default()).await.unwrap();
+}
