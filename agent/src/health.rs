@@ -148,6 +148,24 @@ pub fn assess(obj: Option<&Value>) -> Assessment {
     }
 }
 
+/// Assesses a live object as kube returns it. List items and some responses omit
+/// `apiVersion` and `kind`, so they are taken from `ar` when absent.
+pub fn assess_object(obj: Option<&DynamicObject>, ar: &ApiResource) -> Assessment {
+    let obj = obj.map(|o| to_json(o.clone(), ar));
+    assess(obj.as_ref())
+}
+
+fn to_json(obj: DynamicObject, ar: &ApiResource) -> Value {
+    // Serialising a DynamicObject cannot fail: it is metadata and a JSON value.
+    let mut v = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(m) = v.as_object_mut() {
+        m.entry("apiVersion")
+            .or_insert_with(|| ar.api_version.clone().into());
+        m.entry("kind").or_insert_with(|| ar.kind.clone().into());
+    }
+    v
+}
+
 // ---- JSON access: objects arrive untyped, and every field may be absent. ----
 
 fn str_at<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
@@ -610,18 +628,9 @@ pub async fn wait(
             Some(ns) => Api::namespaced_with(client.clone(), ns, ar),
             None => Api::all_with(client.clone(), ar),
         };
-        let (name, api_version, kind) = (r.name.clone(), ar.api_version.clone(), ar.kind.clone());
         async move {
-            let obj = api.get_opt(&name).await?;
-            Ok(obj.map(|o| {
-                let mut v = serde_json::to_value(o).unwrap_or_default();
-                // GET responses carry apiVersion and kind, but `assess` must not depend on it.
-                if let Some(m) = v.as_object_mut() {
-                    m.entry("apiVersion").or_insert(api_version.into());
-                    m.entry("kind").or_insert(kind.into());
-                }
-                v
-            }))
+            let obj = api.get_opt(&r.name).await?;
+            Ok(obj.map(|o| to_json(o, ar)))
         }
     })
     .await
@@ -1317,6 +1326,21 @@ mod tests {
             Status::Healthy,
             "",
         );
+    }
+
+    #[test]
+    fn assess_object_fills_in_the_type_that_list_items_lack() {
+        let ar = ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&());
+        // As in a PodList: no apiVersion or kind on the item.
+        let item: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "web-1-abc"},
+            "spec": {"containers": [{"name": "web"}]},
+            "status": {"phase": "Pending"}
+        }))
+        .unwrap();
+        let a = assess_object(Some(&item), &ar);
+        assert_eq!(a.status, Status::Progressing, "{a}");
+        assert_eq!(assess_object(None, &ar).status, Status::Missing);
     }
 
     // ---- the wait loop, with a scripted cluster and paused time ----
