@@ -84,7 +84,7 @@ impl fmt::Display for Assessment {
 pub enum Error {
     #[error("{subject}: get: {source}")]
     Get {
-        subject: String,
+        subject: ObjectRef,
         #[source]
         source: kube::Error,
     },
@@ -616,6 +616,7 @@ impl Default for WaitOptions {
 ///
 /// Errors that retrying cannot fix (401, 403) fail at once; other API errors count as
 /// Unknown and are retried until the timeout.
+#[tracing::instrument(skip_all, fields(objects = targets.len(), timeout = %human(&opts.timeout)))]
 pub async fn wait(
     client: &kube::Client,
     targets: &[(ObjectRef, ApiResource)],
@@ -674,7 +675,7 @@ where
                     Ok(obj) => assess(obj.as_ref()),
                     Err(e) if is_permanent(&e) => {
                         return Err(Error::Get {
-                            subject: targets[i].to_string(),
+                            subject: targets[i].clone(),
                             source: e,
                         });
                     }
