@@ -1,2 +1,1152 @@
 //! Manifests: parse the files of a revision into validated Kubernetes objects, each
 //! with the file and line it came from, before anything is written to the cluster.
+//! The repository is untrusted input, so parsing is bounded and every problem is reported.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
+use serde_json::{Map, Value};
+
+use crate::object::ObjectRef;
+use crate::source::File;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One validated object of the desired state, with where it was written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Manifest {
+    pub id: ObjectRef,
+    /// Path of the file, relative to the repository root.
+    pub file: String,
+    /// 1-based line of the first line of the object's document (for a `List` item, of the
+    /// `List`'s document).
+    pub line: usize,
+    /// The object as written, with `metadata.namespace` defaulted for namespaced kinds.
+    pub object: Value,
+}
+
+impl Manifest {
+    /// How every message names this object: `Kind/ns/name` or `Kind/name`.
+    pub fn subject(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+/// How to render a revision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Options {
+    /// Namespace given to namespaced objects that do not name one.
+    pub default_namespace: String,
+    pub limits: Limits,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            default_namespace: "default".into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Bounds on untrusted input. The defaults admit the largest real-world bundles we know
+/// of (CRD bundles of several MiB) while keeping time and memory bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest file accepted, in bytes.
+    pub max_file_bytes: usize,
+    /// Most YAML documents (or JSON values) in one file.
+    pub max_documents_per_file: usize,
+    /// Deepest nesting of mappings and sequences.
+    pub max_depth: usize,
+    /// Most YAML nodes (scalars, mappings, sequences) in one file.
+    pub max_nodes_per_file: usize,
+    /// Most events replayed from aliases in one file: this is what stops alias bombs.
+    pub max_alias_replay: usize,
+    /// Most objects in the whole revision.
+    pub max_objects: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 16 * 1024 * 1024,
+            max_documents_per_file: 10_000,
+            max_depth: 128,
+            max_nodes_per_file: 2_000_000,
+            max_alias_replay: 100_000,
+            max_objects: 50_000,
+        }
+    }
+}
+
+/// Answers whether a kind is namespaced. The apply engine supplies one backed by API
+/// discovery; [`BuiltinScopes`] knows the kinds compiled into k8s-openapi.
+pub trait Scopes {
+    /// `Some(true)` if namespaced, `Some(false)` if cluster-scoped, `None` if unknown.
+    fn namespaced(&self, group: &str, kind: &str) -> Option<bool>;
+}
+
+/// The built-in Kubernetes kinds, with their scope taken from k8s-openapi.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuiltinScopes;
+
+impl Scopes for BuiltinScopes {
+    fn namespaced(&self, group: &str, kind: &str) -> Option<bool> {
+        BUILTIN_KINDS
+            .iter()
+            .find(|(g, k, _)| *g == group && *k == kind)
+            .map(|(_, _, namespaced)| *namespaced)
+    }
+}
+
+/// Maps k8s-openapi's scope marker types to a bool. `SubResourceScope` deliberately has
+/// no impl, so listing a subresource below fails to compile.
+trait ScopeKind {
+    const NAMESPACED: bool;
+}
+impl ScopeKind for NamespaceResourceScope {
+    const NAMESPACED: bool = true;
+}
+impl ScopeKind for ClusterResourceScope {
+    const NAMESPACED: bool = false;
+}
+
+/// (group, kind, namespaced) read from each type's `Resource` impl, so the table cannot
+/// drift from the crate.
+macro_rules! builtin_kinds {
+    ($($ty:ty),* $(,)?) => {
+        &[$((
+            <$ty as Resource>::GROUP,
+            <$ty as Resource>::KIND,
+            <<$ty as Resource>::Scope as ScopeKind>::NAMESPACED,
+        )),*]
+    };
+}
+
+/// Every persisted kind of k8s-openapi's v1_34 API. Left out on purpose: create-only
+/// review and request kinds (TokenReview, SubjectAccessReview, Binding, ...), which are not
+/// stored and cannot be applied, and meta types (Status, APIGroup, ...).
+static BUILTIN_KINDS: &[(&str, &str, bool)] = {
+    use k8s_openapi::api as k;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions as apiext;
+    use k8s_openapi::kube_aggregator::pkg::apis::apiregistration as apireg;
+    builtin_kinds![
+        k::admissionregistration::v1::MutatingWebhookConfiguration,
+        k::admissionregistration::v1::ValidatingAdmissionPolicy,
+        k::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
+        k::admissionregistration::v1::ValidatingWebhookConfiguration,
+        k::admissionregistration::v1beta1::MutatingAdmissionPolicy,
+        k::admissionregistration::v1beta1::MutatingAdmissionPolicyBinding,
+        k::apiserverinternal::v1alpha1::StorageVersion,
+        k::apps::v1::ControllerRevision,
+        k::apps::v1::DaemonSet,
+        k::apps::v1::Deployment,
+        k::apps::v1::ReplicaSet,
+        k::apps::v1::StatefulSet,
+        k::autoscaling::v2::HorizontalPodAutoscaler,
+        k::batch::v1::CronJob,
+        k::batch::v1::Job,
+        k::certificates::v1::CertificateSigningRequest,
+        k::certificates::v1beta1::ClusterTrustBundle,
+        k::certificates::v1alpha1::PodCertificateRequest,
+        k::coordination::v1::Lease,
+        k::coordination::v1beta1::LeaseCandidate,
+        k::core::v1::ConfigMap,
+        k::core::v1::Endpoints,
+        k::core::v1::Event,
+        k::core::v1::LimitRange,
+        k::core::v1::Namespace,
+        k::core::v1::Node,
+        k::core::v1::PersistentVolume,
+        k::core::v1::PersistentVolumeClaim,
+        k::core::v1::Pod,
+        k::core::v1::PodTemplate,
+        k::core::v1::ReplicationController,
+        k::core::v1::ResourceQuota,
+        k::core::v1::Secret,
+        k::core::v1::Service,
+        k::core::v1::ServiceAccount,
+        k::discovery::v1::EndpointSlice,
+        k::events::v1::Event,
+        k::flowcontrol::v1::FlowSchema,
+        k::flowcontrol::v1::PriorityLevelConfiguration,
+        k::networking::v1::IPAddress,
+        k::networking::v1::Ingress,
+        k::networking::v1::IngressClass,
+        k::networking::v1::NetworkPolicy,
+        k::networking::v1::ServiceCIDR,
+        k::node::v1::RuntimeClass,
+        k::policy::v1::PodDisruptionBudget,
+        k::rbac::v1::ClusterRole,
+        k::rbac::v1::ClusterRoleBinding,
+        k::rbac::v1::Role,
+        k::rbac::v1::RoleBinding,
+        k::resource::v1::DeviceClass,
+        k::resource::v1::ResourceClaim,
+        k::resource::v1::ResourceClaimTemplate,
+        k::resource::v1::ResourceSlice,
+        k::resource::v1alpha3::DeviceTaintRule,
+        k::scheduling::v1::PriorityClass,
+        k::storage::v1::CSIDriver,
+        k::storage::v1::CSINode,
+        k::storage::v1::CSIStorageCapacity,
+        k::storage::v1::StorageClass,
+        k::storage::v1::VolumeAttachment,
+        k::storage::v1::VolumeAttributesClass,
+        k::storagemigration::v1alpha1::StorageVersionMigration,
+        apiext::v1::CustomResourceDefinition,
+        apireg::v1::APIService,
+    ]
+};
+
+/// What is wrong with one file, document or object. Messages never quote a field's value
+/// except identity fields (apiVersion, kind, name, namespace), so Secret data cannot leak.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    #[error("file is {size} bytes, more than the limit of {limit}")]
+    FileTooLarge { size: usize, limit: usize },
+    #[error("file is not valid UTF-8")]
+    NotUtf8,
+    #[error("invalid YAML: {0}")]
+    Yaml(String),
+    #[error("invalid JSON: {0}")]
+    Json(String),
+    #[error("rejected as hostile or oversized input: {0}")]
+    Limit(String),
+    #[error("more than {limit} objects in this revision")]
+    TooManyObjects { limit: usize },
+    #[error("document is {found}, not a Kubernetes object (a mapping)")]
+    NotAnObject { found: &'static str },
+    #[error("{field} is missing")]
+    MissingField { field: &'static str },
+    #[error("{field} must be a non-empty string")]
+    NotAString { field: &'static str },
+    #[error("metadata must be a mapping")]
+    MetadataNotAMapping,
+    #[error("invalid apiVersion {0:?}: expected \"v1\" or \"group/version\"")]
+    InvalidApiVersion(String),
+    #[error("invalid {field} {value:?}: {reason}")]
+    InvalidName {
+        field: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(
+        "unknown kind {kind} ({api_version}): not a built-in kind, not known to the cluster, \
+         and no CustomResourceDefinition in this revision defines it"
+    )]
+    UnknownKind { api_version: String, kind: String },
+    #[error(
+        "version {version} is not among the versions ({defined}) of the CustomResourceDefinition \
+         for {kind} in this revision"
+    )]
+    UnknownVersion {
+        version: String,
+        kind: String,
+        defined: String,
+    },
+    #[error("{kind} is cluster-scoped, but metadata.namespace is {namespace:?}")]
+    NamespaceOnClusterScoped { kind: String, namespace: String },
+    #[error("duplicate object: also defined at {file}:{line}")]
+    Duplicate { file: String, line: usize },
+    #[error("invalid CustomResourceDefinition: {0}")]
+    InvalidCrd(String),
+    #[error("invalid List: {0}")]
+    InvalidList(&'static str),
+    #[error("{field}: {reason}")]
+    InvalidData { field: String, reason: &'static str },
+}
+
+/// An [`Error`] with where it was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Located {
+    pub file: String,
+    /// 1-based; the document's first line for errors about an object.
+    pub line: usize,
+    /// 1-based, when known (syntax errors).
+    pub column: Option<usize>,
+    /// `Kind/ns/name` (as much of it as the document gives), when known.
+    pub subject: Option<String>,
+    /// Index in the `items` of a `List`, for objects that came from one.
+    pub item: Option<usize>,
+    pub error: Error,
+}
+
+impl Located {
+    fn new(file: &str, line: usize, error: Error) -> Self {
+        Self {
+            file: file.to_owned(),
+            line,
+            column: None,
+            subject: None,
+            item: None,
+            error,
+        }
+    }
+}
+
+impl fmt::Display for Located {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)?;
+        if let Some(column) = self.column {
+            write!(f, ":{column}")?;
+        }
+        if let Some(subject) = &self.subject {
+            write!(f, ": {subject}")?;
+        }
+        if let Some(item) = self.item {
+            write!(f, " (List items[{item}])")?;
+        }
+        write!(f, ": {}", self.error)
+    }
+}
+
+// The message already includes the inner error's text, so it is not also exposed as a
+// source (that would print it twice in a chain).
+impl std::error::Error for Located {}
+
+/// Every problem found in a revision, in file and line order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Errors(pub Vec<Located>);
+
+impl Errors {
+    pub fn iter(&self) -> impl Iterator<Item = &Located> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Display for Errors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Errors {}
+
+/// Parses and validates the manifests of a revision: every `.yaml`, `.yml` and `.json`
+/// file, in path order, then document order. Returns all the problems found, or none.
+pub fn render(
+    files: &[File],
+    options: &Options,
+    scopes: &dyn Scopes,
+) -> Result<Vec<Manifest>, Errors> {
+    let mut errors = Vec::new();
+
+    // The caller sorts, but output order is part of the contract, so do not depend on it.
+    let mut files: Vec<&File> = files
+        .iter()
+        .filter(|f| format_of(&f.path).is_some())
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+
+    let mut candidates = Vec::new();
+    'files: for file in files {
+        let documents = match parse_file(file, &options.limits) {
+            Ok(documents) => documents,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
+        for document in documents {
+            for candidate in expand_list(&file.path, document, &mut errors) {
+                if candidates.len() == options.limits.max_objects {
+                    errors.push(Located::new(
+                        &file.path,
+                        candidate.line,
+                        Error::TooManyObjects {
+                            limit: options.limits.max_objects,
+                        },
+                    ));
+                    break 'files;
+                }
+                candidates.push(candidate);
+            }
+        }
+    }
+
+    let crds = collect_crds(&candidates, &mut errors);
+
+    let mut manifests = Vec::with_capacity(candidates.len());
+    for candidate in candidates {
+        let (file, line, item) = (candidate.file.clone(), candidate.line, candidate.item);
+        match validate(candidate, options, scopes, &crds) {
+            Ok(m) => manifests.push(m),
+            Err((subject, errs)) => errors.extend(errs.into_iter().map(|error| Located {
+                subject: subject.clone(),
+                item,
+                ..Located::new(&file, line, error)
+            })),
+        }
+    }
+
+    find_duplicates(&manifests, &mut errors);
+
+    if errors.is_empty() {
+        Ok(manifests)
+    } else {
+        // Stable, so errors on one line keep the order they were found in.
+        errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        Err(Errors(errors))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Yaml,
+    Json,
+}
+
+fn format_of(path: &str) -> Option<Format> {
+    let ext = path.rsplit_once('.')?.1.to_ascii_lowercase();
+    match ext.as_str() {
+        "yaml" | "yml" => Some(Format::Yaml),
+        "json" => Some(Format::Json),
+        _ => None,
+    }
+}
+
+/// One non-empty document of a file.
+struct Document {
+    line: usize,
+    value: Value,
+}
+
+/// One object to validate: a document, or an item of a `List` document.
+struct Candidate {
+    file: String,
+    line: usize,
+    item: Option<usize>,
+    value: Value,
+}
+
+fn parse_file(file: &File, limits: &Limits) -> Result<Vec<Document>, Located> {
+    let size = file.content.len();
+    if size > limits.max_file_bytes {
+        return Err(Located::new(
+            &file.path,
+            1,
+            Error::FileTooLarge {
+                size,
+                limit: limits.max_file_bytes,
+            },
+        ));
+    }
+    let text = std::str::from_utf8(&file.content).map_err(|e| {
+        let line = line_of(&file.content, e.valid_up_to());
+        Located::new(&file.path, line, Error::NotUtf8)
+    })?;
+    let parsed = match format_of(&file.path) {
+        Some(Format::Json) => parse_json(text, limits),
+        _ => parse_yaml(text, limits),
+    };
+    parsed.map_err(|(line, column, error)| Located {
+        column,
+        ..Located::new(&file.path, line, error)
+    })
+}
+
+type ParseError = (usize, Option<usize>, Error);
+
+fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
+    let documents = limits.max_documents_per_file;
+    let nodes = limits.max_nodes_per_file;
+    serde_saphyr::options! {
+        budget: serde_saphyr::budget! {
+            max_documents: documents,
+            max_depth: limits.max_depth,
+            max_nodes: nodes,
+            // Every node has at most one end event, every document a start and an end, so
+            // the node limit is the one users meet.
+            max_events: nodes.saturating_mul(2).saturating_add(documents.saturating_mul(2)).saturating_add(2),
+            max_total_scalar_bytes: limits.max_file_bytes,
+            max_aliases: limits.max_alias_replay,
+        },
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: limits.max_alias_replay,
+        },
+        // Snippets would quote the source, which may be a Secret.
+        with_snippet: false,
+        // Kubernetes reads YAML 1.1 (go-yaml): `defaultMode: 0644` is octal 420.
+        legacy_octal_numbers: true,
+    }
+}
+
+fn parse_yaml(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> {
+    let documents: Vec<serde_saphyr::Spanned<Value>> =
+        serde_saphyr::from_multiple_with_options(text, yaml_options(limits))
+            .map_err(|e| yaml_error(&e, limits))?;
+    // serde-saphyr already skips empty, comment-only and null documents.
+    Ok(documents
+        .into_iter()
+        .map(|d| Document {
+            line: (d.referenced.line() as usize).max(1),
+            value: d.value,
+        })
+        .collect())
+}
+
+fn yaml_error(err: &serde_saphyr::Error, limits: &Limits) -> ParseError {
+    use serde_saphyr::Error as E;
+    use serde_saphyr::MessageFormatter;
+    use serde_saphyr::budget::BudgetBreach as B;
+
+    let (line, column) = match err.location() {
+        Some(l) if l.line() > 0 => (l.line() as usize, Some(l.column() as usize)),
+        _ => (1, None),
+    };
+    let mut original = err.without_snippet();
+    while let E::AliasError { error, .. } = original {
+        original = error.without_snippet();
+    }
+    let alias_bomb = || {
+        Error::Limit(format!(
+            "aliases expand to more than {} nodes (an alias bomb?)",
+            limits.max_alias_replay
+        ))
+    };
+    let error = match original {
+        E::Budget { breach, .. } => match breach {
+            B::Depth { .. } => {
+                Error::Limit(format!("nested more than {} levels deep", limits.max_depth))
+            }
+            B::Documents { .. } => Error::Limit(format!(
+                "more than {} documents in one file",
+                limits.max_documents_per_file
+            )),
+            B::Nodes { .. } | B::Events { .. } => Error::Limit(format!(
+                "more than {} nodes in one file",
+                limits.max_nodes_per_file
+            )),
+            B::ScalarBytes { .. } => Error::Limit(format!(
+                "more than {} bytes of text in one file",
+                limits.max_file_bytes
+            )),
+            B::Aliases { .. } | B::AliasAnchorRatio { .. } => alias_bomb(),
+            other => Error::Limit(format!("{other:?}")),
+        },
+        E::AliasReplayLimitExceeded { .. }
+        | E::AliasExpansionLimitExceeded { .. }
+        | E::AliasReplayStackDepthExceeded { .. }
+        | E::AliasReplayCounterOverflow { .. } => alias_bomb(),
+        other => {
+            let message = serde_saphyr::DefaultMessageFormatter.format_message(other);
+            // The parser's flow-collection cap has no budget variant of its own.
+            if message.contains("recursion limit") {
+                Error::Limit(format!("nested too deeply ({})", printable(&message)))
+            } else {
+                Error::Yaml(printable(&message))
+            }
+        }
+    };
+    (line, column, error)
+}
+
+/// Keeps one error one line.
+fn printable(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> {
+    // serde_json refuses a byte-order mark; removing it shifts no line.
+    let body = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let bytes = body.as_bytes();
+    // serde_json limits nesting to 128 levels on its own.
+    let mut stream = serde_json::Deserializer::from_str(body).into_iter::<Value>();
+    let mut documents = Vec::new();
+    let mut count = 0;
+    let (mut counted_to, mut line) = (0, 1);
+    loop {
+        let start = stream.byte_offset()
+            + bytes[stream.byte_offset()..]
+                .iter()
+                .take_while(|b| b.is_ascii_whitespace())
+                .count();
+        match stream.next() {
+            None => break,
+            Some(Ok(value)) => {
+                count += 1;
+                if count > limits.max_documents_per_file {
+                    return Err((
+                        line,
+                        None,
+                        Error::Limit(format!(
+                            "more than {} documents in one file",
+                            limits.max_documents_per_file
+                        )),
+                    ));
+                }
+                // Counted incrementally: rescanning from the top would be quadratic.
+                line += bytes[counted_to..start]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count();
+                counted_to = start;
+                if !value.is_null() {
+                    documents.push(Document { line, value });
+                }
+            }
+            Some(Err(e)) => {
+                let message = e.to_string();
+                let message = match message.rfind(" at line ") {
+                    Some(i) => &message[..i],
+                    None => &message,
+                };
+                let error = if e.to_string().contains("recursion limit") {
+                    Error::Limit("nested more than 128 levels deep".into())
+                } else {
+                    Error::Json(message.to_owned())
+                };
+                return Err((e.line().max(1), Some(e.column()), error));
+            }
+        }
+    }
+    Ok(documents)
+}
+
+fn line_of(bytes: &[u8], offset: usize) -> usize {
+    1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count()
+}
+
+fn type_name(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a sequence",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
+    map.get(key).and_then(Value::as_str)
+}
+
+fn is_list(value: &Value) -> bool {
+    value.get("apiVersion").and_then(Value::as_str) == Some("v1")
+        && value.get("kind").and_then(Value::as_str) == Some("List")
+}
+
+/// A `v1` `List` becomes its items; any other document is one candidate.
+fn expand_list(file: &str, mut document: Document, errors: &mut Vec<Located>) -> Vec<Candidate> {
+    let candidate = |value, item| Candidate {
+        file: file.to_owned(),
+        line: document.line,
+        item,
+        value,
+    };
+    if !is_list(&document.value) {
+        return vec![candidate(document.value, None)];
+    }
+    let items = document
+        .value
+        .as_object_mut()
+        .and_then(|m| m.remove("items"))
+        .unwrap_or(Value::Null);
+    match items {
+        Value::Null => Vec::new(),
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                if is_list(&item) {
+                    errors.push(Located {
+                        item: Some(i),
+                        ..Located::new(
+                            file,
+                            document.line,
+                            Error::InvalidList("a List inside a List is not supported"),
+                        )
+                    });
+                } else {
+                    out.push(candidate(item, Some(i)));
+                }
+            }
+            out
+        }
+        _ => {
+            errors.push(Located::new(
+                file,
+                document.line,
+                Error::InvalidList("items must be a sequence of objects"),
+            ));
+            Vec::new()
+        }
+    }
+}
+
+const CRD_GROUP: &str = "apiextensions.k8s.io";
+const CRD_KIND: &str = "CustomResourceDefinition";
+
+/// A kind defined by a CustomResourceDefinition of the revision.
+#[derive(Debug, Clone)]
+struct CrdKind {
+    namespaced: bool,
+    versions: Vec<String>,
+}
+
+/// The kinds the revision's CRDs define, keyed by (group, kind). Errors in a CRD's
+/// definition are reported here; its identity is checked like any object's.
+fn collect_crds(
+    candidates: &[Candidate],
+    errors: &mut Vec<Located>,
+) -> HashMap<(String, String), CrdKind> {
+    let mut crds = HashMap::new();
+    for c in candidates {
+        let Some(obj) = c.value.as_object() else {
+            continue;
+        };
+        let api_version = str_field(obj, "apiVersion").unwrap_or_default();
+        if ObjectRef::split_api_version(api_version).0 != CRD_GROUP
+            || str_field(obj, "kind") != Some(CRD_KIND)
+        {
+            continue;
+        }
+        match crd_kind(obj) {
+            Ok((key, kind)) => {
+                crds.insert(key, kind);
+            }
+            Err(reason) => errors.push(Located {
+                subject: Some(subject_of(obj)),
+                item: c.item,
+                ..Located::new(&c.file, c.line, Error::InvalidCrd(reason))
+            }),
+        }
+    }
+    crds
+}
+
+fn crd_kind(obj: &Map<String, Value>) -> Result<((String, String), CrdKind), String> {
+    let spec = obj
+        .get("spec")
+        .and_then(Value::as_object)
+        .ok_or("spec is missing")?;
+    let nonempty = |v: Option<&Value>, field: &str| {
+        v.and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .ok_or(format!("{field} must be a non-empty string"))
+    };
+    let group = nonempty(spec.get("group"), "spec.group")?;
+    let names = spec.get("names");
+    let kind = nonempty(names.and_then(|n| n.get("kind")), "spec.names.kind")?;
+    let plural = nonempty(names.and_then(|n| n.get("plural")), "spec.names.plural")?;
+    let namespaced = match spec.get("scope").and_then(Value::as_str) {
+        Some("Namespaced") => true,
+        Some("Cluster") => false,
+        _ => return Err("spec.scope must be \"Namespaced\" or \"Cluster\"".into()),
+    };
+    let expected = format!("{plural}.{group}");
+    let name = obj
+        .get("metadata")
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str);
+    if name.is_some_and(|n| n != expected) {
+        return Err(format!(
+            "metadata.name must be spec.names.plural + \".\" + spec.group: {expected:?}"
+        ));
+    }
+    let versions = match spec.get("versions") {
+        Some(Value::Array(vs)) => vs
+            .iter()
+            .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
+            .collect(),
+        _ => Vec::new(),
+    };
+    Ok((
+        (group, kind),
+        CrdKind {
+            namespaced,
+            versions,
+        },
+    ))
+}
+
+/// `Kind/ns/name` from whatever the object gives, for errors raised before it is valid.
+fn subject_of(obj: &Map<String, Value>) -> String {
+    let kind = str_field(obj, "kind")
+        .filter(|s| !s.is_empty())
+        .unwrap_or("?");
+    let meta = obj.get("metadata").and_then(Value::as_object);
+    let name = meta
+        .and_then(|m| str_field(m, "name"))
+        .filter(|s| !s.is_empty())
+        .unwrap_or("?");
+    match meta
+        .and_then(|m| str_field(m, "namespace"))
+        .filter(|s| !s.is_empty())
+    {
+        Some(ns) => format!("{kind}/{ns}/{name}"),
+        None => format!("{kind}/{name}"),
+    }
+}
+
+type Invalid = (Option<String>, Vec<Error>);
+
+fn validate(
+    candidate: Candidate,
+    options: &Options,
+    scopes: &dyn Scopes,
+    crds: &HashMap<(String, String), CrdKind>,
+) -> Result<Manifest, Invalid> {
+    let Candidate {
+        file,
+        line,
+        mut value,
+        ..
+    } = candidate;
+    let Some(obj) = value.as_object_mut() else {
+        return Err((
+            None,
+            vec![Error::NotAnObject {
+                found: type_name(&value),
+            }],
+        ));
+    };
+    let subject = subject_of(obj);
+    let mut errors = Vec::new();
+
+    let mut required = |map: &Map<String, Value>, key: &str, field: &'static str| match map.get(key)
+    {
+        None | Some(Value::Null) => {
+            errors.push(Error::MissingField { field });
+            None
+        }
+        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+        Some(_) => {
+            errors.push(Error::NotAString { field });
+            None
+        }
+    };
+    let api_version = required(obj, "apiVersion", "apiVersion");
+    let kind = required(obj, "kind", "kind");
+    let (name, namespace) = match obj.get("metadata") {
+        None | Some(Value::Null) => {
+            errors.push(Error::MissingField {
+                field: "metadata.name",
+            });
+            (None, None)
+        }
+        Some(Value::Object(meta)) => {
+            let name = required(meta, "name", "metadata.name");
+            let namespace = match meta.get("namespace") {
+                None | Some(Value::Null) => None,
+                // An empty namespace means "not set", as with kubectl.
+                Some(Value::String(s)) if s.is_empty() => None,
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(_) => {
+                    errors.push(Error::NotAString {
+                        field: "metadata.namespace",
+                    });
+                    None
+                }
+            };
+            (name, namespace)
+        }
+        Some(_) => {
+            errors.push(Error::MetadataNotAMapping);
+            (None, None)
+        }
+    };
+    let (Some(api_version), Some(kind), Some(name)) = (api_version, kind, name) else {
+        return Err((Some(subject), errors));
+    };
+
+    let (group, version) = ObjectRef::split_api_version(&api_version);
+    if version.is_empty()
+        || version.contains('/')
+        || (api_version.contains('/') && group.is_empty())
+    {
+        errors.push(Error::InvalidApiVersion(api_version.clone()));
+    }
+    let (group, version) = (group.to_owned(), version.to_owned());
+
+    if let Err(reason) = name_rule(&group, &kind)(&name) {
+        errors.push(Error::InvalidName {
+            field: "metadata.name",
+            value: name.clone(),
+            reason,
+        });
+    }
+    if let Some(ns) = &namespace
+        && let Err(reason) = dns1123_label(ns)
+    {
+        errors.push(Error::InvalidName {
+            field: "metadata.namespace",
+            value: ns.clone(),
+            reason,
+        });
+    }
+
+    let crd = crds.get(&(group.clone(), kind.clone()));
+    // The scopes (built-in kinds, or the cluster's discovery) are authoritative; a CRD in
+    // the revision covers kinds the cluster does not serve yet.
+    let namespaced = match scopes.namespaced(&group, &kind) {
+        Some(namespaced) => Some(namespaced),
+        None => match crd {
+            Some(crd) => {
+                if !crd.versions.is_empty() && !crd.versions.contains(&version) {
+                    errors.push(Error::UnknownVersion {
+                        version: version.clone(),
+                        kind: kind.clone(),
+                        defined: crd.versions.join(", "),
+                    });
+                }
+                Some(crd.namespaced)
+            }
+            None => {
+                errors.push(Error::UnknownKind {
+                    api_version: api_version.clone(),
+                    kind: kind.clone(),
+                });
+                None
+            }
+        },
+    };
+    let namespace = match (namespaced, namespace) {
+        (Some(true), None) => Some(options.default_namespace.clone()),
+        (Some(false), Some(ns)) => {
+            errors.push(Error::NamespaceOnClusterScoped {
+                kind: kind.clone(),
+                namespace: ns,
+            });
+            None
+        }
+        (_, ns) => ns,
+    };
+
+    if group.is_empty() {
+        match kind.as_str() {
+            "Secret" => {
+                check_data(obj, "data", DataValue::Base64, &mut errors);
+                check_data(obj, "stringData", DataValue::String, &mut errors);
+            }
+            "ConfigMap" => {
+                check_data(obj, "data", DataValue::String, &mut errors);
+                check_data(obj, "binaryData", DataValue::Base64, &mut errors);
+            }
+            _ => {}
+        }
+    }
+
+    if !errors.is_empty() {
+        return Err((Some(subject), errors));
+    }
+    if let (Some(ns), Some(Value::Object(meta))) = (&namespace, obj.get_mut("metadata")) {
+        meta.insert("namespace".into(), Value::String(ns.clone()));
+    }
+    Ok(Manifest {
+        id: ObjectRef {
+            group,
+            kind,
+            namespace,
+            name,
+            version,
+        },
+        file,
+        line,
+        object: value,
+    })
+}
+
+/// Reports each object defined more than once (version ignored), naming the first.
+fn find_duplicates(manifests: &[Manifest], errors: &mut Vec<Located>) {
+    let mut order: Vec<usize> = (0..manifests.len()).collect();
+    // Sorting by identity, then by position, puts each first definition ahead of its copies.
+    order.sort_by(|&a, &b| {
+        let (x, y) = (&manifests[a].id, &manifests[b].id);
+        (&x.group, &x.kind, &x.namespace, &x.name, a).cmp(&(
+            &y.group,
+            &y.kind,
+            &y.namespace,
+            &y.name,
+            b,
+        ))
+    });
+    let mut first = None::<&Manifest>;
+    for i in order {
+        let m = &manifests[i];
+        match first {
+            Some(f) if f.id.same_object(&m.id) => errors.push(Located {
+                subject: Some(m.subject()),
+                ..Located::new(
+                    &m.file,
+                    m.line,
+                    Error::Duplicate {
+                        file: f.file.clone(),
+                        line: f.line,
+                    },
+                )
+            }),
+            _ => first = Some(m),
+        }
+    }
+}
+
+/// The name rule the API server applies to a kind.
+fn name_rule(group: &str, kind: &str) -> fn(&str) -> Result<(), String> {
+    match (group, kind) {
+        ("", "Namespace") => dns1123_label,
+        ("", "Service") => dns1035_label,
+        // RBAC names are path segments: `system:aggregate-to-edit` is valid.
+        (
+            "rbac.authorization.k8s.io",
+            "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding",
+        ) => path_segment,
+        _ => dns1123_subdomain,
+    }
+}
+
+fn is_label_char(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-'
+}
+
+fn is_alnum(c: u8) -> bool {
+    c.is_ascii_lowercase() || c.is_ascii_digit()
+}
+
+fn label_shape(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.iter().copied().all(is_label_char)
+        && is_alnum(b[0])
+        && is_alnum(b[b.len() - 1])
+}
+
+/// RFC 1123 label, as Kubernetes validates namespaces.
+fn dns1123_label(s: &str) -> Result<(), String> {
+    if s.len() > 63 {
+        return Err("must be no more than 63 characters".into());
+    }
+    if !label_shape(s) {
+        return Err(
+            "a lowercase RFC 1123 label must consist of lower case alphanumeric \
+                    characters or '-', and must start and end with an alphanumeric character"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// RFC 1123 subdomain, the rule for most object names.
+fn dns1123_subdomain(s: &str) -> Result<(), String> {
+    if s.len() > 253 {
+        return Err("must be no more than 253 characters".into());
+    }
+    if !s.split('.').all(label_shape) {
+        return Err(
+            "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric \
+                    characters, '-' or '.', and must start and end with an alphanumeric character"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// RFC 1035 label, the rule for Service names (they become DNS names).
+fn dns1035_label(s: &str) -> Result<(), String> {
+    if s.len() > 63 {
+        return Err("must be no more than 63 characters".into());
+    }
+    if !label_shape(s) || !s.as_bytes()[0].is_ascii_lowercase() {
+        return Err(
+            "a DNS-1035 label must consist of lower case alphanumeric characters or \
+                    '-', start with an alphabetic character, and end with an alphanumeric character"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn path_segment(s: &str) -> Result<(), String> {
+    if s == "." || s == ".." {
+        return Err("may not be '.' or '..'".into());
+    }
+    if s.contains('/') || s.contains('%') {
+        return Err("may not contain '/' or '%'".into());
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum DataValue {
+    String,
+    Base64,
+}
+
+/// Checks a Secret's or ConfigMap's data the way the API server would, without ever
+/// putting a value into a message.
+fn check_data(obj: &Map<String, Value>, field: &str, kind: DataValue, errors: &mut Vec<Error>) {
+    let entries = match obj.get(field) {
+        None | Some(Value::Null) => return,
+        Some(Value::Object(entries)) => entries,
+        Some(_) => {
+            errors.push(Error::InvalidData {
+                field: field.to_owned(),
+                reason: "must be a mapping of keys to values",
+            });
+            return;
+        }
+    };
+    for (key, value) in entries {
+        let at = || format!("{field}.{key}");
+        if key.is_empty()
+            || key.len() > 253
+            || !key
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        {
+            errors.push(Error::InvalidData {
+                field: format!("{field}[{key:?}]"),
+                reason: "a key must consist of alphanumeric characters, '-', '_' or '.' \
+                         (at most 253)",
+            });
+        }
+        match (kind, value) {
+            (_, Value::Null) => {}
+            (DataValue::String, Value::String(_)) => {}
+            (DataValue::Base64, Value::String(s)) if is_base64(s) => {}
+            (DataValue::Base64, Value::String(_)) => errors.push(Error::InvalidData {
+                field: at(),
+                reason: "value is not valid base64 (use stringData for plain text)",
+            }),
+            (_, _) => errors.push(Error::InvalidData {
+                field: at(),
+                reason: "value must be a string (quote numbers and booleans)",
+            }),
+        }
+    }
+}
+
+/// Standard base64 with padding, as Go's decoder (used by the API server) accepts it:
+/// line breaks are ignored.
+fn is_base64(s: &str) -> bool {
+    let body: Vec<u8> = s.bytes().filter(|&c| c != b'\n' && c != b'\r').collect();
+    if body.len() % 4 != 0 {
+        return false;
+    }
+    let data = body.len() - body.iter().rev().take_while(|&&c| c == b'=').count();
+    body.len() - data <= 2
+        && body[..data]
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+}
