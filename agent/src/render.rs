@@ -359,8 +359,11 @@ pub fn render(
     'files: for file in files {
         let documents = match parse_file(file, &options.limits) {
             Ok(documents) => documents,
-            Err(e) => {
-                errors.push(e);
+            Err((line, column, error)) => {
+                errors.push(Located {
+                    column,
+                    ..Located::new(&file.path, line, error)
+                });
                 continue;
             }
         };
@@ -436,30 +439,23 @@ struct Candidate {
     value: Value,
 }
 
-fn parse_file(file: &File, limits: &Limits) -> Result<Vec<Document>, Located> {
+fn parse_file(file: &File, limits: &Limits) -> Result<Vec<Document>, ParseError> {
     let size = file.content.len();
     if size > limits.max_file_bytes {
-        return Err(Located::new(
-            &file.path,
-            1,
-            Error::FileTooLarge {
-                size,
-                limit: limits.max_file_bytes,
-            },
-        ));
+        let limit = limits.max_file_bytes;
+        return Err((1, None, Error::FileTooLarge { size, limit }));
     }
     let text = std::str::from_utf8(&file.content).map_err(|e| {
-        let line = line_of(&file.content, e.valid_up_to());
-        Located::new(&file.path, line, Error::NotUtf8)
+        (
+            line_of(&file.content, e.valid_up_to()),
+            None,
+            Error::NotUtf8,
+        )
     })?;
-    let parsed = match format_of(&file.path) {
+    match format_of(&file.path) {
         Some(Format::Json) => parse_json(text, limits),
         _ => parse_yaml(text, limits),
-    };
-    parsed.map_err(|(line, column, error)| Located {
-        column,
-        ..Located::new(&file.path, line, error)
-    })
+    }
 }
 
 type ParseError = (usize, Option<usize>, Error);
@@ -876,7 +872,9 @@ fn validate(
         || version.contains('/')
         || (api_version.contains('/') && group.is_empty())
     {
+        // Scope questions about a malformed group would only add noise.
         errors.push(Error::InvalidApiVersion(api_version.clone()));
+        return Err((Some(subject), errors));
     }
     let (group, version) = (group.to_owned(), version.to_owned());
 
@@ -937,12 +935,22 @@ fn validate(
     if group.is_empty() {
         match kind.as_str() {
             "Secret" => {
-                check_data(obj, "data", DataValue::Base64, &mut errors);
+                check_data(
+                    obj,
+                    "data",
+                    DataValue::Base64("value is not valid base64 (use stringData for plain text)"),
+                    &mut errors,
+                );
                 check_data(obj, "stringData", DataValue::String, &mut errors);
             }
             "ConfigMap" => {
                 check_data(obj, "data", DataValue::String, &mut errors);
-                check_data(obj, "binaryData", DataValue::Base64, &mut errors);
+                check_data(
+                    obj,
+                    "binaryData",
+                    DataValue::Base64("value is not valid base64"),
+                    &mut errors,
+                );
             }
             _ => {}
         }
@@ -1090,7 +1098,8 @@ fn path_segment(s: &str) -> Result<(), String> {
 #[derive(Clone, Copy)]
 enum DataValue {
     String,
-    Base64,
+    /// With the message for a value that is not base64.
+    Base64(&'static str),
 }
 
 /// Checks a Secret's or ConfigMap's data the way the API server would, without ever
@@ -1124,10 +1133,10 @@ fn check_data(obj: &Map<String, Value>, field: &str, kind: DataValue, errors: &m
         match (kind, value) {
             (_, Value::Null) => {}
             (DataValue::String, Value::String(_)) => {}
-            (DataValue::Base64, Value::String(s)) if is_base64(s) => {}
-            (DataValue::Base64, Value::String(_)) => errors.push(Error::InvalidData {
+            (DataValue::Base64(_), Value::String(s)) if is_base64(s) => {}
+            (DataValue::Base64(reason), Value::String(_)) => errors.push(Error::InvalidData {
                 field: at(),
-                reason: "value is not valid base64 (use stringData for plain text)",
+                reason,
             }),
             (_, _) => errors.push(Error::InvalidData {
                 field: at(),
@@ -1141,7 +1150,7 @@ fn check_data(obj: &Map<String, Value>, field: &str, kind: DataValue, errors: &m
 /// line breaks are ignored.
 fn is_base64(s: &str) -> bool {
     let body: Vec<u8> = s.bytes().filter(|&c| c != b'\n' && c != b'\r').collect();
-    if body.len() % 4 != 0 {
+    if !body.len().is_multiple_of(4) {
         return false;
     }
     let data = body.len() - body.iter().rev().take_while(|&&c| c == b'=').count();
@@ -1149,4 +1158,701 @@ fn is_base64(s: &str) -> bool {
         && body[..data]
             .iter()
             .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(path: &str, text: &str) -> File {
+        File {
+            path: path.into(),
+            content: text.as_bytes().to_vec(),
+        }
+    }
+
+    fn ok(files: &[File]) -> Vec<Manifest> {
+        match render(files, &Options::default(), &BuiltinScopes) {
+            Ok(m) => m,
+            Err(e) => panic!("expected success, got:\n{e}"),
+        }
+    }
+
+    fn err(files: &[File]) -> Errors {
+        match render(files, &Options::default(), &BuiltinScopes) {
+            Ok(m) => panic!("expected errors, got {} manifests", m.len()),
+            Err(e) => e,
+        }
+    }
+
+    /// The files of a testdata directory, as the source stage hands them over.
+    fn testdata(dir: &str) -> Vec<File> {
+        fn walk(root: &std::path::Path, dir: &std::path::Path, out: &mut Vec<File>) {
+            for entry in std::fs::read_dir(dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    walk(root, &path, out);
+                } else {
+                    out.push(File {
+                        path: path.strip_prefix(root).unwrap().to_str().unwrap().into(),
+                        content: std::fs::read(&path).unwrap(),
+                    });
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/render");
+        let mut out = Vec::new();
+        walk(&root, &root.join(dir), &mut out);
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+
+    const CM: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n";
+
+    #[test]
+    fn renders_a_revision_in_file_then_document_order() {
+        let manifests = ok(&testdata("shop"));
+        let got: Vec<(String, &str, usize)> = manifests
+            .iter()
+            .map(|m| (m.subject(), m.file.as_str(), m.line))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("Namespace/shop".into(), "shop/00-namespace.yaml", 1),
+                ("Deployment/shop/web".into(), "shop/app.yaml", 5),
+                ("Service/default/web".into(), "shop/app.yaml", 27),
+                (
+                    "ClusterRole/system:aggregate-to-edit-widgets".into(),
+                    "shop/app.yaml",
+                    35
+                ),
+                (
+                    "CustomResourceDefinition/widgets.example.com".into(),
+                    "shop/crd.yaml",
+                    1
+                ),
+                ("ConfigMap/shop/web".into(), "shop/list.yml", 1),
+                ("Widget/shop/gadget".into(), "shop/list.yml", 1),
+                ("Secret/shop/db".into(), "shop/secret.json", 1),
+            ]
+        );
+        let widget = &manifests[6].id;
+        assert_eq!(
+            (widget.group.as_str(), widget.version.as_str()),
+            ("example.com", "v1")
+        );
+        // YAML 1.1 octal, as kubectl reads it.
+        assert_eq!(
+            manifests[1].object["spec"]["template"]["spec"]["volumes"][0]["configMap"]["defaultMode"],
+            420
+        );
+    }
+
+    #[test]
+    fn defaults_the_namespace_of_namespaced_kinds_only() {
+        let options = Options {
+            default_namespace: "team-a".into(),
+            ..Options::default()
+        };
+        let files = [file(
+            "a.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: b}\n---\n\
+             apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c, namespace: \"\"}\n",
+        )];
+        let m = render(&files, &options, &BuiltinScopes).unwrap();
+        assert_eq!(m[0].id.namespace.as_deref(), Some("team-a"));
+        assert_eq!(m[0].object["metadata"]["namespace"], "team-a");
+        assert_eq!(m[1].id.namespace, None);
+        assert!(m[1].object["metadata"].get("namespace").is_none());
+        assert_eq!(m[2].id.namespace.as_deref(), Some("team-a"));
+    }
+
+    #[test]
+    fn ignores_other_files_and_empty_documents() {
+        let m = ok(&[
+            file("README.md", "not: [valid"),
+            file("script.sh", "#!/bin/sh\n"),
+            file("empty.yaml", ""),
+            file(
+                "comments.yaml",
+                "# nothing here\n---\n# nor here\n---\n...\n",
+            ),
+            file("nulls.yml", "---\n~\n---\nnull\n"),
+            file("upper.YAML", CM),
+        ]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].file, "upper.YAML");
+    }
+
+    #[test]
+    fn orders_by_path_even_if_given_unsorted() {
+        let m = ok(&[
+            file(
+                "b.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n",
+            ),
+            file(
+                "a.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n",
+            ),
+        ]);
+        let names: Vec<&str> = m.iter().map(|m| m.id.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+    }
+
+    #[test]
+    fn reads_json_streams_with_lines() {
+        let m = ok(&[file(
+            "objs.json",
+            "\u{feff}{\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\", \"metadata\": {\"name\": \"a\"}}\n\n\
+             {\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\",\n \"metadata\": {\"name\": \"b\"}}\n",
+        )]);
+        assert_eq!(m.iter().map(|m| m.line).collect::<Vec<_>>(), [1, 3]);
+    }
+
+    #[test]
+    fn expands_lists_and_rejects_bad_ones() {
+        let m = ok(&[file(
+            "list.yaml",
+            "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: a}\n\
+             - apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: b}\n",
+        )]);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[1].id.name, "b");
+
+        let e = err(&[
+            file("a.yaml", "apiVersion: v1\nkind: List\nitems: {}\n"),
+            file(
+                "b.yaml",
+                "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: ok}\n\
+                 - apiVersion: v1\n  kind: ConfigMap\n  metadata: {name: Bad}\n\
+                 - {apiVersion: v1, kind: List, items: []}\n",
+            ),
+        ]);
+        let text = e.to_string();
+        assert_eq!(e.len(), 3, "{text}");
+        assert!(
+            text.contains("a.yaml:1: invalid List: items must be a sequence"),
+            "{text}"
+        );
+        assert!(
+            text.contains("b.yaml:1: ConfigMap/Bad (List items[1]): invalid metadata.name \"Bad\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("b.yaml:1 (List items[2]): invalid List: a List inside a List"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reports_missing_identity_fields_and_every_error() {
+        let e = err(&[
+            file("a.yaml", "kind: ConfigMap\nmetadata: {name: a}\n"),
+            file(
+                "b.yaml",
+                "apiVersion: v1\nmetadata: {name: b}\n---\napiVersion: v1\nkind: ConfigMap\n",
+            ),
+            file(
+                "c.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: 7}\n",
+            ),
+            file(
+                "d.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: [x]\n---\n- just\n- a list\n",
+            ),
+            file("e.json", "[1, 2]"),
+        ]);
+        let lines: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "a.yaml:1: ConfigMap/a: apiVersion is missing",
+                "b.yaml:1: ?/b: kind is missing",
+                "b.yaml:4: ConfigMap/?: metadata.name is missing",
+                "c.yaml:1: ConfigMap/?: metadata.name must be a non-empty string",
+                "d.yaml:1: ConfigMap/?: metadata must be a mapping",
+                "d.yaml:5: document is a sequence, not a Kubernetes object (a mapping)",
+                "e.json:1: document is a sequence, not a Kubernetes object (a mapping)",
+            ]
+        );
+        // The aggregate lists them one per line.
+        assert_eq!(e.to_string(), lines.join("\n"));
+    }
+
+    #[test]
+    fn validates_names_and_namespaces_like_the_api_server() {
+        assert!(dns1123_subdomain("web.v2-a").is_ok());
+        assert!(dns1123_subdomain(&"a".repeat(253)).is_ok());
+        for bad in [
+            "Web",
+            "web_1",
+            "-web",
+            "web-",
+            "a..b",
+            "a.-b",
+            "",
+            &"a".repeat(254),
+        ] {
+            assert!(dns1123_subdomain(bad).is_err(), "{bad:?}");
+        }
+        assert!(dns1123_label("shop-1").is_ok());
+        for bad in ["shop.a", "Shop", &"a".repeat(64)] {
+            assert!(dns1123_label(bad).is_err(), "{bad:?}");
+        }
+        assert!(dns1035_label("web").is_ok());
+        assert!(dns1035_label("1web").is_err());
+        assert!(path_segment("system:controller:foo").is_ok());
+        for bad in [".", "..", "a/b", "a%2f"] {
+            assert!(path_segment(bad).is_err(), "{bad:?}");
+        }
+
+        let e = err(&[file(
+            "a.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: My_Config, namespace: Shop}\n---\n\
+             apiVersion: v1\nkind: Namespace\nmetadata: {name: shop.prod}\n---\n\
+             apiVersion: v1\nkind: Service\nmetadata: {name: 1web}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {name: a/b}\n",
+        )]);
+        let text = e.to_string();
+        assert_eq!(e.len(), 5, "{text}");
+        assert!(text.contains("a.yaml:1: ConfigMap/Shop/My_Config: invalid metadata.name \"My_Config\": a lowercase RFC 1123 subdomain"), "{text}");
+        assert!(text.contains("a.yaml:1: ConfigMap/Shop/My_Config: invalid metadata.namespace \"Shop\": a lowercase RFC 1123 label"), "{text}");
+        assert!(
+            text.contains("a.yaml:5: Namespace/shop.prod: invalid metadata.name"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "a.yaml:9: Service/1web: invalid metadata.name \"1web\": a DNS-1035 label"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "a.yaml:13: Role/a/b: invalid metadata.name \"a/b\": may not contain '/'"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rejects_malformed_api_versions() {
+        let e = err(&[file(
+            "a.yaml",
+            "apiVersion: apps/\nkind: Deployment\nmetadata: {name: a}\n---\n\
+             apiVersion: /v1\nkind: Deployment\nmetadata: {name: b}\n",
+        )]);
+        assert_eq!(e.len(), 2, "{e}");
+        assert!(
+            e.iter()
+                .all(|l| matches!(l.error, Error::InvalidApiVersion(_))),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn enforces_scope() {
+        let e = err(&[
+            file(
+                "ns.yaml",
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, namespace: b}\n",
+            ),
+            file(
+                "x.yaml",
+                "# header\napiVersion: example.com/v1\nkind: Gizmo\nmetadata: {name: a}\n",
+            ),
+            file(
+                "old.yaml",
+                "apiVersion: extensions/v1beta1\nkind: Deployment\nmetadata: {name: a}\n",
+            ),
+        ]);
+        let lines: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "ns.yaml:1: Namespace/b/a: Namespace is cluster-scoped, but metadata.namespace is \"b\"",
+                "old.yaml:1: Deployment/a: unknown kind Deployment (extensions/v1beta1): not a built-in kind, \
+                 not known to the cluster, and no CustomResourceDefinition in this revision defines it",
+                "x.yaml:2: Gizmo/a: unknown kind Gizmo (example.com/v1): not a built-in kind, \
+                 not known to the cluster, and no CustomResourceDefinition in this revision defines it",
+            ]
+        );
+    }
+
+    fn crd(scope: &str) -> String {
+        format!(
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\n\
+             metadata: {{name: gizmos.example.com}}\n\
+             spec:\n  group: example.com\n  scope: {scope}\n  names: {{kind: Gizmo, plural: gizmos}}\n\
+             versions: []\n  versions: [{{name: v1}}, {{name: v2}}]\n"
+        )
+        .replace("versions: []\n", "")
+    }
+
+    #[test]
+    fn crds_in_the_revision_define_kinds() {
+        let cr = "apiVersion: example.com/v2\nkind: Gizmo\nmetadata: {name: a}\n";
+        // The CR may come before its CRD: the CRDs are collected first.
+        let m = ok(&[
+            file("a-cr.yaml", cr),
+            file("b-crd.yaml", &crd("Namespaced")),
+        ]);
+        assert_eq!(m[0].subject(), "Gizmo/default/a");
+
+        let m = ok(&[file("a-cr.yaml", cr), file("b-crd.yaml", &crd("Cluster"))]);
+        assert_eq!(m[0].subject(), "Gizmo/a");
+
+        let e = err(&[
+            file(
+                "a-cr.yaml",
+                "apiVersion: example.com/v3\nkind: Gizmo\nmetadata: {name: a, namespace: x}\n",
+            ),
+            file("b-crd.yaml", &crd("Cluster")),
+        ]);
+        let text = e.to_string();
+        assert!(
+            text.contains("a-cr.yaml:1: Gizmo/x/a: version v3 is not among the versions (v1, v2)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a-cr.yaml:1: Gizmo/x/a: Gizmo is cluster-scoped"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn reports_invalid_crds() {
+        let e = err(&[
+            file("a.yaml", &crd("Sometimes")),
+            file(
+                "b.yaml",
+                &crd("Cluster").replace("gizmos.example.com", "gizmo.example.com"),
+            ),
+            file(
+                "c.yaml",
+                "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: x.y}\n",
+            ),
+        ]);
+        let lines: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "a.yaml:1: CustomResourceDefinition/gizmos.example.com: invalid CustomResourceDefinition: \
+                 spec.scope must be \"Namespaced\" or \"Cluster\"",
+                "b.yaml:1: CustomResourceDefinition/gizmo.example.com: invalid CustomResourceDefinition: \
+                 metadata.name must be spec.names.plural + \".\" + spec.group: \"gizmos.example.com\"",
+                "c.yaml:1: CustomResourceDefinition/x.y: invalid CustomResourceDefinition: spec is missing",
+            ]
+        );
+    }
+
+    /// A stand-in for the discovery-backed scopes of the apply engine.
+    struct Discovered;
+    impl Scopes for Discovered {
+        fn namespaced(&self, group: &str, kind: &str) -> Option<bool> {
+            match (group, kind) {
+                ("cert-manager.io", "ClusterIssuer") => Some(false),
+                ("cert-manager.io", "Certificate") => Some(true),
+                _ => BuiltinScopes.namespaced(group, kind),
+            }
+        }
+    }
+
+    #[test]
+    fn uses_the_scopes_it_is_given() {
+        let files = [file(
+            "certs.yaml",
+            "apiVersion: cert-manager.io/v1\nkind: ClusterIssuer\nmetadata: {name: le}\n---\n\
+             apiVersion: cert-manager.io/v1\nkind: Certificate\nmetadata: {name: web}\n",
+        )];
+        let m = render(&files, &Options::default(), &Discovered).unwrap();
+        assert_eq!(m[0].subject(), "ClusterIssuer/le");
+        assert_eq!(m[1].subject(), "Certificate/default/web");
+        assert!(render(&files, &Options::default(), &BuiltinScopes).is_err());
+    }
+
+    #[test]
+    fn builtin_scopes_come_from_k8s_openapi() {
+        let s = BuiltinScopes;
+        assert_eq!(s.namespaced("apps", "Deployment"), Some(true));
+        assert_eq!(s.namespaced("", "Secret"), Some(true));
+        assert_eq!(s.namespaced("", "Namespace"), Some(false));
+        assert_eq!(
+            s.namespaced("rbac.authorization.k8s.io", "ClusterRole"),
+            Some(false)
+        );
+        assert_eq!(
+            s.namespaced("apiextensions.k8s.io", "CustomResourceDefinition"),
+            Some(false)
+        );
+        assert_eq!(
+            s.namespaced("apiregistration.k8s.io", "APIService"),
+            Some(false)
+        );
+        assert_eq!(s.namespaced("apps", "Secret"), None);
+        assert_eq!(s.namespaced("example.com", "Gizmo"), None);
+        // Two versions of one kind never disagree on scope.
+        for (g, k, n) in BUILTIN_KINDS {
+            assert!(
+                BUILTIN_KINDS
+                    .iter()
+                    .all(|(g2, k2, n2)| (g, k) != (g2, k2) || n == n2)
+            );
+        }
+    }
+
+    #[test]
+    fn reports_duplicates_with_both_places() {
+        let e = err(&[
+            file(
+                "a.yaml",
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+            ),
+            file(
+                "b.yaml",
+                "# again, as another version and with the default namespace spelled out\n\
+                 apiVersion: apps/v1beta2\nkind: Deployment\nmetadata: {name: web, namespace: default}\n",
+            ),
+            // Same name, other kind or namespace: not duplicates.
+            file(
+                "c.yaml",
+                "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n---\n\
+                 apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: other}\n",
+            ),
+        ]);
+        assert_eq!(
+            e.to_string(),
+            "b.yaml:2: Deployment/default/web: duplicate object: also defined at a.yaml:1"
+        );
+    }
+
+    #[test]
+    fn yaml_syntax_errors_have_file_line_and_column() {
+        let e = err(&[
+            file("a.yaml", CM),
+            file(
+                "b.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: [a\n",
+            ),
+            file("c.yaml", "a: 1\nb: 2: 3\n"),
+            file("d.yaml", "a: 1\na: 2\n"),
+        ]);
+        let located: Vec<(&str, usize, Option<usize>)> = e
+            .iter()
+            .map(|l| (l.file.as_str(), l.line, l.column))
+            .collect();
+        assert_eq!(located.len(), 3, "{e}");
+        assert_eq!(located[1], ("c.yaml", 2, Some(5)));
+        assert_eq!(&located[2].0[..], "d.yaml");
+        assert_eq!(located[2].1, 2);
+        assert!(e.iter().all(|l| matches!(l.error, Error::Yaml(_))), "{e}");
+        assert!(
+            e.to_string()
+                .contains("c.yaml:2:5: invalid YAML: mapping values are not allowed"),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains("d.yaml:2:1: invalid YAML: duplicate mapping key"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn json_syntax_errors_have_file_line_and_column() {
+        let e = err(&[file(
+            "a.json",
+            "{\n  \"apiVersion\": \"v1\",\n  \"kind\": ConfigMap\n}\n",
+        )]);
+        let l = &e.0[0];
+        assert_eq!((l.line, l.column), (3, Some(11)), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("a.json:3:11: invalid JSON: expected value"),
+            "{e}"
+        );
+        assert!(!e.to_string().contains(" at line "), "{e}");
+    }
+
+    #[test]
+    fn rejects_files_that_are_not_utf8() {
+        let e = err(&[File {
+            path: "a.yaml".into(),
+            content: b"a: 1\nb: \xff\n".to_vec(),
+        }]);
+        assert_eq!(e.to_string(), "a.yaml:2: file is not valid UTF-8");
+    }
+
+    fn assert_limit(e: &Errors) {
+        assert_eq!(e.len(), 1, "{e}");
+        assert!(matches!(e.0[0].error, Error::Limit(_)), "{e}");
+    }
+
+    #[test]
+    fn rejects_billion_laughs() {
+        let e = err(&testdata("hostile"));
+        assert_limit(&e);
+        let text = e.to_string();
+        assert!(text.starts_with("hostile/billion-laughs.yaml:"), "{text}");
+        assert!(text.contains("alias bomb"), "{text}");
+    }
+
+    #[test]
+    fn rejects_deep_nesting() {
+        const DEPTH: usize = 10_000;
+        let flow = format!("{}1{}", "[".repeat(DEPTH), "]".repeat(DEPTH));
+        let flow_maps = format!("{}1{}", "{a: ".repeat(DEPTH), "}".repeat(DEPTH));
+        let block = format!("{}1\n", "- ".repeat(DEPTH));
+        let in_object = format!("{CM}data:\n  x: {flow}\n");
+        let json = format!("{}1{}", "[".repeat(DEPTH), "]".repeat(DEPTH));
+        for (path, text) in [
+            ("flow.yaml", &flow),
+            ("maps.yaml", &flow_maps),
+            ("block.yaml", &block),
+            ("object.yaml", &in_object),
+            ("deep.json", &json),
+        ] {
+            let e = err(&[file(path, text)]);
+            assert_limit(&e);
+            assert!(e.to_string().contains("nested"), "{path}: {e}");
+        }
+        // Nesting within the limit is fine.
+        let ok_depth = format!("{CM}data2: {}1{}\n", "[".repeat(100), "]".repeat(100));
+        ok(&[file("fine.yaml", &ok_depth)]);
+    }
+
+    #[test]
+    fn rejects_huge_inputs() {
+        let small = Options {
+            limits: Limits {
+                max_file_bytes: 1024,
+                max_documents_per_file: 10,
+                max_nodes_per_file: 100,
+                max_objects: 3,
+                ..Limits::default()
+            },
+            ..Options::default()
+        };
+        let run = |files: &[File]| render(files, &small, &BuiltinScopes).unwrap_err();
+
+        let big = format!("{CM}data:\n  x: \"{}\"\n", "a".repeat(2000));
+        let e = run(&[file("big.yaml", &big)]);
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "big.yaml:1: file is {} bytes, more than the limit of 1024",
+                big.len()
+            )
+        );
+
+        let e = run(&[file("many.yaml", &"a: 1\n---\n".repeat(50))]);
+        assert_limit(&e);
+        assert!(e.to_string().contains("more than 10 documents"), "{e}");
+
+        let e = run(&[file("many.json", &"{}\n".repeat(50))]);
+        assert_limit(&e);
+
+        let e = run(&[file(
+            "wide.yaml",
+            &format!("{CM}data: [{}]\n", "1,".repeat(200)),
+        )]);
+        assert_limit(&e);
+        assert!(e.to_string().contains("more than 100 nodes"), "{e}");
+
+        let four: String = (0..4)
+            .map(|i| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c{i}}}\n---\n"))
+            .collect();
+        let e = run(&[file("objects.yaml", &four)]);
+        assert_eq!(
+            e.to_string(),
+            "objects.yaml:13: more than 3 objects in this revision"
+        );
+
+        // With the default limits, a huge number of documents is refused too.
+        let e = err(&[file("storm.yaml", &"---\na: 1\n".repeat(20_000))]);
+        assert_limit(&e);
+    }
+
+    #[test]
+    fn secret_values_never_appear_in_errors() {
+        let e = err(&[
+            file(
+                "a.yaml",
+                "apiVersion: v1\nkind: Secret\nmetadata: {name: db}\n\
+                 data:\n  password: hunter2-not-base64!\n  fine: aHVudGVy\n\
+                 stringData:\n  pin: 918273\n  flag: true\n",
+            ),
+            file(
+                "b.yaml",
+                "apiVersion: v1\nkind: Secret\nstringData:\n  password: \"hunter2\n  x: 1\n",
+            ),
+            file(
+                "c.yaml",
+                "apiVersion: v1\nkind: Secret\nstringData:\n  password: \"hunter2\\q\"\n",
+            ),
+            file(
+                "d.yaml",
+                "apiVersion: v1\nkind: Secret\nstringData:\n  password: hunter2: x\n",
+            ),
+            file(
+                "e.json",
+                "{\"kind\": \"Secret\", \"data\": {\"password\": \"hunter2\\q\"}}",
+            ),
+        ]);
+        let text = e.to_string();
+        for secret in ["hunter2", "918273", "true"] {
+            assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        }
+        assert!(
+            text.contains("a.yaml:1: Secret/db: data.password: value is not valid base64"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a.yaml:1: Secret/db: stringData.pin: value must be a string"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a.yaml:1: Secret/db: stringData.flag: value must be a string"),
+            "{text}"
+        );
+        assert_eq!(e.iter().filter(|l| l.file != "a.yaml").count(), 4, "{text}");
+    }
+
+    #[test]
+    fn checks_configmap_data() {
+        let e = err(&[file(
+            "cm.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n\
+             data:\n  enabled: yes\n  bad/key: x\n  ok.key_1-A: x\nbinaryData:\n  blob: \"@@@@\"\n",
+        )]);
+        let lines: Vec<String> = e.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "cm.yaml:1: ConfigMap/a: data[\"bad/key\"]: a key must consist of alphanumeric characters, \
+                 '-', '_' or '.' (at most 253)",
+                "cm.yaml:1: ConfigMap/a: data.enabled: value must be a string (quote numbers and booleans)",
+                "cm.yaml:1: ConfigMap/a: binaryData.blob: value is not valid base64",
+            ]
+        );
+        assert!(is_base64("aGVs\nbG8="));
+        assert!(!is_base64("aGVsbG8=aGk="));
+        assert!(is_base64(""));
+        assert!(!is_base64("aGk"));
+        assert!(!is_base64("a==="));
+        assert!(!is_base64("a=Gk"));
+    }
+
+    #[test]
+    fn manifest_subject_names_the_object() {
+        let m = ok(&[file(
+            "a.yaml",
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n",
+        )]);
+        assert_eq!(m[0].subject(), "Deployment/shop/web");
+        assert_eq!(m[0].id.api_version(), "apps/v1");
+    }
 }
