@@ -467,6 +467,8 @@ fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
         budget: serde_saphyr::budget! {
             max_documents: documents,
             max_depth: limits.max_depth,
+            // The parser caps flow collections (`[[[...`) separately; one limit for both.
+            flow_nesting_limit: limits.max_depth,
             max_nodes: nodes,
             // Every node has at most one end event, every document a start and an end, so
             // the node limit is the one users meet.
@@ -545,7 +547,7 @@ fn yaml_error(err: &serde_saphyr::Error, limits: &Limits) -> ParseError {
             let message = serde_saphyr::DefaultMessageFormatter.format_message(other);
             // The parser's flow-collection cap has no budget variant of its own.
             if message.contains("recursion limit") {
-                Error::Limit(format!("nested too deeply ({})", printable(&message)))
+                Error::Limit(format!("nested more than {} levels deep", limits.max_depth))
             } else {
                 Error::Yaml(printable(&message))
             }
@@ -566,7 +568,7 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
     // serde_json refuses a byte-order mark; removing it shifts no line.
     let body = text.strip_prefix('\u{feff}').unwrap_or(text);
     let bytes = body.as_bytes();
-    // serde_json limits nesting to 128 levels on its own.
+    // serde_json limits nesting to 128 levels on its own; `deeper_than` applies a lower limit.
     let mut stream = serde_json::Deserializer::from_str(body).into_iter::<Value>();
     let mut documents = Vec::new();
     let mut count = 0;
@@ -597,6 +599,13 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
                     .filter(|&&b| b == b'\n')
                     .count();
                 counted_to = start;
+                if deeper_than(&value, limits.max_depth) {
+                    return Err((
+                        line,
+                        None,
+                        Error::Limit(format!("nested more than {} levels deep", limits.max_depth)),
+                    ));
+                }
                 if !value.is_null() {
                     documents.push(Document { line, value });
                 }
@@ -607,8 +616,11 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
                     Some(i) => &message[..i],
                     None => &message,
                 };
-                let error = if e.to_string().contains("recursion limit") {
-                    Error::Limit("nested more than 128 levels deep".into())
+                let error = if message.contains("recursion limit") {
+                    Error::Limit(format!(
+                        "nested more than {} levels deep",
+                        limits.max_depth.min(JSON_MAX_DEPTH)
+                    ))
                 } else {
                     Error::Json(message.to_owned())
                 };
@@ -617,6 +629,29 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
         }
     }
     Ok(documents)
+}
+
+/// serde_json's own, fixed nesting limit.
+const JSON_MAX_DEPTH: usize = 128;
+
+/// Whether `value` nests deeper than `max` (iterative: the value may be deep).
+fn deeper_than(value: &Value, max: usize) -> bool {
+    if max >= JSON_MAX_DEPTH {
+        return false;
+    }
+    let mut stack = vec![(value, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth + 1 > max {
+            return true;
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    false
 }
 
 fn line_of(bytes: &[u8], offset: usize) -> usize {
@@ -1646,7 +1681,7 @@ mod tests {
             .collect();
         assert_eq!(located.len(), 3, "{e}");
         assert_eq!(located[1], ("c.yaml", 2, Some(5)));
-        assert_eq!(&located[2].0[..], "d.yaml");
+        assert_eq!(located[2].0, "d.yaml");
         assert_eq!(located[2].1, 2);
         assert!(e.iter().all(|l| matches!(l.error, Error::Yaml(_))), "{e}");
         assert!(
@@ -1718,6 +1753,19 @@ mod tests {
             let e = err(&[file(path, text)]);
             assert_limit(&e);
             assert!(e.to_string().contains("nested"), "{path}: {e}");
+        }
+        // A lower limit applies to JSON too.
+        let shallow = Options {
+            limits: Limits {
+                max_depth: 3,
+                ..Limits::default()
+            },
+            ..Options::default()
+        };
+        for (path, text) in [("a.json", "{\"a\": [[{}]]}"), ("a.yaml", "a: [[{}]]")] {
+            let e = render(&[file(path, text)], &shallow, &BuiltinScopes).unwrap_err();
+            assert_limit(&e);
+            assert!(e.to_string().contains("nested more than 3 levels"), "{e}");
         }
         // Nesting within the limit is fine.
         let ok_depth = format!("{CM}data2: {}1{}\n", "[".repeat(100), "]".repeat(100));
