@@ -58,7 +58,7 @@ pub struct Limits {
     pub max_file_bytes: usize,
     /// Most YAML documents (or JSON values) in one file.
     pub max_documents_per_file: usize,
-    /// Deepest nesting of mappings and sequences.
+    /// Deepest nesting of mappings and sequences (JSON files stop at 127, serde_json's cap).
     pub max_depth: usize,
     /// Most YAML nodes (scalars, mappings, sequences) in one file.
     pub max_nodes_per_file: usize,
@@ -568,7 +568,7 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
     // serde_json refuses a byte-order mark; removing it shifts no line.
     let body = text.strip_prefix('\u{feff}').unwrap_or(text);
     let bytes = body.as_bytes();
-    // serde_json limits nesting to 128 levels on its own; `deeper_than` applies a lower limit.
+    // serde_json limits nesting on its own (JSON_MAX_DEPTH); `deeper_than` applies a lower limit.
     let mut stream = serde_json::Deserializer::from_str(body).into_iter::<Value>();
     let mut documents = Vec::new();
     let mut count = 0;
@@ -631,8 +631,8 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
     Ok(documents)
 }
 
-/// serde_json's own, fixed nesting limit.
-const JSON_MAX_DEPTH: usize = 128;
+/// serde_json's own, fixed nesting limit (its recursion limit of 128 admits 127 levels).
+const JSON_MAX_DEPTH: usize = 127;
 
 /// Whether `value` nests deeper than `max` (iterative: the value may be deep).
 fn deeper_than(value: &Value, max: usize) -> bool {
@@ -1766,9 +1766,19 @@ mod tests {
             assert_limit(&e);
             assert!(e.to_string().contains("nested more than 3 levels"), "{e}");
         }
-        // Nesting within the limit is fine.
-        let ok_depth = format!("{CM}data2: {}1{}\n", "[".repeat(100), "]".repeat(100));
-        ok(&[file("fine.yaml", &ok_depth)]);
+        // Nesting up to the limit is fine (and does not exhaust a 2 MiB thread stack).
+        let max = Limits::default().max_depth;
+        let at_limit = format!("{CM}x: {}1{}\n", "[".repeat(max - 1), "]".repeat(max - 1));
+        ok(&[file("fine.yaml", &at_limit)]);
+        let over = format!("{CM}x: {}1{}\n", "[".repeat(max), "]".repeat(max));
+        assert_limit(&err(&[file("over.yaml", &over)]));
+        // JSON stops one level earlier, at serde_json's fixed limit.
+        let json_at_limit = format!(
+            "{{\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\", \"metadata\": {{\"name\": \"a\"}}, \"x\": {}1{}}}",
+            "[".repeat(JSON_MAX_DEPTH - 1),
+            "]".repeat(JSON_MAX_DEPTH - 1)
+        );
+        ok(&[file("fine.json", &json_at_limit)]);
     }
 
     #[test]
