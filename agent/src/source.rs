@@ -404,16 +404,13 @@ impl GitSource {
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || {
             let repo = inner.open_mirror()?;
-            read_tree(&repo, commit, &path, &inner.spec.limits).map_err(|e| match e {
-                Error::Git { source, .. } if source.code() == git2::ErrorCode::NotFound => {
-                    Error::Commit {
-                        name: inner.spec.name.clone(),
-                        commit,
-                        source,
-                    }
-                }
-                e => e,
-            })
+            // A commit that is not in the mirror is the caller's mistake, not a path's.
+            repo.find_commit(commit).map_err(|source| Error::Commit {
+                name: inner.spec.name.clone(),
+                commit,
+                source,
+            })?;
+            read_tree(&repo, commit, &path, &inner.spec.limits)
         })
         .await
         .map_err(|source| Error::Task {
@@ -434,8 +431,10 @@ impl Inner {
             Repository::open_bare(&self.mirror).map_err(err)
         } else {
             if let Some(parent) = self.mirror.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|e| err(git2::Error::from_str(&e.to_string())))?;
+                std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+                    path: parent.display().to_string(),
+                    source,
+                })?;
             }
             Repository::init_bare(&self.mirror).map_err(err)
         }
@@ -633,8 +632,10 @@ impl Inner {
             if let Some(reason) = auth_failure.into_inner() {
                 return Err(Error::Auth { name, url, reason });
             }
+            // libssh2 reports a key it cannot decrypt or parse (a wrong passphrase) only
+            // when authenticating, after the credentials callback has returned.
             if e.code() == git2::ErrorCode::Auth
-                || e.class() == git2::ErrorClass::Ssh && e.message().contains("authentication")
+                || e.class() == git2::ErrorClass::Ssh && e.message().contains("authenticat")
             {
                 let reason = self.scrub(e.message());
                 return Err(Error::Auth { name, url, reason });
@@ -1528,6 +1529,13 @@ mod tests {
         assert_eq!(paths(&files), ["deploy/cm.yaml", "deploy/new.yaml"]);
         // The older commit stays readable from the mirror.
         assert_eq!(source.read(first, "").await.unwrap().len(), 1);
+        let unknown = Oid::from_str("0123456789abcdef0123456789abcdef01234567").unwrap();
+        let err = source.read(unknown, "").await.unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("source shop: commit {unknown}: ")),
+            "{err}"
+        );
     }
 
     #[tokio::test]
