@@ -444,6 +444,11 @@ impl Inner {
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let repo = self.open_mirror()?;
         let spec = &self.spec;
+        let not_found = |reference: String| Error::RefNotFound {
+            name: spec.name.clone(),
+            url: self.display_url.clone(),
+            reference,
+        };
         let (refspecs, want): (Vec<String>, Option<String>) = match &spec.reference {
             Reference::Branch(b) => (
                 vec![format!("+refs/heads/{b}:refs/heads/{b}")],
@@ -475,17 +480,32 @@ impl Inner {
                     None,
                 )
             }
-            Reference::Semver(_) => (vec!["+refs/tags/*:refs/tags/*".into()], None),
+            Reference::Semver(r) => {
+                // Ask the server for its tags first, so that only the chosen tag's objects
+                // are fetched rather than every release's.
+                let listed = self.transfer(&repo, Op::List, cancel)?.advertised;
+                let req = self.semver.as_ref().expect("validated in new");
+                let tag = listed
+                    .iter()
+                    .filter_map(|name| name.strip_prefix("refs/tags/").map(|t| (name, t)))
+                    .filter(|(name, _)| !name.ends_with("^{}"))
+                    .filter_map(|(name, tag)| {
+                        let v =
+                            semver::Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()?;
+                        req.matches(&v).then_some((v, name))
+                    })
+                    .max()
+                    .map(|(_, name)| name.clone())
+                    .ok_or_else(|| not_found(format!("semver {r}: no matching tag")))?;
+                (vec![format!("+{tag}:{tag}")], Some(tag))
+            }
         };
 
-        let (advertised, received_objects, received_bytes) =
-            self.transfer(&repo, &refspecs, cancel)?;
-
-        let not_found = |reference: String| Error::RefNotFound {
-            name: spec.name.clone(),
-            url: self.display_url.clone(),
-            reference,
-        };
+        let Transfer {
+            advertised,
+            received_objects,
+            received_bytes,
+        } = self.transfer(&repo, Op::Fetch(&refspecs), cancel)?;
         let refname = match (&spec.reference, want) {
             (_, Some(want)) => {
                 // A ref deleted on the server must not resolve to the mirror's stale copy.
@@ -495,21 +515,7 @@ impl Inner {
                 want
             }
             (Reference::Commit(c), None) => c.clone(),
-            (Reference::Semver(r), None) => {
-                let req = self.semver.as_ref().expect("validated in new");
-                advertised
-                    .iter()
-                    .filter_map(|name| name.strip_prefix("refs/tags/").map(|t| (name, t)))
-                    .filter_map(|(name, tag)| {
-                        let v =
-                            semver::Version::parse(tag.strip_prefix('v').unwrap_or(tag)).ok()?;
-                        req.matches(&v).then_some((v, name))
-                    })
-                    .max()
-                    .map(|(_, name)| name.clone())
-                    .ok_or_else(|| not_found(format!("semver {r}: no matching tag")))?
-            }
-            _ => unreachable!("only commit and semver have no single wanted ref"),
+            _ => unreachable!("only a commit has no single wanted ref"),
         };
         let commit = repo
             .revparse_single(&refname)
@@ -526,19 +532,13 @@ impl Inner {
         })
     }
 
-    /// One fetch over the network; returns the refs the server advertised and the
-    /// received object and byte counts.
-    fn transfer(
-        &self,
-        repo: &Repository,
-        refspecs: &[String],
-        cancel: &AtomicBool,
-    ) -> Result<(HashSet<String>, usize, usize)> {
+    /// One session with the server: a fetch of `refspecs`, or only listing its refs.
+    fn transfer(&self, repo: &Repository, op: Op<'_>, cancel: &AtomicBool) -> Result<Transfer> {
         let spec = &self.spec;
         let auth_failure = std::cell::RefCell::new(None::<String>);
         let host_key_failure = std::cell::RefCell::new(None::<String>);
+        let attempts = std::cell::Cell::new(0);
         let mut callbacks = RemoteCallbacks::new();
-        let mut attempts = 0;
         callbacks.credentials(|_url, username_from_url, allowed| {
             let fail = |why: &str| {
                 *auth_failure.borrow_mut() = Some(why.to_owned());
@@ -548,8 +548,8 @@ impl Inner {
                 // libssh2 first asks for the user name alone when the URL has none.
                 return Cred::username(username_from_url.unwrap_or("git"));
             }
-            attempts += 1;
-            if attempts > 1 {
+            attempts.set(attempts.get() + 1);
+            if attempts.get() > 1 {
                 // libgit2 asks again after a rejection; the same secret would only fail again.
                 return fail("the server rejected the credentials");
             }
@@ -610,55 +610,96 @@ impl Inner {
         callbacks.transfer_progress(progress_cancel);
         callbacks.sideband_progress(|_| !cancel.load(Ordering::Relaxed));
 
-        let mut options = FetchOptions::new();
-        options
-            .remote_callbacks(callbacks)
-            .download_tags(AutotagOption::None)
-            .update_fetchhead(false)
-            .prune(FetchPrune::On);
         // Anonymous: the URL, which may embed credentials, is never written to the mirror's config.
         let mut remote = repo.remote_anonymous(&spec.url).map_err(|e| Error::Fetch {
             name: spec.name.clone(),
             url: self.display_url.clone(),
             reason: self.scrub(e.message()),
         })?;
-        let result = remote.fetch(refspecs, Some(&mut options), None);
-        drop(options);
-        if let Err(e) = result {
-            let (name, url) = (spec.name.clone(), self.display_url.clone());
-            if let Some(reason) = host_key_failure.into_inner() {
-                return Err(Error::HostKey { name, url, reason });
+        let names = |heads: &[git2::RemoteHead<'_>]| -> HashSet<String> {
+            heads.iter().map(|h| h.name().to_owned()).collect()
+        };
+        let result = match op {
+            Op::Fetch(refspecs) => {
+                let mut options = FetchOptions::new();
+                options
+                    .remote_callbacks(callbacks)
+                    .download_tags(AutotagOption::None)
+                    .update_fetchhead(false)
+                    .prune(FetchPrune::On);
+                remote
+                    .fetch(refspecs, Some(&mut options), None)
+                    .and_then(|()| {
+                        let stats = remote.stats();
+                        Ok(Transfer {
+                            // Still available after the fetch has disconnected.
+                            advertised: names(remote.list()?),
+                            received_objects: stats.received_objects(),
+                            received_bytes: stats.received_bytes(),
+                        })
+                    })
             }
-            if let Some(reason) = auth_failure.into_inner() {
-                return Err(Error::Auth { name, url, reason });
+            Op::List => remote
+                .connect_auth(git2::Direction::Fetch, Some(callbacks), None)
+                .and_then(|connection| {
+                    Ok(Transfer {
+                        advertised: names(connection.list()?),
+                        received_objects: 0,
+                        received_bytes: 0,
+                    })
+                }),
+        };
+        let e = match result {
+            Ok(transfer) => {
+                tracing::debug!(
+                    source = %spec.name,
+                    url = %self.display_url,
+                    objects = transfer.received_objects,
+                    bytes = transfer.received_bytes,
+                    "fetched"
+                );
+                return Ok(transfer);
             }
-            // libssh2 reports a key it cannot decrypt or parse (a wrong passphrase) only
-            // when authenticating, after the credentials callback has returned.
-            if e.code() == git2::ErrorCode::Auth
-                || e.class() == git2::ErrorClass::Ssh && e.message().contains("authenticat")
-            {
-                let reason = self.scrub(e.message());
-                return Err(Error::Auth { name, url, reason });
-            }
-            return Err(Error::Fetch {
-                name,
-                url,
-                reason: self.scrub(e.message()),
-            });
+            Err(e) => e,
+        };
+        let (name, url) = (spec.name.clone(), self.display_url.clone());
+        if let Some(reason) = host_key_failure.into_inner() {
+            return Err(Error::HostKey { name, url, reason });
         }
-        let stats = remote.stats();
-        let (objects, bytes) = (stats.received_objects(), stats.received_bytes());
-        let advertised = remote
-            .list()
-            .map(|heads| heads.iter().map(|h| h.name().to_owned()).collect())
-            .unwrap_or_default();
-        tracing::debug!(source = %spec.name, url = %self.display_url, objects, bytes, "fetched");
-        Ok((advertised, objects, bytes))
+        if let Some(reason) = auth_failure.into_inner() {
+            return Err(Error::Auth { name, url, reason });
+        }
+        // libssh2 reports a key it cannot decrypt or parse (a wrong passphrase) only
+        // when authenticating, after the credentials callback has returned.
+        if e.code() == git2::ErrorCode::Auth
+            || e.class() == git2::ErrorClass::Ssh && e.message().contains("authenticat")
+        {
+            let reason = self.scrub(e.message());
+            return Err(Error::Auth { name, url, reason });
+        }
+        Err(Error::Fetch {
+            name,
+            url,
+            reason: self.scrub(e.message()),
+        })
     }
 
     fn scrub(&self, message: &str) -> String {
         scrub(message, &self.spec.credentials.secrets())
     }
+}
+
+/// What one session with the server does.
+enum Op<'a> {
+    Fetch(&'a [String]),
+    List,
+}
+
+struct Transfer {
+    /// Every ref the server advertised.
+    advertised: HashSet<String>,
+    received_objects: usize,
+    received_bytes: usize,
 }
 
 /// Removes URL credentials and the given secret values from a message.
@@ -1625,6 +1666,14 @@ mod tests {
                 reference: "refs/tags/1.4.1".into()
             }
         );
+        // Only the chosen tag is fetched into the mirror.
+        let mirror = Repository::open_bare(state.path().join("sources/r.git")).unwrap();
+        let tags: Vec<String> = mirror
+            .references_glob("refs/tags/*")
+            .unwrap()
+            .map(|r| r.unwrap().name().unwrap().to_owned())
+            .collect();
+        assert_eq!(tags, ["refs/tags/1.4.1"]);
         let pre = fetch("r2", Reference::Semver(">=1.5.0-rc.0, <2".into()))
             .await
             .unwrap();
