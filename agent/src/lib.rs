@@ -9,6 +9,7 @@ pub mod change;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod daemon;
 pub mod diff;
 pub mod discovery;
 pub mod health;
@@ -18,6 +19,7 @@ pub mod object;
 pub mod prune;
 pub mod render;
 pub mod source;
+pub mod sync;
 
 /// The agent's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -169,7 +169,9 @@ impl Engine {
 
         if !failed.is_empty() {
             // Keep tracking everything we managed before; prune waits for a clean apply.
-            inventory.entries.extend(previous.inventory.entries.iter().filter(|e| !has_identity(&inventory.entries, e)).cloned());
+            let kept: Vec<ObjectRef> =
+                previous.inventory.entries.iter().filter(|e| !has_identity(&inventory.entries, e)).cloned().collect();
+            inventory.entries.extend(kept);
             inventory.revision = previous.inventory.revision.clone();
             outcome.failure = Some(Failure::Apply { count: failed.len(), first: failed[0].clone() });
             self.record(sync, &previous, &inventory, &outcome, opts).await;
