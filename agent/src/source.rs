@@ -220,8 +220,8 @@ impl Default for Limits {
     }
 }
 
-/// One Git source as configured.
-#[derive(Debug, Clone)]
+/// One Git source as configured. `Debug` redacts credentials, in the URL too.
+#[derive(Clone)]
 pub struct SourceSpec {
     /// Names the mirror (`<state>/sources/<name>.git`) and every message about it.
     pub name: String,
@@ -229,6 +229,18 @@ pub struct SourceSpec {
     pub reference: Reference,
     pub credentials: Credentials,
     pub limits: Limits,
+}
+
+impl fmt::Debug for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SourceSpec")
+            .field("name", &self.name)
+            .field("url", &redact_url(&self.url))
+            .field("reference", &self.reference)
+            .field("credentials", &self.credentials)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 /// A fetched revision: the commit and the full ref name it was resolved from (the commit
@@ -314,6 +326,13 @@ impl GitSource {
                     spec.reference
                 )));
             }
+            // A valid ref name cannot smuggle a refspec (`:`, `*`) into the fetch.
+            Reference::Branch(b) if !git2::Reference::is_valid_name(&format!("refs/heads/{b}")) => {
+                return Err(invalid(format!("branch {b}: not a valid branch name")));
+            }
+            Reference::Tag(t) if !git2::Reference::is_valid_name(&format!("refs/tags/{t}")) => {
+                return Err(invalid(format!("tag {t}: not a valid tag name")));
+            }
             Reference::Commit(c) if c.len() != 40 || !c.chars().all(|c| c.is_ascii_hexdigit()) => {
                 return Err(invalid(format!("commit {c}: not a full 40-hex-digit id")));
             }
@@ -386,7 +405,9 @@ impl GitSource {
             })?,
             Err(_) => {
                 // The blocking thread cannot be killed: the flag makes the next progress
-                // callback abort the transfer, so it does not run on in the background.
+                // callback abort the transfer. A connection that stalls before any progress
+                // ends when the socket gives up (libgit2's own timeouts are process-global
+                // and set only through unsafe code).
                 cancel.store(true, Ordering::Relaxed);
                 Err(Error::Timeout {
                     name: self.inner.spec.name.clone(),
@@ -1206,9 +1227,18 @@ pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
                 if real.is_dir() {
                     return Err(broken("links to directories are not followed"));
                 }
+                if !real.is_file() {
+                    return Err(broken("the target is not a regular file"));
+                }
                 real
-            } else {
+            } else if kind.is_file() {
                 path
+            } else {
+                // A FIFO or a socket would block or fail on read.
+                return Err(Error::BadPath {
+                    path: rel,
+                    reason: "not a regular file",
+                });
             };
             if files.len() >= limits.max_files {
                 return Err(Error::TooManyFiles {
@@ -1791,6 +1821,12 @@ mod tests {
                 Reference::Branch("refs/heads/main".into()),
             ),
             spec("s", "file:///x", Reference::Commit("abc123".into())),
+            spec(
+                "s",
+                "file:///x",
+                Reference::Branch("main:refs/heads/x".into()),
+            ),
+            spec("s", "file:///x", Reference::Tag("v*".into())),
             spec("s", "file:///x", Reference::Semver("not a range".into())),
         ];
         for s in bad {
@@ -1849,7 +1885,7 @@ mod tests {
         );
         s.credentials = token;
         let source = GitSource::new(s, state.path()).unwrap();
-        assert!(!format!("{source:?}").contains("tok3n"));
+        assert!(!format!("{source:?} {:?}", source.spec()).contains("tok3n"));
     }
 
     #[test]

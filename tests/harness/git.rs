@@ -178,23 +178,40 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something accepts connections on `port`, failing early if `child` exits.
-fn wait_listening(port: u16, child: &mut Child, what: &str, log: &Path) {
-    let deadline = Instant::now() + READY_WITHIN;
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
-        if let Ok(Some(status)) = child.try_wait() {
-            panic!(
-                "{what} exited ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
+/// Starts the server `command(port)` builds on a free port and waits until it accepts
+/// connections. The port is only free when asked, so a server that exits before listening
+/// (another process took the port) is started again on a new one.
+fn spawn_listening(what: &str, log: &Path, command: impl Fn(u16) -> Command) -> (u16, Killed) {
+    let mut last = String::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let mut child = command(port)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+        let deadline = Instant::now() + READY_WITHIN;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                return (port, Killed(child));
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                last = format!(
+                    "{status}: {}",
+                    std::fs::read_to_string(log).unwrap_or_default()
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} not listening on {port} in time"
             );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            Instant::now() < deadline,
-            "{what} not listening on {port} in time"
-        );
-        std::thread::sleep(Duration::from_millis(50));
     }
+    panic!("{what} exited ({last})");
 }
 
 /// A child process killed (and reaped) on drop.
@@ -216,7 +233,6 @@ pub struct GitDaemon {
 
 impl GitDaemon {
     pub fn start(base: &Path) -> Self {
-        let port = free_port();
         let logdir = tempfile::tempdir().unwrap();
         let log = logdir.path().join("daemon.log");
         // git-daemon itself, not the `git daemon` wrapper: killing the wrapper would leave
@@ -227,8 +243,9 @@ impl GitDaemon {
             .unwrap()
             .stdout;
         let exec_path = PathBuf::from(String::from_utf8(exec_path).unwrap().trim());
-        let mut child = Command::new(exec_path.join("git-daemon"))
-            .args([
+        let (port, child) = spawn_listening("git daemon", &log, |port| {
+            let mut c = Command::new(exec_path.join("git-daemon"));
+            c.args([
                 "--export-all",
                 "--reuseaddr",
                 "--informative-errors",
@@ -236,16 +253,12 @@ impl GitDaemon {
             ])
             .arg(format!("--port={port}"))
             .arg(format!("--base-path={}", base.display()))
-            .arg(base)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn git daemon");
-        wait_listening(port, &mut child, "git daemon", &log);
+            .arg(base);
+            c
+        });
         GitDaemon {
             port,
-            _child: Killed(child),
+            _child: child,
             _log: logdir,
         }
     }
@@ -454,10 +467,11 @@ async fn cgi(State(backend): State<Backend>, request: Request) -> Response {
 /// OpenSSH's sshd on 127.0.0.1 with a generated ed25519 host key, accepting one generated
 /// client key for the current user. Repositories are reached by absolute path.
 pub struct SshServer {
+    // Fields drop in order: stop sshd before its directory goes.
+    _child: Killed,
     port: u16,
     dir: tempfile::TempDir,
     user: String,
-    _child: Killed,
 }
 
 /// A generated SSH key pair.
@@ -492,29 +506,25 @@ impl SshServer {
         ssh_keygen(d, "host_ed25519", "");
         let client = ssh_keygen(d, "client_ed25519", "");
         std::fs::write(d.join("authorized_keys"), &client.public).unwrap();
-        let port = free_port();
         let config = d.join("sshd_config");
-        std::fs::write(
-            &config,
-            format!(
-                "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\nPidFile {d}/sshd.pid\n\
-                 AuthorizedKeysFile {d}/authorized_keys\nUsePAM no\nStrictModes no\n\
-                 PermitRootLogin prohibit-password\nPasswordAuthentication no\n\
-                 KbdInteractiveAuthentication no\nPubkeyAuthentication yes\nLogLevel VERBOSE\n",
-                d = d.display()
-            ),
-        )
-        .unwrap();
         let log = d.join("sshd.log");
-        let mut child = Command::new(sshd)
-            .args(["-D", "-e", "-f"])
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("spawn sshd");
-        wait_listening(port, &mut child, "sshd", &log);
+        let (port, child) = spawn_listening("sshd", &log, |port| {
+            std::fs::write(
+                &config,
+                format!(
+                    "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_ed25519\n\
+                     PidFile {d}/sshd.pid\nAuthorizedKeysFile {d}/authorized_keys\n\
+                     UsePAM no\nStrictModes no\nPermitRootLogin prohibit-password\n\
+                     PasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+                     PubkeyAuthentication yes\nLogLevel VERBOSE\n",
+                    d = d.display()
+                ),
+            )
+            .unwrap();
+            let mut c = Command::new(sshd);
+            c.args(["-D", "-e", "-f"]).arg(&config);
+            c
+        });
         let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout)
             .unwrap()
             .trim()
@@ -523,7 +533,7 @@ impl SshServer {
             port,
             dir,
             user,
-            _child: Killed(child),
+            _child: child,
         }
     }
 
