@@ -97,7 +97,11 @@ impl Cli {
                 };
                 Ok(ExitCode::from(code))
             }
-            Command::Sync { ref sync, show_diff, .. } => sync_once(&self, sync.as_deref(), show_diff).await,
+            Command::Sync {
+                ref sync,
+                show_diff,
+                ..
+            } => sync_once(&self, sync.as_deref(), show_diff).await,
             Command::Run => {
                 let config = config::load(&self.config)?;
                 let (client, origin) = self.cluster.client().await?;
@@ -112,7 +116,10 @@ impl Cli {
 
 fn validate(dir: &std::path::Path, namespace: &str) -> anyhow::Result<ExitCode> {
     let files = source::read_dir(dir, &source::Limits::default())?;
-    let opts = render::Options { default_namespace: namespace.to_string(), ..Default::default() };
+    let opts = render::Options {
+        default_namespace: namespace.to_string(),
+        ..Default::default()
+    };
     match render::render(&files, &opts, &render::BuiltinScopes) {
         Ok(manifests) => {
             println!("{}: {} objects valid", dir.display(), manifests.len());
@@ -126,8 +133,15 @@ fn validate(dir: &std::path::Path, namespace: &str) -> anyhow::Result<ExitCode> 
 }
 
 /// The syncs selected by `--sync`, or all of them.
-fn selected<'a>(cfg: &'a config::Config, only: Option<&str>) -> anyhow::Result<Vec<&'a config::Sync>> {
-    let syncs: Vec<&config::Sync> = cfg.syncs.iter().filter(|s| only.is_none_or(|o| o == s.name)).collect();
+fn selected<'a>(
+    cfg: &'a config::Config,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<&'a config::Sync>> {
+    let syncs: Vec<&config::Sync> = cfg
+        .syncs
+        .iter()
+        .filter(|s| only.is_none_or(|o| o == s.name))
+        .collect();
     if let Some(o) = only
         && syncs.is_empty()
     {
@@ -142,12 +156,25 @@ async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
     let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
     let mut changed = false;
     for s in selected(&cfg, only)? {
-        let outcome = daemon::sync_one(&mut engine, Some(&client), &cfg, s, &sync::Options { dry_run: true }).await;
+        let outcome = daemon::sync_one(
+            &mut engine,
+            Some(&client),
+            &cfg,
+            s,
+            &sync::Options { dry_run: true },
+        )
+        .await;
         for c in &outcome.changes.entries {
             match (&c.action, &c.diff) {
                 (Action::Created | Action::Configured, Some(d)) => print!("{d}"),
-                (Action::Deleted, _) => println!("--- live/{}\n+++ /dev/null\n(would be deleted)", c.subject),
-                (Action::Failed, _) => eprintln!("{} failed: {}", c.subject, c.message.as_deref().unwrap_or("")),
+                (Action::Deleted, _) => {
+                    println!("--- live/{}\n+++ /dev/null\n(would be deleted)", c.subject)
+                }
+                (Action::Failed, _) => eprintln!(
+                    "{} failed: {}",
+                    c.subject,
+                    c.message.as_deref().unwrap_or("")
+                ),
                 _ => {}
             }
         }
@@ -169,7 +196,14 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
             println!("sync {}: suspended", s.name);
             continue;
         }
-        let outcome = daemon::sync_one(&mut engine, Some(&client), &cfg, s, &sync::Options::default()).await;
+        let outcome = daemon::sync_one(
+            &mut engine,
+            Some(&client),
+            &cfg,
+            s,
+            &sync::Options::default(),
+        )
+        .await;
         println!("sync {}: revision {}", s.name, outcome.revision);
         for c in &outcome.changes.entries {
             print!("  {} {}", c.subject, c.action);
@@ -186,7 +220,11 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
         println!("  summary: {}", outcome.changes.summary());
         if let Some(h) = outcome.overall_health() {
             println!("  health: {h}");
-            for (id, a) in outcome.health.iter().filter(|(_, a)| a.status != health::Status::Healthy) {
+            for (id, a) in outcome
+                .health
+                .iter()
+                .filter(|(_, a)| a.status != health::Status::Healthy)
+            {
                 println!("    {id}: {a}");
             }
         }
@@ -195,7 +233,11 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
             println!("  error: {f}");
         }
     }
-    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 async fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
@@ -203,14 +245,28 @@ async fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     let (client, _) = cli.cluster.client().await?;
     let store = inventory::Store::new(client, &cfg.namespace);
     let records = store.list().await?;
-    println!("{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  COUNTS", "SYNC", "REVISION", "RESULT", "HEALTH", "OBJECTS", "LAST-CHANGE");
+    println!(
+        "{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  COUNTS",
+        "SYNC", "REVISION", "RESULT", "HEALTH", "OBJECTS", "LAST-CHANGE"
+    );
     for s in &cfg.syncs {
         let Some((_, r)) = records.iter().find(|(n, _)| *n == s.name) else {
             println!("{:<20} {:<12} {:<10}", s.name, "-", "NeverSynced");
             continue;
         };
-        let rev = r.status.revision.as_deref().map(short_revision).unwrap_or("-");
-        let counts = r.status.last_change_counts.iter().map(|(a, n)| format!("{a}={n}")).collect::<Vec<_>>().join(",");
+        let rev = r
+            .status
+            .revision
+            .as_deref()
+            .map(short_revision)
+            .unwrap_or("-");
+        let counts = r
+            .status
+            .last_change_counts
+            .iter()
+            .map(|(a, n)| format!("{a}={n}"))
+            .collect::<Vec<_>>()
+            .join(",");
         println!(
             "{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  {}",
             s.name,

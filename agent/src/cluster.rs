@@ -139,7 +139,11 @@ pub struct RequestCounts {
 impl std::ops::Sub for RequestCounts {
     type Output = RequestCounts;
     fn sub(self, o: RequestCounts) -> RequestCounts {
-        RequestCounts { total: self.total - o.total, writes: self.writes - o.writes, dry_runs: self.dry_runs - o.dry_runs }
+        RequestCounts {
+            total: self.total - o.total,
+            writes: self.writes - o.writes,
+            dry_runs: self.dry_runs - o.dry_runs,
+        }
     }
 }
 
@@ -154,10 +158,15 @@ impl RequestCounter {
 
     fn record(&self, method: &http::Method, uri: &http::Uri) {
         self.0.total.fetch_add(1, Ordering::Relaxed);
-        if matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS) {
+        if matches!(
+            *method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        ) {
             return;
         }
-        let dry_run = uri.query().is_some_and(|q| q.split('&').any(|kv| kv.starts_with("dryRun=")));
+        let dry_run = uri
+            .query()
+            .is_some_and(|q| q.split('&').any(|kv| kv.starts_with("dryRun=")));
         if dry_run {
             self.0.dry_runs.fetch_add(1, Ordering::Relaxed);
         } else {
@@ -219,10 +228,26 @@ mod tests {
         let c = RequestCounter::default();
         let u = |s: &str| s.parse::<http::Uri>().unwrap();
         c.record(&http::Method::GET, &u("/api/v1/namespaces/a/configmaps/b"));
-        c.record(&http::Method::PATCH, &u("/api/v1/namespaces/a/configmaps/b?fieldManager=x&dryRun=All&force=true"));
-        c.record(&http::Method::PATCH, &u("/api/v1/namespaces/a/configmaps/b?fieldManager=x&force=true"));
-        c.record(&http::Method::DELETE, &u("/api/v1/namespaces/a/configmaps/b"));
-        assert_eq!(c.snapshot(), RequestCounts { total: 4, writes: 2, dry_runs: 1 });
+        c.record(
+            &http::Method::PATCH,
+            &u("/api/v1/namespaces/a/configmaps/b?fieldManager=x&dryRun=All&force=true"),
+        );
+        c.record(
+            &http::Method::PATCH,
+            &u("/api/v1/namespaces/a/configmaps/b?fieldManager=x&force=true"),
+        );
+        c.record(
+            &http::Method::DELETE,
+            &u("/api/v1/namespaces/a/configmaps/b"),
+        );
+        assert_eq!(
+            c.snapshot(),
+            RequestCounts {
+                total: 4,
+                writes: 2,
+                dry_runs: 1
+            }
+        );
     }
 
     #[tokio::test]

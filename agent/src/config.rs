@@ -392,7 +392,7 @@ impl Validator {
                             self.at(
                                 r,
                                 format!(
-                                    "source {:?}: ref.commit must be 7 to 40 hex digits",
+                                    "source {:?}: ref.commit must be a full 40-hex-digit commit id",
                                     s.name.value
                                 ),
                             );

@@ -32,15 +32,28 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Options { resync: Duration::from_secs(600), backoff: Duration::from_secs(5), max_backoff: Duration::from_secs(300) }
+        Options {
+            resync: Duration::from_secs(600),
+            backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(300),
+        }
     }
 }
 
 /// Fetches a sync's source and syncs its latest revision.
-pub async fn sync_one(engine: &mut Engine, client: Option<&Client>, cfg: &Config, s: &config::Sync, opts: &sync::Options) -> Outcome {
+pub async fn sync_one(
+    engine: &mut Engine,
+    client: Option<&Client>,
+    cfg: &Config,
+    s: &config::Sync,
+    opts: &sync::Options,
+) -> Outcome {
     let source = match cfg.sources.iter().find(|src| src.name == s.source) {
         Some(src) => sync::open_source(client, cfg, src).await,
-        None => Err(Failure::Source(format!("sync {}: no source named {}", s.name, s.source))),
+        None => Err(Failure::Source(format!(
+            "sync {}: no source named {}",
+            s.name, s.source
+        ))),
     };
     match source {
         Ok(src) => sync_from(engine, &src, s, opts).await,
@@ -48,7 +61,12 @@ pub async fn sync_one(engine: &mut Engine, client: Option<&Client>, cfg: &Config
     }
 }
 
-async fn sync_from(engine: &mut Engine, src: &GitSource, s: &config::Sync, opts: &sync::Options) -> Outcome {
+async fn sync_from(
+    engine: &mut Engine,
+    src: &GitSource,
+    s: &config::Sync,
+    opts: &sync::Options,
+) -> Outcome {
     let fetched = match src.fetch().await {
         Ok(f) => f,
         Err(e) => return failed(s, Failure::Source(e.to_string())),
@@ -57,11 +75,19 @@ async fn sync_from(engine: &mut Engine, src: &GitSource, s: &config::Sync, opts:
         Ok(f) => f,
         Err(e) => return failed(s, Failure::Source(e.to_string())),
     };
-    engine.sync_revision(s, &fetched.revision.to_string(), &files, opts).await
+    engine
+        .sync_revision(s, &fetched.revision.to_string(), &files, opts)
+        .await
 }
 
 fn failed(s: &config::Sync, f: Failure) -> Outcome {
-    Outcome { sync: s.name.clone(), revision: String::new(), changes: Default::default(), health: vec![], failure: Some(f) }
+    Outcome {
+        sync: s.name.clone(),
+        revision: String::new(),
+        changes: Default::default(),
+        health: vec![],
+        failure: Some(f),
+    }
 }
 
 /// Per-sync memory between passes.
@@ -77,7 +103,11 @@ struct State {
 pub async fn run(client: Client, cfg: Config, opts: Options) -> Result<()> {
     let mut engine = Engine::new(client.clone(), &cfg.namespace).await?;
     let mut sources: HashMap<String, GitSource> = HashMap::new();
-    let mut next_fetch: HashMap<String, Instant> = cfg.sources.iter().map(|s| (s.name.clone(), Instant::now())).collect();
+    let mut next_fetch: HashMap<String, Instant> = cfg
+        .sources
+        .iter()
+        .map(|s| (s.name.clone(), Instant::now()))
+        .collect();
     let mut states: HashMap<String, State> = HashMap::new();
     let mut shutdown = std::pin::pin!(shutdown_signal());
 
@@ -108,9 +138,16 @@ pub async fn run(client: Client, cfg: Config, opts: Options) -> Result<()> {
                 }
             };
             let revision = fetched.revision.to_string();
-            for s in cfg.syncs.iter().filter(|s| s.source == src_cfg.name && !s.suspend) {
+            for s in cfg
+                .syncs
+                .iter()
+                .filter(|s| s.source == src_cfg.name && !s.suspend)
+            {
                 let st = states.entry(s.name.clone()).or_default();
-                let backoff = opts.backoff.saturating_mul(2u32.saturating_pow(st.failures.min(16))).min(opts.max_backoff);
+                let backoff = opts
+                    .backoff
+                    .saturating_mul(2u32.saturating_pow(st.failures.min(16)))
+                    .min(opts.max_backoff);
                 let due = st.last_revision.as_deref() != Some(revision.as_str())
                     || (!st.last_ok && st.last_run.is_none_or(|t| t.elapsed() >= backoff))
                     || st.last_run.is_none_or(|t| t.elapsed() >= opts.resync);
@@ -129,7 +166,9 @@ pub async fn run(client: Client, cfg: Config, opts: Options) -> Result<()> {
                 };
                 // A shutdown signal does not interrupt a sync in flight: the apply and the
                 // inventory it records stay consistent.
-                let outcome = engine.sync_revision(s, &revision, &files, &sync::Options::default()).await;
+                let outcome = engine
+                    .sync_revision(s, &revision, &files, &sync::Options::default())
+                    .await;
                 log_outcome(&outcome);
                 st.last_revision = Some(revision.clone());
                 st.last_ok = outcome.succeeded();
@@ -138,7 +177,11 @@ pub async fn run(client: Client, cfg: Config, opts: Options) -> Result<()> {
             }
         }
 
-        let next = next_fetch.values().min().copied().unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+        let next = next_fetch
+            .values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {}
             _ = &mut shutdown => {
@@ -152,10 +195,19 @@ pub async fn run(client: Client, cfg: Config, opts: Options) -> Result<()> {
 fn log_outcome(o: &Outcome) {
     let summary = o.changes.summary();
     match &o.failure {
-        None => tracing::info!(sync = %o.sync, revision = %o.revision, changes = %summary, health = ?o.overall_health().map(|h| h.to_string()), "synced"),
-        Some(f) => tracing::error!(sync = %o.sync, revision = %o.revision, changes = %summary, error = %f, "sync failed"),
+        None => {
+            tracing::info!(sync = %o.sync, revision = %o.revision, changes = %summary, health = ?o.overall_health().map(|h| h.to_string()), "synced")
+        }
+        Some(f) => {
+            tracing::error!(sync = %o.sync, revision = %o.revision, changes = %summary, error = %f, "sync failed")
+        }
     }
-    for c in o.changes.entries.iter().filter(|c| c.action.is_write() || c.action == crate::change::Action::Failed) {
+    for c in o
+        .changes
+        .entries
+        .iter()
+        .filter(|c| c.action.is_write() || c.action == crate::change::Action::Failed)
+    {
         tracing::info!(sync = %o.sync, object = %c.subject, action = %c.action, message = c.message.as_deref().unwrap_or(""), "change");
     }
 }
@@ -164,13 +216,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

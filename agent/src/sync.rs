@@ -26,7 +26,10 @@ pub enum Failure {
     #[error("{0}")]
     Source(String),
     #[error("revision {revision} is invalid; nothing was applied:\n{errors}")]
-    Render { revision: String, errors: render::Errors },
+    Render {
+        revision: String,
+        errors: render::Errors,
+    },
     #[error("revision {revision} held back; nothing was applied: {reason}")]
     HeldBack { revision: String, reason: String },
     #[error("{count} object(s) failed: {first}")]
@@ -89,7 +92,10 @@ pub struct Engine {
 impl Engine {
     pub async fn new(client: Client, agent_namespace: &str) -> Result<Self, apply::Error> {
         let store = inventory::Store::new(client.clone(), agent_namespace);
-        Ok(Engine { rm: ResourceManager::new(client).await?, store })
+        Ok(Engine {
+            rm: ResourceManager::new(client).await?,
+            store,
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -101,7 +107,13 @@ impl Engine {
     }
 
     /// Syncs one revision's files (already limited to the sync's path).
-    pub async fn sync_revision(&mut self, sync: &config::Sync, revision: &str, files: &[source::File], opts: &Options) -> Outcome {
+    pub async fn sync_revision(
+        &mut self,
+        sync: &config::Sync,
+        revision: &str,
+        files: &[source::File],
+        opts: &Options,
+    ) -> Outcome {
         let mut outcome = Outcome {
             sync: sync.name.clone(),
             revision: revision.to_string(),
@@ -118,30 +130,58 @@ impl Engine {
         };
 
         // 1. Render and validate the whole revision before any write.
-        let ropts = render::Options { default_namespace: sync.namespace.clone(), ..Default::default() };
+        let ropts = render::Options {
+            default_namespace: sync.namespace.clone(),
+            ..Default::default()
+        };
         let manifests = match render::render(files, &ropts, self.rm.discovery()) {
             Ok(m) => m,
             Err(errors) => {
-                outcome.failure = Some(Failure::Render { revision: revision.to_string(), errors });
-                self.record(sync, &previous, &previous.inventory, &outcome, opts).await;
+                outcome.failure = Some(Failure::Render {
+                    revision: revision.to_string(),
+                    errors,
+                });
+                self.record(sync, &previous, &previous.inventory, &outcome, opts)
+                    .await;
                 return outcome;
             }
         };
 
         // 2. What would be pruned, and whether the guard allows it.
-        let desired_keys: HashSet<(String, String, Option<String>, String)> = manifests.iter().map(|m| identity(&m.id)).collect();
-        let stale: Vec<ObjectRef> =
-            previous.inventory.entries.iter().filter(|e| !desired_keys.contains(&identity(e))).cloned().collect();
+        let desired_keys: HashSet<(String, String, Option<String>, String)> =
+            manifests.iter().map(|m| identity(&m.id)).collect();
+        let stale: Vec<ObjectRef> = previous
+            .inventory
+            .entries
+            .iter()
+            .filter(|e| !desired_keys.contains(&identity(e)))
+            .cloned()
+            .collect();
         if sync.prune
-            && let Some(reason) = prune::held_back(previous.inventory.entries.len(), stale.len(), manifests.len(), &sync.prune_guard)
+            && let Some(reason) = prune::held_back(
+                previous.inventory.entries.len(),
+                stale.len(),
+                manifests.len(),
+                &sync.prune_guard,
+            )
         {
-            outcome.failure = Some(Failure::HeldBack { revision: revision.to_string(), reason });
-            self.record(sync, &previous, &previous.inventory, &outcome, opts).await;
+            outcome.failure = Some(Failure::HeldBack {
+                revision: revision.to_string(),
+                reason,
+            });
+            self.record(sync, &previous, &previous.inventory, &outcome, opts)
+                .await;
             return outcome;
         }
 
         // 3. Apply in stages.
-        let desired: Vec<Desired<'_>> = manifests.iter().map(|m| Desired { id: &m.id, object: &m.object }).collect();
+        let desired: Vec<Desired<'_>> = manifests
+            .iter()
+            .map(|m| Desired {
+                id: &m.id,
+                object: &m.object,
+            })
+            .collect();
         let aopts = apply::Options {
             labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
             dry_run: opts.dry_run,
@@ -154,7 +194,11 @@ impl Engine {
                 return outcome;
             }
         }
-        let failed: Vec<String> = outcome.changes.failed().map(|c| format!("{}: {}", c.subject, c.message.as_deref().unwrap_or(""))).collect();
+        let failed: Vec<String> = outcome
+            .changes
+            .failed()
+            .map(|c| format!("{}: {}", c.subject, c.message.as_deref().unwrap_or("")))
+            .collect();
 
         // The new inventory: what was applied, plus (until they are really gone) what
         // could not be pruned. An object that failed to apply stays if it was there before.
@@ -165,22 +209,42 @@ impl Engine {
             .filter(|c| c.action != Action::Failed)
             .map(|c| c.subject.clone())
             .collect();
-        let mut inventory = Inventory { revision: Some(revision.to_string()), entries: applied };
+        let mut inventory = Inventory {
+            revision: Some(revision.to_string()),
+            entries: applied,
+        };
 
         if !failed.is_empty() {
             // Keep tracking everything we managed before; prune waits for a clean apply.
-            let kept: Vec<ObjectRef> =
-                previous.inventory.entries.iter().filter(|e| !has_identity(&inventory.entries, e)).cloned().collect();
+            let kept: Vec<ObjectRef> = previous
+                .inventory
+                .entries
+                .iter()
+                .filter(|e| !has_identity(&inventory.entries, e))
+                .cloned()
+                .collect();
             inventory.entries.extend(kept);
             inventory.revision = previous.inventory.revision.clone();
-            outcome.failure = Some(Failure::Apply { count: failed.len(), first: failed[0].clone() });
-            self.record(sync, &previous, &inventory, &outcome, opts).await;
+            outcome.failure = Some(Failure::Apply {
+                count: failed.len(),
+                first: failed[0].clone(),
+            });
+            self.record(sync, &previous, &inventory, &outcome, opts)
+                .await;
             return outcome;
         }
 
         // 4. Prune.
         if sync.prune && !stale.is_empty() {
-            let pruned = prune::prune(&self.rm, &stale, &prune::Options { sync: sync.name.clone(), dry_run: opts.dry_run }).await;
+            let pruned = prune::prune(
+                &self.rm,
+                &stale,
+                &prune::Options {
+                    sync: sync.name.clone(),
+                    dry_run: opts.dry_run,
+                },
+            )
+            .await;
             for c in &pruned.entries {
                 if c.action == Action::Failed {
                     inventory.entries.insert(c.subject.clone());
@@ -196,9 +260,18 @@ impl Engine {
         if sync.health.wait && !opts.dry_run {
             let targets: Vec<(ObjectRef, kube::api::ApiResource)> = manifests
                 .iter()
-                .filter_map(|m| self.rm.discovery().resolve(&m.id.group, &m.id.version, &m.id.kind).map(|r| (m.id.clone(), r.api.clone())))
+                .filter_map(|m| {
+                    self.rm
+                        .discovery()
+                        .resolve(&m.id.group, &m.id.version, &m.id.kind)
+                        .map(|r| (m.id.clone(), r.api.clone()))
+                })
                 .collect();
-            let wopts = health::WaitOptions { timeout: sync.health.timeout, poll_interval: std::time::Duration::from_millis(500), ..Default::default() };
+            let wopts = health::WaitOptions {
+                timeout: sync.health.timeout,
+                poll_interval: std::time::Duration::from_millis(500),
+                ..Default::default()
+            };
             match health::wait(self.rm.client(), &targets, &wopts).await {
                 Ok(h) => outcome.health = h,
                 Err(e) => outcome.failure = Some(Failure::Health(e.to_string())),
@@ -206,37 +279,67 @@ impl Engine {
         }
 
         if outcome.changes.has_failures() && outcome.failure.is_none() {
-            let first = outcome.changes.failed().next().map(|c| format!("{}: {}", c.subject, c.message.as_deref().unwrap_or(""))).unwrap_or_default();
-            outcome.failure = Some(Failure::Apply { count: outcome.changes.failed().count(), first });
+            let first = outcome
+                .changes
+                .failed()
+                .next()
+                .map(|c| format!("{}: {}", c.subject, c.message.as_deref().unwrap_or("")))
+                .unwrap_or_default();
+            outcome.failure = Some(Failure::Apply {
+                count: outcome.changes.failed().count(),
+                first,
+            });
         }
-        self.record(sync, &previous, &inventory, &outcome, opts).await;
+        self.record(sync, &previous, &inventory, &outcome, opts)
+            .await;
         outcome
     }
 
     /// Stores inventory and status, writing only when either changed.
-    async fn record(&self, sync: &config::Sync, previous: &Record, inventory: &Inventory, outcome: &Outcome, opts: &Options) {
+    async fn record(
+        &self,
+        sync: &config::Sync,
+        previous: &Record,
+        inventory: &Inventory,
+        outcome: &Outcome,
+        opts: &Options,
+    ) {
         if opts.dry_run {
             return;
         }
         let mut status = Status {
             revision: Some(outcome.revision.clone()),
-            result: outcome.failure.as_ref().map(Failure::result).unwrap_or("Succeeded").to_string(),
+            result: outcome
+                .failure
+                .as_ref()
+                .map(Failure::result)
+                .unwrap_or("Succeeded")
+                .to_string(),
             health: outcome.overall_health().map(|h| h.to_string()),
             error: outcome.failure.as_ref().map(|f| f.to_string()),
             last_change_time: previous.status.last_change_time.clone(),
             last_change_counts: previous.status.last_change_counts.clone(),
         };
         if outcome.changes.has_writes() {
-            status.last_change_counts = outcome.changes.counts().into_iter().map(|(a, n)| (a.to_string(), n)).collect();
+            status.last_change_counts = outcome
+                .changes
+                .counts()
+                .into_iter()
+                .map(|(a, n)| (a.to_string(), n))
+                .collect();
         }
-        let record = Record { inventory: inventory.clone(), status: status.clone() };
+        let record = Record {
+            inventory: inventory.clone(),
+            status: status.clone(),
+        };
         let mut unchanged_time = record.clone();
         unchanged_time.status.last_change_time = previous.status.last_change_time.clone();
         if unchanged_time == *previous {
             return;
         }
         let mut record = record;
-        record.status.last_change_time = Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        record.status.last_change_time =
+            Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
         if let Err(e) = self.store.store(&sync.name, previous, &record).await {
             tracing::error!(sync = %sync.name, error = %e, "recording status");
         }
@@ -244,7 +347,12 @@ impl Engine {
 }
 
 fn identity(id: &ObjectRef) -> (String, String, Option<String>, String) {
-    (id.group.clone(), id.kind.clone(), id.namespace.clone(), id.name.clone())
+    (
+        id.group.clone(),
+        id.kind.clone(),
+        id.namespace.clone(),
+        id.name.clone(),
+    )
 }
 
 fn has_identity(set: &BTreeSet<ObjectRef>, id: &ObjectRef) -> bool {
@@ -254,7 +362,11 @@ fn has_identity(set: &BTreeSet<ObjectRef>, id: &ObjectRef) -> bool {
 // --- sources ---------------------------------------------------------------------
 
 /// Builds a Git source from configuration, reading its credentials Secret.
-pub async fn open_source(client: Option<&Client>, cfg: &config::Config, src: &config::Source) -> Result<GitSource, Failure> {
+pub async fn open_source(
+    client: Option<&Client>,
+    cfg: &config::Config,
+    src: &config::Source,
+) -> Result<GitSource, Failure> {
     let credentials = match (&src.secret_ref, client) {
         (None, _) => Credentials::None,
         (Some(r), Some(client)) => {
@@ -262,12 +374,23 @@ pub async fn open_source(client: Option<&Client>, cfg: &config::Config, src: &co
             let secret = Api::<Secret>::namespaced(client.clone(), &ns)
                 .get(&r.name)
                 .await
-                .map_err(|e| Failure::Source(format!("source {}: Secret/{ns}/{}: {}", src.name, r.name, apply::api_message(&e))))?;
-            credentials_from_secret(&secret, src.is_ssh())
-                .map_err(|m| Failure::Source(format!("source {}: Secret/{ns}/{}: {m}", src.name, r.name)))?
+                .map_err(|e| {
+                    Failure::Source(format!(
+                        "source {}: Secret/{ns}/{}: {}",
+                        src.name,
+                        r.name,
+                        apply::api_message(&e)
+                    ))
+                })?;
+            credentials_from_secret(&secret, src.is_ssh()).map_err(|m| {
+                Failure::Source(format!("source {}: Secret/{ns}/{}: {m}", src.name, r.name))
+            })?
         }
         (Some(r), None) => {
-            return Err(Failure::Source(format!("source {}: needs Secret {} but there is no cluster connection", src.name, r.name)));
+            return Err(Failure::Source(format!(
+                "source {}: needs Secret {} but there is no cluster connection",
+                src.name, r.name
+            )));
         }
     };
     let reference = match &src.reference {
@@ -276,7 +399,13 @@ pub async fn open_source(client: Option<&Client>, cfg: &config::Config, src: &co
         config::GitRef::Commit(c) => Reference::Commit(c.clone()),
         config::GitRef::Semver(s) => Reference::Semver(s.clone()),
     };
-    let spec = SourceSpec { name: src.name.clone(), url: src.url.clone(), reference, credentials, limits: Default::default() };
+    let spec = SourceSpec {
+        name: src.name.clone(),
+        url: src.url.clone(),
+        reference,
+        credentials,
+        limits: Default::default(),
+    };
     GitSource::new(spec, &cfg.state_dir).map_err(|e| Failure::Source(e.to_string()))
 }
 
@@ -287,20 +416,30 @@ pub fn credentials_from_secret(secret: &Secret, ssh: bool) -> Result<Credentials
     let get = |k: &str| -> Result<Option<String>, String> {
         match data.get(k) {
             None => Ok(None),
-            Some(v) => String::from_utf8(v.0.clone()).map(Some).map_err(|_| format!("key {k} is not UTF-8")),
+            Some(v) => String::from_utf8(v.0.clone())
+                .map(Some)
+                .map_err(|_| format!("key {k} is not UTF-8")),
         }
     };
     if ssh {
         let private_key = get("identity")?.ok_or("missing key identity (the SSH private key)")?;
-        let known_hosts = get("known_hosts")?.ok_or("missing key known_hosts (host keys are always verified)")?;
-        return Ok(Credentials::Ssh { private_key, passphrase: get("passphrase")?, known_hosts });
+        let known_hosts =
+            get("known_hosts")?.ok_or("missing key known_hosts (host keys are always verified)")?;
+        return Ok(Credentials::Ssh {
+            private_key,
+            passphrase: get("passphrase")?,
+            known_hosts,
+        });
     }
     let token = match (get("token")?, get("password")?) {
         (Some(t), _) => t,
         (None, Some(p)) => p,
         (None, None) => return Err("missing key token or password".into()),
     };
-    Ok(Credentials::Token { username: get("username")?, token })
+    Ok(Credentials::Token {
+        username: get("username")?,
+        token,
+    })
 }
 
 #[cfg(test)]
@@ -310,15 +449,24 @@ mod tests {
 
     fn secret(pairs: &[(&str, &str)]) -> Secret {
         Secret {
-            data: Some(pairs.iter().map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec()))).collect()),
+            data: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect(),
+            ),
             ..Default::default()
         }
     }
 
     #[test]
     fn https_credentials_take_token_or_password() {
-        match credentials_from_secret(&secret(&[("username", "bot"), ("password", "p4ss")]), false).unwrap() {
-            Credentials::Token { username, token } => assert_eq!((username.as_deref(), token.as_str()), (Some("bot"), "p4ss")),
+        match credentials_from_secret(&secret(&[("username", "bot"), ("password", "p4ss")]), false)
+            .unwrap()
+        {
+            Credentials::Token { username, token } => {
+                assert_eq!((username.as_deref(), token.as_str()), (Some("bot"), "p4ss"))
+            }
             other => panic!("{other:?}"),
         }
         let err = credentials_from_secret(&secret(&[("username", "bot")]), false).unwrap_err();
@@ -327,7 +475,12 @@ mod tests {
 
     #[test]
     fn ssh_credentials_need_known_hosts_and_never_echo_the_key() {
-        let err = credentials_from_secret(&secret(&[("identity", "-----BEGIN KEY-----secret")]), true).unwrap_err();
-        assert!(err.contains("known_hosts") && !err.contains("secret"), "{err}");
+        let err =
+            credentials_from_secret(&secret(&[("identity", "-----BEGIN KEY-----secret")]), true)
+                .unwrap_err();
+        assert!(
+            err.contains("known_hosts") && !err.contains("secret"),
+            "{err}"
+        );
     }
 }

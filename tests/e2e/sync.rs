@@ -35,7 +35,9 @@ struct Fixture {
 }
 
 fn cm(name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n"
+    )
 }
 
 impl Fixture {
@@ -53,26 +55,52 @@ impl Fixture {
         Self::with_source(upstream, repo, ns, &format!("url: {url}"), sync_extra).await
     }
 
-    async fn with_source(upstream: Upstream, repo: Repo, ns: TestNamespace, source_yaml: &str, sync_extra: &str) -> Fixture {
+    async fn with_source(
+        upstream: Upstream,
+        repo: Repo,
+        ns: TestNamespace,
+        source_yaml: &str,
+        sync_extra: &str,
+    ) -> Fixture {
         let state = tempfile::tempdir().unwrap();
         let text = format!(
             "stateDir: {state}\nnamespace: {ns}\nsources:\n  - name: apps\n    {source_yaml}\n    ref: {{branch: main}}\n\
              syncs:\n  - name: apps\n    source: apps\n    path: deploy\n    namespace: {ns}\n    health: {{wait: false}}\n{extra}",
             state = state.path().display(),
             ns = ns.name,
-            extra = sync_extra.lines().map(|l| format!("    {l}\n")).collect::<String>(),
+            extra = sync_extra
+                .lines()
+                .map(|l| format!("    {l}\n"))
+                .collect::<String>(),
         );
-        let cfg = config::parse(Path::new("e2e.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let cfg =
+            config::parse(Path::new("e2e.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
         let counter = RequestCounter::default();
         let client = counted_client(control_plane().config().await, &counter).unwrap();
         let engine = Engine::new(client.clone(), &ns.name).await.unwrap();
-        Fixture { _upstream: upstream, repo, _state: state, ns, client, counter, engine, cfg }
+        Fixture {
+            _upstream: upstream,
+            repo,
+            _state: state,
+            ns,
+            client,
+            counter,
+            engine,
+            cfg,
+        }
     }
 
     async fn sync(&mut self) -> (Outcome, RequestCounts) {
         let before = self.counter.snapshot();
         let s = self.cfg.syncs[0].clone();
-        let outcome = daemon::sync_one(&mut self.engine, Some(&self.client), &self.cfg, &s, &sync::Options::default()).await;
+        let outcome = daemon::sync_one(
+            &mut self.engine,
+            Some(&self.client),
+            &self.cfg,
+            &s,
+            &sync::Options::default(),
+        )
+        .await;
         (outcome, self.counter.snapshot() - before)
     }
 
@@ -92,31 +120,56 @@ impl Fixture {
 }
 
 fn actions(o: &Outcome) -> BTreeMap<String, Action> {
-    o.changes.entries.iter().map(|c| (c.subject.to_string(), c.action)).collect()
+    o.changes
+        .entries
+        .iter()
+        .map(|c| (c.subject.to_string(), c.action))
+        .collect()
 }
 
 #[tokio::test]
 async fn pushed_change_is_applied_and_nothing_else_is_written() {
     let mut f = Fixture::new(
         "push",
-        &[("deploy/a.yaml", &cm("a", "1")), ("deploy/b.yaml", &cm("b", "1")), ("deploy/c.yaml", &cm("c", "1"))],
+        &[
+            ("deploy/a.yaml", &cm("a", "1")),
+            ("deploy/b.yaml", &cm("b", "1")),
+            ("deploy/c.yaml", &cm("c", "1")),
+        ],
         "",
     )
     .await;
     let (first, _) = f.sync().await;
     assert!(first.succeeded(), "{:?}", first.failure);
-    assert_eq!(first.changes.counts().get(&Action::Created), Some(&3), "{}", first.changes);
+    assert_eq!(
+        first.changes.counts().get(&Action::Created),
+        Some(&3),
+        "{}",
+        first.changes
+    );
 
     // A resync of the same revision writes nothing at all: no object, no inventory.
     let before = f.versions().await;
     let (resync, requests) = f.sync().await;
     assert!(resync.succeeded(), "{:?}", resync.failure);
-    assert!(resync.changes.entries.iter().all(|c| c.action == Action::Unchanged), "{}", resync.changes);
-    assert_eq!(requests.writes, 0, "no-change resync made write requests: {requests:?}");
+    assert!(
+        resync
+            .changes
+            .entries
+            .iter()
+            .all(|c| c.action == Action::Unchanged),
+        "{}",
+        resync.changes
+    );
+    assert_eq!(
+        requests.writes, 0,
+        "no-change resync made write requests: {requests:?}"
+    );
     assert_eq!(f.versions().await, before);
 
     // One changed file: exactly that object is configured.
-    f.repo.push("main", &[("deploy/b.yaml", &cm("b", "2"))], &[]);
+    f.repo
+        .push("main", &[("deploy/b.yaml", &cm("b", "2"))], &[]);
     let (pushed, requests) = f.sync().await;
     assert!(pushed.succeeded(), "{:?}", pushed.failure);
     let ns = &f.ns.name;
@@ -128,14 +181,28 @@ async fn pushed_change_is_applied_and_nothing_else_is_written() {
     .into_iter()
     .collect();
     assert_eq!(actions(&pushed), expected);
-    let diff = pushed.changes.entries.iter().find(|c| c.action == Action::Configured).unwrap().diff.clone().unwrap();
-    assert!(diff.contains("-  value: '1'") || diff.contains("-  value: \"1\""), "{diff}");
+    let diff = pushed
+        .changes
+        .entries
+        .iter()
+        .find(|c| c.action == Action::Configured)
+        .unwrap()
+        .diff
+        .clone()
+        .unwrap();
+    assert!(
+        diff.contains("-  value: '1'") || diff.contains("-  value: \"1\""),
+        "{diff}"
+    );
     // One apply for the object and one for the inventory's new revision.
     assert_eq!(requests.writes, 2, "{requests:?}");
     let after = f.versions().await;
     assert_eq!(after["a"], before["a"]);
     assert_ne!(after["b"], before["b"]);
-    assert_eq!(f.configmaps().get("b").await.unwrap().data.unwrap()["value"], "2");
+    assert_eq!(
+        f.configmaps().get("b").await.unwrap().data.unwrap()["value"],
+        "2"
+    );
 }
 
 #[tokio::test]
@@ -153,23 +220,46 @@ async fn removed_file_is_pruned_but_prune_disabled_objects_survive() {
     )
     .await;
     assert!(f.sync().await.0.succeeded());
-    f.repo.push("main", &[], &["deploy/a.yaml", "deploy/keep.yaml"]);
+    f.repo
+        .push("main", &[], &["deploy/a.yaml", "deploy/keep.yaml"]);
     let (o, _) = f.sync().await;
     assert!(o.succeeded(), "{:?}", o.failure);
     let ns = &f.ns.name;
     let a = actions(&o);
     assert_eq!(a[&format!("ConfigMap/{ns}/a")], Action::Deleted);
     assert_eq!(a[&format!("ConfigMap/{ns}/keep")], Action::Skipped);
-    assert!(f.configmaps().get_opt("a").await.unwrap().is_none(), "pruned");
-    assert!(f.configmaps().get_opt("keep").await.unwrap().is_some(), "prune: disabled survives");
+    assert!(
+        f.configmaps().get_opt("a").await.unwrap().is_none(),
+        "pruned"
+    );
+    assert!(
+        f.configmaps().get_opt("keep").await.unwrap().is_some(),
+        "prune: disabled survives"
+    );
     // The survivor is no longer in the inventory: a later sync does not try again.
     let (again, _) = f.sync().await;
-    assert!(again.changes.entries.iter().all(|c| c.action == Action::Unchanged), "{}", again.changes);
+    assert!(
+        again
+            .changes
+            .entries
+            .iter()
+            .all(|c| c.action == Action::Unchanged),
+        "{}",
+        again.changes
+    );
 }
 
 #[tokio::test]
 async fn bad_yaml_commit_changes_nothing_and_reports_file_and_line() {
-    let mut f = Fixture::new("badyaml", &[("deploy/a.yaml", &cm("a", "1")), ("deploy/b.yaml", &cm("b", "1"))], "").await;
+    let mut f = Fixture::new(
+        "badyaml",
+        &[
+            ("deploy/a.yaml", &cm("a", "1")),
+            ("deploy/b.yaml", &cm("b", "1")),
+        ],
+        "",
+    )
+    .await;
     let (good, _) = f.sync().await;
     assert!(good.succeeded());
     let before = f.versions().await;
@@ -177,7 +267,13 @@ async fn bad_yaml_commit_changes_nothing_and_reports_file_and_line() {
     // A valid change to a.yaml and a broken b.yaml in one commit: all or nothing.
     f.repo.push(
         "main",
-        &[("deploy/a.yaml", &cm("a", "2")), ("deploy/b.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n data: [unclosed\n")],
+        &[
+            ("deploy/a.yaml", &cm("a", "2")),
+            (
+                "deploy/b.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: b\n data: [unclosed\n",
+            ),
+        ],
         &[],
     );
     let (bad, requests) = f.sync().await;
@@ -188,23 +284,38 @@ async fn bad_yaml_commit_changes_nothing_and_reports_file_and_line() {
     assert!(err.contains("deploy/b.yaml:5"), "{err}");
     assert!(bad.changes.entries.is_empty());
     assert_eq!(f.versions().await, before, "nothing in the cluster changed");
-    assert_eq!(f.configmaps().get("a").await.unwrap().data.unwrap()["value"], "1");
+    assert_eq!(
+        f.configmaps().get("a").await.unwrap().data.unwrap()["value"],
+        "1"
+    );
     // Only the status was recorded; the inventory still holds the last good revision.
     assert_eq!(requests.writes, 1, "{requests:?}");
     let record = f.engine.store().load("apps").await.unwrap();
-    assert_eq!(record.inventory.revision.as_deref(), Some(good.revision.as_str()));
+    assert_eq!(
+        record.inventory.revision.as_deref(),
+        Some(good.revision.as_str())
+    );
     assert_eq!(record.status.result, "Failed");
     assert!(record.status.error.unwrap().contains("deploy/b.yaml:5"));
 }
 
 #[tokio::test]
 async fn mass_deletion_guard_holds_back_the_revision() {
-    let files: Vec<(String, String)> = (0..4).map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1"))).collect();
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let files: Vec<(String, String)> = (0..4)
+        .map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     let mut f = Fixture::new("guard", &refs, "").await;
     assert!(f.sync().await.0.succeeded());
 
-    f.repo.push("main", &[], &["deploy/cm0.yaml", "deploy/cm1.yaml", "deploy/cm2.yaml"]);
+    f.repo.push(
+        "main",
+        &[],
+        &["deploy/cm0.yaml", "deploy/cm1.yaml", "deploy/cm2.yaml"],
+    );
     let (o, _) = f.sync().await;
     match &o.failure {
         Some(Failure::HeldBack { reason, .. }) => assert!(reason.contains("3 of 4"), "{reason}"),
@@ -212,17 +323,41 @@ async fn mass_deletion_guard_holds_back_the_revision() {
     }
     assert_eq!(f.versions().await.len(), 4, "nothing was deleted");
 
-    // An empty render is always held back.
-    f.repo.push("main", &[], &["deploy/cm3.yaml"]);
+    // An empty render (no manifests left, only a README) is always held back.
+    f.repo.push(
+        "main",
+        &[("deploy/README.md", "moved elsewhere\n")],
+        &["deploy/cm3.yaml"],
+    );
     let (o, _) = f.sync().await;
-    assert!(matches!(&o.failure, Some(Failure::HeldBack { reason, .. }) if reason.contains("all 4")), "{:?}", o.failure);
+    assert!(
+        matches!(&o.failure, Some(Failure::HeldBack { reason, .. }) if reason.contains("all 4")),
+        "{:?}",
+        o.failure
+    );
     assert_eq!(f.versions().await.len(), 4);
-    assert_eq!(f.engine.store().load("apps").await.unwrap().status.result, "HeldBack");
+    assert_eq!(
+        f.engine.store().load("apps").await.unwrap().status.result,
+        "HeldBack"
+    );
+
+    // The sync path gone altogether is a source error: nothing is touched either.
+    f.repo.push("main", &[], &["deploy/README.md"]);
+    let (o, _) = f.sync().await;
+    assert!(
+        matches!(&o.failure, Some(Failure::Source(m)) if m.contains("deploy")),
+        "{:?}",
+        o.failure
+    );
+    assert_eq!(f.versions().await.len(), 4);
 }
 
 #[tokio::test]
 async fn crd_and_its_custom_resources_apply_in_order_in_one_commit() {
-    let group = format!("e2e{:06x}.gitops-agent.io", rand::random::<u32>() & 0xff_ffff);
+    let group = format!(
+        "e2e{:06x}.gitops-agent.io",
+        rand::random::<u32>() & 0xff_ffff
+    );
     let crd = format!(
         "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata:\n  name: widgets.{group}\nspec:\n  group: {group}\n  scope: Namespaced\n  names: {{plural: widgets, singular: widget, kind: Widget}}\n  versions:\n  - name: v1\n    served: true\n    storage: true\n    schema:\n      openAPIV3Schema:\n        type: object\n        properties:\n          spec:\n            type: object\n            x-kubernetes-preserve-unknown-fields: true\n"
     );
@@ -230,22 +365,55 @@ async fn crd_and_its_custom_resources_apply_in_order_in_one_commit() {
         "apiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: one\nspec: {{size: 1}}\n---\napiVersion: {group}/v1\nkind: Widget\nmetadata:\n  name: two\nspec: {{size: 2}}\n"
     );
     // The custom resources sort before their CRD by file name: order must come from kinds.
-    let mut f = Fixture::new("crd", &[("deploy/a-widgets.yaml", &widgets), ("deploy/z-crd.yaml", &crd)], "").await;
+    let mut f = Fixture::new(
+        "crd",
+        &[
+            ("deploy/a-widgets.yaml", &widgets),
+            ("deploy/z-crd.yaml", &crd),
+        ],
+        "",
+    )
+    .await;
     let (o, _) = f.sync().await;
     assert!(o.succeeded(), "{:?}\n{}", o.failure, o.changes);
-    let subjects: Vec<String> = o.changes.entries.iter().map(|c| c.subject.to_string()).collect();
-    assert_eq!(subjects[0], format!("CustomResourceDefinition/widgets.{group}"));
-    assert!(o.changes.entries.iter().all(|c| c.action == Action::Created), "{}", o.changes);
+    let subjects: Vec<String> = o
+        .changes
+        .entries
+        .iter()
+        .map(|c| c.subject.to_string())
+        .collect();
+    assert_eq!(
+        subjects[0],
+        format!("CustomResourceDefinition/widgets.{group}")
+    );
+    assert!(
+        o.changes
+            .entries
+            .iter()
+            .all(|c| c.action == Action::Created),
+        "{}",
+        o.changes
+    );
     let gvk = GroupVersionKind::gvk(&group, "v1", "Widget");
     let ar = kube::api::ApiResource::from_gvk(&gvk);
     let api: Api<DynamicObject> = Api::namespaced_with(f.client.clone(), &f.ns.name, &ar);
     assert_eq!(api.get("two").await.unwrap().data["spec"]["size"], 2);
     let (again, requests) = f.sync().await;
-    assert!(again.changes.entries.iter().all(|c| c.action == Action::Unchanged), "{}", again.changes);
+    assert!(
+        again
+            .changes
+            .entries
+            .iter()
+            .all(|c| c.action == Action::Unchanged),
+        "{}",
+        again.changes
+    );
     assert_eq!(requests.writes, 0);
     // The CRD is cluster-scoped: remove it so test runs do not accumulate.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(f.client.clone());
-    crds.delete(&format!("widgets.{group}"), &Default::default()).await.unwrap();
+    crds.delete(&format!("widgets.{group}"), &Default::default())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -253,40 +421,72 @@ async fn immutable_field_conflict_is_reported_and_recreate_needs_the_annotation(
     let deploy = |selector: &str, annotate: bool| {
         format!(
             "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\n{ann}spec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: {selector}}}\n  template:\n    metadata:\n      labels: {{app: {selector}}}\n    spec:\n      containers: [{{name: web, image: registry.example/web:1}}]\n",
-            ann = if annotate { "  annotations:\n    gitops-agent.io/recreate: \"true\"\n" } else { "" }
+            ann = if annotate {
+                "  annotations:\n    gitops-agent.io/recreate: \"true\"\n"
+            } else {
+                ""
+            }
         )
     };
-    let mut f = Fixture::new("immutable", &[("deploy/web.yaml", &deploy("web", false))], "").await;
+    let mut f = Fixture::new(
+        "immutable",
+        &[("deploy/web.yaml", &deploy("web", false))],
+        "",
+    )
+    .await;
     assert!(f.sync().await.0.succeeded());
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
     let uid = deployments.get("web").await.unwrap().uid();
 
-    f.repo.push("main", &[("deploy/web.yaml", &deploy("web2", false))], &[]);
+    f.repo
+        .push("main", &[("deploy/web.yaml", &deploy("web2", false))], &[]);
     let (o, _) = f.sync().await;
     let c = &o.changes.entries[0];
     assert_eq!(c.action, Action::Failed);
     let msg = c.message.clone().unwrap();
-    assert!(msg.contains("immutable") && msg.contains("gitops-agent.io/recreate"), "{msg}");
-    assert_eq!(deployments.get("web").await.unwrap().uid(), uid, "not recreated without the annotation");
+    assert!(
+        msg.contains("immutable") && msg.contains("gitops-agent.io/recreate"),
+        "{msg}"
+    );
+    assert_eq!(
+        deployments.get("web").await.unwrap().uid(),
+        uid,
+        "not recreated without the annotation"
+    );
 
-    f.repo.push("main", &[("deploy/web.yaml", &deploy("web2", true))], &[]);
+    f.repo
+        .push("main", &[("deploy/web.yaml", &deploy("web2", true))], &[]);
     let (o, _) = f.sync().await;
     assert!(o.succeeded(), "{:?}\n{}", o.failure, o.changes);
-    assert!(o.changes.entries[0].message.as_deref().unwrap_or("").contains("recreated"));
+    assert!(
+        o.changes.entries[0]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("recreated")
+    );
     let now = deployments.get("web").await.unwrap();
     assert_ne!(now.uid(), uid);
-    assert_eq!(now.spec.unwrap().selector.match_labels.unwrap()["app"], "web2");
+    assert_eq!(
+        now.spec.unwrap().selector.match_labels.unwrap()["app"],
+        "web2"
+    );
 }
 
 #[tokio::test]
 async fn health_wait_times_out_naming_the_unhealthy_object() {
     let stuck = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: stuck}\n  template:\n    metadata:\n      labels: {app: stuck}\n    spec:\n      nodeSelector: {no-such-node: \"true\"}\n      containers: [{name: c, image: registry.example/c:1}]\n";
-    let mut f = Fixture::new("health", &[("deploy/stuck.yaml", stuck)], "health: {wait: true, timeout: 4s}").await;
-    // The fixture's `health: {wait: false}` is overridden by the later key? No: make it explicit.
-    f.cfg.syncs[0].health = config::HealthWait { wait: true, timeout: std::time::Duration::from_secs(4) };
+    let mut f = Fixture::new("health", &[("deploy/stuck.yaml", stuck)], "").await;
+    f.cfg.syncs[0].health = config::HealthWait {
+        wait: true,
+        timeout: std::time::Duration::from_secs(4),
+    };
     let (o, _) = f.sync().await;
     match &o.failure {
-        Some(Failure::Health(m)) => assert!(m.contains(&format!("Deployment/{}/stuck", f.ns.name)), "{m}"),
+        Some(Failure::Health(m)) => assert!(
+            m.contains(&format!("Deployment/{}/stuck", f.ns.name)),
+            "{m}"
+        ),
         other => panic!("expected a health failure, got {other:?}"),
     }
 }
@@ -305,17 +505,30 @@ async fn http_source_with_token_from_a_kubernetes_secret() {
         "metadata": {"name": "git-creds"}, "stringData": {"username": "bot", "password": token}
     }))
     .unwrap();
-    Api::<Secret>::namespaced(admin.clone(), &ns.name).create(&PostParams::default(), &secret).await.unwrap();
-    let source = format!("url: {}\n    secretRef: {{name: git-creds}}", server.url("apps"));
+    Api::<Secret>::namespaced(admin.clone(), &ns.name)
+        .create(&PostParams::default(), &secret)
+        .await
+        .unwrap();
+    let source = format!(
+        "url: {}\n    secretRef: {{name: git-creds}}",
+        server.url("apps")
+    );
     let mut f = Fixture::with_source(upstream, repo, ns, &source, "").await;
     let (o, _) = f.sync().await;
     assert!(o.succeeded(), "{:?}", o.failure);
-    assert_eq!(f.configmaps().get("a").await.unwrap().data.unwrap()["value"], "from-http");
+    assert_eq!(
+        f.configmaps().get("a").await.unwrap().data.unwrap()["value"],
+        "from-http"
+    );
 
     // A wrong token in the Secret fails clearly, without the token in the message.
     let patch = serde_json::json!({"stringData": {"password": "wrong-token-77"}});
     Api::<Secret>::namespaced(admin.clone(), &f.ns.name)
-        .patch("git-creds", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .patch(
+            "git-creds",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
         .await
         .unwrap();
     let state = tempfile::tempdir().unwrap();
@@ -323,7 +536,10 @@ async fn http_source_with_token_from_a_kubernetes_secret() {
     let (o, _) = f.sync().await;
     let err = o.failure.expect("wrong token fails").to_string();
     assert!(!err.contains("wrong-token-77"), "{err}");
-    assert!(err.to_lowercase().contains("auth") || err.contains("401"), "{err}");
+    assert!(
+        err.to_lowercase().contains("auth") || err.contains("401"),
+        "{err}"
+    );
     drop(server);
 }
 
@@ -341,9 +557,15 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(root.join("shop")).unwrap() {
         let p = entry.unwrap().path();
-        files.push((format!("shop/{}", p.file_name().unwrap().to_str().unwrap()), std::fs::read_to_string(&p).unwrap()));
+        files.push((
+            format!("shop/{}", p.file_name().unwrap().to_str().unwrap()),
+            std::fs::read_to_string(&p).unwrap(),
+        ));
     }
-    let refs: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
     repo.push("main", &refs, &[]);
     let state = tempfile::tempdir().unwrap();
     let config = state.path().join("config.yaml");
@@ -366,19 +588,40 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
             .arg(cp.kubeconfig())
             .output()
             .unwrap();
-        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
     };
     let (code, out, err) = run(&["sync", "--once"]);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
-    for line in ["Namespace/shop created", "ConfigMap/shop/web-config created", "Deployment/shop/web created", "Deployment/shop/redis created", "Service/shop/redis created", "health: Healthy"] {
+    for line in [
+        "Namespace/shop created",
+        "ConfigMap/shop/web-config created",
+        "Deployment/shop/web created",
+        "Deployment/shop/redis created",
+        "Service/shop/redis created",
+        "health: Healthy",
+    ] {
         assert!(out.contains(line), "{line:?} missing in:\n{out}");
     }
     let (code, out, err) = run(&["status"]);
     assert_eq!(code, Some(0), "{err}");
-    let row = out.lines().find(|l| l.starts_with("shop ")).unwrap_or_else(|| panic!("{out}"));
-    assert!(row.contains("Succeeded") && row.contains("Healthy"), "{out}");
+    let row = out
+        .lines()
+        .find(|l| l.starts_with("shop "))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        row.contains("Succeeded") && row.contains("Healthy"),
+        "{out}"
+    );
     let (code, out, err) = run(&["diff"]);
-    assert_eq!(code, Some(0), "nothing to change; stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(
+        code,
+        Some(0),
+        "nothing to change; stdout:\n{out}\nstderr:\n{err}"
+    );
 
     // Someone edits the ConfigMap behind Git's back: diff shows it and exits 1.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "shop");
@@ -390,8 +633,15 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
     .unwrap();
     let (code, out, _) = run(&["diff"]);
     assert_eq!(code, Some(1), "{out}");
-    assert!(out.contains("-  GREETING: changed by hand") && out.contains("+  GREETING: Hello from gitops-agent"), "{out}");
+    assert!(
+        out.contains("-  GREETING: changed by hand")
+            && out.contains("+  GREETING: Hello from gitops-agent"),
+        "{out}"
+    );
 
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(admin.clone());
-    namespaces.delete("shop", &Default::default()).await.unwrap();
+    namespaces
+        .delete("shop", &Default::default())
+        .await
+        .unwrap();
 }
