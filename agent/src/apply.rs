@@ -186,13 +186,19 @@ impl ResourceManager {
                 }
             }
         }
-        if !crds_changed.is_empty()
-            || stage_one
-                .iter()
-                .any(|d| d.id.kind == "CustomResourceDefinition")
-        {
-            // New kinds only resolve after a fresh discovery.
-            self.discovery = Discovery::run(&self.client).await?;
+        let crd_kinds: Vec<(String, String)> = stage_one
+            .iter()
+            .filter(|d| d.id.kind == "CustomResourceDefinition")
+            .filter_map(|d| {
+                let spec = d.object.get("spec")?;
+                let group = spec.get("group")?.as_str()?;
+                let kind = spec.pointer("/names/kind")?.as_str()?;
+                Some((group.to_string(), kind.to_string()))
+            })
+            .collect();
+        if !crd_kinds.is_empty() && !opts.dry_run {
+            self.refresh_until_served(&crd_kinds, opts.crd_timeout)
+                .await?;
         }
 
         // Within stage two, kinds go one rank at a time so that, say, ServiceAccounts
@@ -362,6 +368,34 @@ impl ResourceManager {
                 .with_diff(diff)
                 .with_message("recreated: immutable field changed"),
             Err(e) => failed(id, "apply after recreate", &e),
+        }
+    }
+
+    /// New kinds resolve only after a fresh discovery, and the API server publishes a new
+    /// group in its aggregated discovery a moment after the CRD is Established: refresh
+    /// until every kind the CRDs define is served, or the timeout passes (the custom
+    /// resources then fail with "no API resource", naming themselves). Kinds already
+    /// known cost nothing, so a resync makes no discovery requests.
+    async fn refresh_until_served(
+        &mut self,
+        kinds: &[(String, String)],
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let served = kinds
+                .iter()
+                .all(|(g, k)| self.discovery.resolve_kind(g, k).is_some());
+            if served || tokio::time::Instant::now() > deadline {
+                return Ok(());
+            }
+            self.discovery = Discovery::run(&self.client).await?;
+            if kinds
+                .iter()
+                .any(|(g, k)| self.discovery.resolve_kind(g, k).is_none())
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
         }
     }
 
