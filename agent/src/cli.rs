@@ -188,7 +188,8 @@ async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
 
 async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Result<ExitCode> {
     let cfg = config::load(&cli.config)?;
-    let (client, _) = cli.cluster.client().await?;
+    let counter = cluster::RequestCounter::default();
+    let (client, _) = cli.cluster.counted_client(&counter).await?;
     let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
     let mut ok = true;
     for s in selected(&cfg, only)? {
@@ -196,6 +197,8 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
             println!("sync {}: suspended", s.name);
             continue;
         }
+        let before = counter.snapshot();
+        let started = std::time::Instant::now();
         let outcome = daemon::sync_one(
             &mut engine,
             Some(&client),
@@ -204,6 +207,7 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
             &sync::Options::default(),
         )
         .await;
+        let requests = counter.snapshot() - before;
         println!("sync {}: revision {}", s.name, outcome.revision);
         for c in &outcome.changes.entries {
             print!("  {} {}", c.subject, c.action);
@@ -218,6 +222,13 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
             }
         }
         println!("  summary: {}", outcome.changes.summary());
+        println!(
+            "  took {:.2}s, {} API requests ({} writes, {} dry-runs)",
+            started.elapsed().as_secs_f64(),
+            requests.total,
+            requests.writes,
+            requests.dry_runs
+        );
         if let Some(h) = outcome.overall_health() {
             println!("  health: {h}");
             for (id, a) in outcome
