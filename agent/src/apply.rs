@@ -466,7 +466,8 @@ fn condition_true(data: &Value, type_: &str) -> bool {
         })
 }
 
-fn add_labels(obj: &mut Value, labels: &BTreeMap<String, String>) {
+/// Adds labels to an object's metadata, keeping the ones it has.
+pub fn add_labels(obj: &mut Value, labels: &BTreeMap<String, String>) {
     if labels.is_empty() {
         return;
     }

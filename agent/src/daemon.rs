@@ -87,6 +87,7 @@ fn failed(s: &config::Sync, f: Failure) -> Outcome {
         changes: Default::default(),
         health: vec![],
         failure: Some(f),
+        desired: vec![],
     }
 }
 

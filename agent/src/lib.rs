@@ -12,6 +12,7 @@ pub mod config;
 pub mod daemon;
 pub mod diff;
 pub mod discovery;
+pub mod drift;
 pub mod health;
 pub mod inventory;
 pub mod logging;

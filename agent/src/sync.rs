@@ -58,6 +58,17 @@ pub struct Outcome {
     /// Per-object health after the apply (empty when not waited for).
     pub health: Vec<(ObjectRef, Assessment)>,
     pub failure: Option<Failure>,
+    /// The objects as applied (owner labels included), for drift detection; empty when the
+    /// revision was not applied.
+    pub desired: Vec<DesiredObject>,
+}
+
+/// One object of the applied desired state: what drift detection compares the live one with.
+#[derive(Debug, Clone)]
+pub struct DesiredObject {
+    pub id: ObjectRef,
+    pub resource: kube::api::ApiResource,
+    pub object: serde_json::Value,
 }
 
 impl Outcome {
@@ -120,6 +131,7 @@ impl Engine {
             changes: ChangeSet::default(),
             health: Vec::new(),
             failure: None,
+            desired: Vec::new(),
         };
         let previous = match self.store.load(&sync.name).await {
             Ok(r) => r,
@@ -255,6 +267,24 @@ impl Engine {
             // Pruning is off: what left Git is still ours to track, not to delete.
             inventory.entries.extend(stale.iter().cloned());
         }
+
+        let labels = BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]);
+        outcome.desired = manifests
+            .iter()
+            .filter_map(|m| {
+                let r = self
+                    .rm
+                    .discovery()
+                    .resolve(&m.id.group, &m.id.version, &m.id.kind)?;
+                let mut object = m.object.clone();
+                apply::add_labels(&mut object, &labels);
+                Some(DesiredObject {
+                    id: m.id.clone(),
+                    resource: r.api.clone(),
+                    object,
+                })
+            })
+            .collect();
 
         // 5. Health.
         if sync.health.wait && !opts.dry_run {

@@ -2,6 +2,8 @@
 //! from a Kubernetes Secret), the real local control plane, and the real binary for the
 //! commands. Each test has its own namespace, which also holds its inventory.
 
+#[path = "../harness/fixture.rs"]
+mod fixture;
 #[path = "../harness/git.rs"]
 mod git;
 #[path = "../harness/mod.rs"]
@@ -11,113 +13,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
 
-use git::{HttpGit, Repo, Upstream};
+use fixture::{Fixture, cm};
+use git::{HttpGit, Upstream};
 use gitops_agent::change::Action;
-use gitops_agent::cluster::{RequestCounter, RequestCounts, counted_client};
 use gitops_agent::config;
-use gitops_agent::daemon;
-use gitops_agent::sync::{self, Engine, Failure, Outcome};
+use gitops_agent::sync::{Failure, Outcome};
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{DynamicObject, GroupVersionKind, PostParams};
-use kube::{Api, Client, ResourceExt};
-
-struct Fixture {
-    _upstream: Upstream,
-    repo: Repo,
-    _state: tempfile::TempDir,
-    ns: TestNamespace,
-    client: Client,
-    counter: RequestCounter,
-    engine: Engine,
-    cfg: config::Config,
-}
-
-fn cm(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n"
-    )
-}
-
-impl Fixture {
-    /// A repo with `files` on main, and a config with one sync of its `deploy/` path into a
-    /// fresh namespace. `sync_extra` is added to the sync's YAML (indented four spaces).
-    async fn new(prefix: &str, files: &[(&str, &str)], sync_extra: &str) -> Fixture {
-        harness::init_logging();
-        let cp = control_plane();
-        let admin = cp.client().await;
-        let ns = TestNamespace::create(&admin, prefix).await;
-        let upstream = Upstream::new();
-        let repo = upstream.create("apps");
-        repo.push("main", files, &[]);
-        let url = repo.file_url();
-        Self::with_source(upstream, repo, ns, &format!("url: {url}"), sync_extra).await
-    }
-
-    async fn with_source(
-        upstream: Upstream,
-        repo: Repo,
-        ns: TestNamespace,
-        source_yaml: &str,
-        sync_extra: &str,
-    ) -> Fixture {
-        let state = tempfile::tempdir().unwrap();
-        let text = format!(
-            "stateDir: {state}\nnamespace: {ns}\nsources:\n  - name: apps\n    {source_yaml}\n    ref: {{branch: main}}\n\
-             syncs:\n  - name: apps\n    source: apps\n    path: deploy\n    namespace: {ns}\n    health: {{wait: false}}\n{extra}",
-            state = state.path().display(),
-            ns = ns.name,
-            extra = sync_extra
-                .lines()
-                .map(|l| format!("    {l}\n"))
-                .collect::<String>(),
-        );
-        let cfg =
-            config::parse(Path::new("e2e.yaml"), &text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        let counter = RequestCounter::default();
-        let client = counted_client(control_plane().config().await, &counter).unwrap();
-        let engine = Engine::new(client.clone(), &ns.name).await.unwrap();
-        Fixture {
-            _upstream: upstream,
-            repo,
-            _state: state,
-            ns,
-            client,
-            counter,
-            engine,
-            cfg,
-        }
-    }
-
-    async fn sync(&mut self) -> (Outcome, RequestCounts) {
-        let before = self.counter.snapshot();
-        let s = self.cfg.syncs[0].clone();
-        let outcome = daemon::sync_one(
-            &mut self.engine,
-            Some(&self.client),
-            &self.cfg,
-            &s,
-            &sync::Options::default(),
-        )
-        .await;
-        (outcome, self.counter.snapshot() - before)
-    }
-
-    fn configmaps(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.client.clone(), &self.ns.name)
-    }
-
-    /// name → resourceVersion of every ConfigMap we manage, to see what was written.
-    async fn versions(&self) -> BTreeMap<String, String> {
-        let list = self.configmaps().list(&Default::default()).await.unwrap();
-        list.items
-            .into_iter()
-            .filter(|c| c.labels().contains_key("gitops-agent.io/sync"))
-            .map(|c| (c.name_any(), c.resource_version().unwrap()))
-            .collect()
-    }
-}
+use kube::{Api, ResourceExt};
 
 fn actions(o: &Outcome) -> BTreeMap<String, Action> {
     o.changes

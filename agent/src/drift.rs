@@ -1,0 +1,673 @@
+//! Live drift detection: one watch per kind over objects carrying the owner label. A change
+//! that touches more than status is checked with a server-side dry-run of the desired
+//! object: if applying Git again would change nothing, the change was to fields Git does not
+//! declare (an HPA's replicas, controller annotations) and is not drift. Otherwise the
+//! report names the fields, Git's and the live values (Secrets masked) and the field
+//! manager that wrote last. With self-heal the object is re-applied; a controller that keeps
+//! reverting us gets one "fight" report and a back-off instead of a loop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, TypeMeta};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::apply::{self, OWNER_LABEL};
+use crate::diff;
+use crate::object::ObjectRef;
+use crate::sync::DesiredObject;
+
+/// One field that differs: where, what Git says, what the cluster has.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldDrift {
+    pub path: String,
+    pub git: Value,
+    pub live: Value,
+}
+
+/// What the detector reports, as data; alerts and metrics are derived from it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A distinct drift (reported once until resolved). `deleted` when the object is gone.
+    Detected {
+        sync: String,
+        subject: ObjectRef,
+        fields: Vec<FieldDrift>,
+        manager: Option<String>,
+        deleted: bool,
+    },
+    Resolved {
+        sync: String,
+        subject: ObjectRef,
+    },
+    /// Self-heal gave up for a while: something keeps changing the object back.
+    Fight {
+        sync: String,
+        subject: ObjectRef,
+        manager: Option<String>,
+        count: u32,
+    },
+    /// Self-heal re-applied the object (or failed to).
+    Healed {
+        sync: String,
+        subject: ObjectRef,
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub field_manager: String,
+    /// This many heals of one object within `fight_window` is a fight.
+    pub fight_threshold: u32,
+    pub fight_window: Duration,
+    /// How long self-heal leaves a fought-over object alone.
+    pub fight_backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            field_manager: crate::FIELD_MANAGER.to_string(),
+            fight_threshold: 3,
+            fight_window: Duration::from_secs(60),
+            fight_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+type Key = (String, String, Option<String>, String);
+
+fn key_of(id: &ObjectRef) -> Key {
+    (
+        id.group.clone(),
+        id.kind.clone(),
+        id.namespace.clone(),
+        id.name.clone(),
+    )
+}
+
+struct Entry {
+    sync: String,
+    self_heal: bool,
+    target: DesiredObject,
+    /// Hash of the last live object seen (normalised, status excluded).
+    seen: Option<u64>,
+    /// Hash of the drift currently reported, if any.
+    active: Option<u64>,
+    heals: VecDeque<Instant>,
+    fight_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<Key, Entry>,
+    paused: HashSet<String>,
+    dirty: HashSet<Key>,
+    /// One watch per API resource (group, version, plural).
+    watches: HashMap<(String, String, String), tokio::task::JoinHandle<()>>,
+    /// Watches whose initial list is done.
+    listed: HashSet<(String, String, String)>,
+}
+
+/// Watches managed objects and reports drift. Cheap to clone.
+#[derive(Clone)]
+pub struct Detector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    opts: Options,
+    state: Mutex<State>,
+    reports: mpsc::Sender<Report>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(state) = self.state.lock() {
+            for w in state.watches.values() {
+                w.abort();
+            }
+        }
+    }
+}
+
+impl Detector {
+    /// A detector and the channel its reports arrive on.
+    pub fn new(client: Client, opts: Options) -> (Detector, mpsc::Receiver<Report>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let inner = Inner {
+            client,
+            opts,
+            state: Mutex::new(State::default()),
+            reports: tx,
+        };
+        (
+            Detector {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    /// Stops judging a sync's objects while it applies: its own writes are not drift.
+    pub fn pause(&self, sync: &str) {
+        self.lock().paused.insert(sync.to_string());
+    }
+
+    /// Resumes a paused sync without changing what it wants (its revision failed).
+    pub async fn resume(&self, sync: &str) {
+        let dirty = {
+            let mut st = self.lock();
+            st.paused.remove(sync);
+            take_dirty(&mut st, sync)
+        };
+        self.recheck(dirty).await;
+    }
+
+    /// Sets what a sync wants after it applied a revision, starts watches for new kinds,
+    /// and checks the objects that changed while it was paused.
+    pub async fn set_desired(&self, sync: &str, self_heal: bool, desired: Vec<DesiredObject>) {
+        let dirty = {
+            let mut st = self.lock();
+            let mut keep: HashMap<Key, Entry> = HashMap::new();
+            let old: Vec<Key> = st
+                .entries
+                .iter()
+                .filter(|(_, e)| e.sync == sync)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut previous: HashMap<Key, Entry> = old
+                .into_iter()
+                .filter_map(|k| st.entries.remove_entry(&k))
+                .collect();
+            for target in desired {
+                let k = key_of(&target.id);
+                let entry = match previous.remove(&k) {
+                    Some(mut e) => {
+                        e.self_heal = self_heal;
+                        e.target = target;
+                        e
+                    }
+                    None => Entry {
+                        sync: sync.to_string(),
+                        self_heal,
+                        target,
+                        seen: None,
+                        active: None,
+                        heals: VecDeque::new(),
+                        fight_until: None,
+                    },
+                };
+                keep.insert(k, entry);
+            }
+            let resources: Vec<ApiResource> =
+                keep.values().map(|e| e.target.resource.clone()).collect();
+            st.entries.extend(keep);
+            st.paused.remove(sync);
+            for ar in resources {
+                let wk = (ar.group.clone(), ar.version.clone(), ar.plural.clone());
+                st.watches.entry(wk).or_insert_with(|| self.spawn_watch(ar));
+            }
+            take_dirty(&mut st, sync)
+        };
+        self.recheck(dirty).await;
+    }
+
+    /// Whether every watch has listed its objects: before that, a change can go unjudged.
+    pub fn is_ready(&self) -> bool {
+        let st = self.lock();
+        st.watches.keys().all(|k| st.listed.contains(k))
+    }
+
+    /// Waits (polling) until [`Detector::is_ready`], up to `timeout`; returns whether it is.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.is_ready() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// Objects currently drifted, per sync (for the drifted-objects gauge).
+    pub fn drifted(&self) -> HashMap<String, usize> {
+        let st = self.lock();
+        let mut out: HashMap<String, usize> = HashMap::new();
+        for e in st.entries.values() {
+            *out.entry(e.sync.clone()).or_default() += usize::from(e.active.is_some());
+        }
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way that
+        // matters more than losing drift reports, so recover the guard.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn_watch(&self, ar: ApiResource) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let span = tracing::info_span!("drift_watch", kind = %ar.kind, group = %ar.group);
+        tokio::spawn(
+            async move {
+                let api: Api<DynamicObject> = Api::all_with(me.inner.client.clone(), &ar);
+                let cfg = watcher::Config::default().labels(OWNER_LABEL);
+                let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(watcher::Event::Apply(o)) => me.observe(&ar, o, false).await,
+                        Ok(watcher::Event::Delete(o)) => me.observe(&ar, o, true).await,
+                        // The initial list only records what is there; a full resync judges it.
+                        Ok(watcher::Event::InitApply(o)) => me.record_seen(&ar, o),
+                        Ok(watcher::Event::InitDone) => {
+                            me.lock().listed.insert((
+                                ar.group.clone(),
+                                ar.version.clone(),
+                                ar.plural.clone(),
+                            ));
+                        }
+                        Ok(watcher::Event::Init) => {}
+                        Err(e) => tracing::warn!(error = %e, "drift watch"),
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    fn live_key(ar: &ApiResource, o: &DynamicObject) -> Key {
+        (
+            ar.group.clone(),
+            ar.kind.clone(),
+            o.metadata.namespace.clone(),
+            o.metadata.name.clone().unwrap_or_default(),
+        )
+    }
+
+    fn record_seen(&self, ar: &ApiResource, o: DynamicObject) {
+        let k = Self::live_key(ar, &o);
+        let fp = fingerprint(&to_json(ar, o));
+        if let Some(e) = self.lock().entries.get_mut(&k) {
+            e.seen = Some(fp);
+        }
+    }
+
+    async fn observe(&self, ar: &ApiResource, o: DynamicObject, deleted: bool) {
+        let k = Self::live_key(ar, &o);
+        let live = to_json(ar, o);
+        let fp = fingerprint(&live);
+        {
+            let mut st = self.lock();
+            let paused = match st.entries.get(&k) {
+                None => return, // not ours (any more)
+                Some(e) => st.paused.contains(&e.sync),
+            };
+            if paused {
+                st.dirty.insert(k);
+                return;
+            }
+            let e = st.entries.get_mut(&k).expect("checked above");
+            if !deleted && e.seen == Some(fp) {
+                return; // only status or server-managed metadata changed
+            }
+            e.seen = if deleted { None } else { Some(fp) };
+        }
+        self.check(&k, if deleted { None } else { Some(live) })
+            .await;
+    }
+
+    async fn recheck(&self, keys: Vec<Key>) {
+        for k in keys {
+            let target = match self.lock().entries.get(&k) {
+                Some(e) => e.target.clone(),
+                None => continue,
+            };
+            let live = self.get_live(&target).await;
+            if let Ok(live) = live {
+                if let (Some(l), Some(e)) = (&live, self.lock().entries.get_mut(&k)) {
+                    e.seen = Some(fingerprint(l));
+                }
+                self.check(&k, live).await;
+            }
+        }
+    }
+
+    fn api(&self, target: &DesiredObject) -> Api<DynamicObject> {
+        match &target.id.namespace {
+            Some(ns) => Api::namespaced_with(self.inner.client.clone(), ns, &target.resource),
+            None => Api::all_with(self.inner.client.clone(), &target.resource),
+        }
+    }
+
+    async fn get_live(&self, target: &DesiredObject) -> kube::Result<Option<Value>> {
+        let o = self.api(target).get_opt(&target.id.name).await?;
+        Ok(o.map(|o| to_json(&target.resource, o)))
+    }
+
+    /// Judges one object and reports, heals or backs off.
+    async fn check(&self, k: &Key, live: Option<Value>) {
+        let Some((target, sync)) = self
+            .lock()
+            .entries
+            .get(k)
+            .map(|e| (e.target.clone(), e.sync.clone()))
+        else {
+            return;
+        };
+        let subject = target.id.clone();
+        let drift = match &live {
+            None => Some((Vec::new(), None, true)),
+            Some(live) => {
+                let pp = PatchParams::apply(&self.inner.opts.field_manager)
+                    .force()
+                    .dry_run();
+                match self
+                    .api(&target)
+                    .patch(&target.id.name, &pp, &Patch::Apply(&target.object))
+                    .await
+                {
+                    Ok(merged) => {
+                        let merged = to_json(&target.resource, merged);
+                        let (g, l) = (diff::normalize(&merged), diff::normalize(live));
+                        if g == l {
+                            None
+                        } else {
+                            let mut fields = Vec::new();
+                            field_diffs(&g, &l, "", &mut fields);
+                            if subject.kind == "Secret" && subject.group.is_empty() {
+                                mask_secret_fields(&mut fields);
+                            }
+                            Some((
+                                fields,
+                                last_manager(live, &self.inner.opts.field_manager),
+                                false,
+                            ))
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(object = %subject, error = %apply::api_message(&e), "drift check dry-run");
+                        return;
+                    }
+                }
+            }
+        };
+
+        let Some((fields, manager, deleted)) = drift else {
+            let resolved = self
+                .lock()
+                .entries
+                .get_mut(k)
+                .is_some_and(|e| e.active.take().is_some());
+            if resolved {
+                self.report(Report::Resolved { sync, subject }).await;
+            }
+            return;
+        };
+
+        let h = drift_hash(&fields, deleted);
+        let (new_drift, heal, fight) = {
+            let mut st = self.lock();
+            let Some(e) = st.entries.get_mut(k) else {
+                return;
+            };
+            let new_drift = e.active != Some(h);
+            e.active = Some(h);
+            let now = Instant::now();
+            let mut heal = e.self_heal && e.fight_until.is_none_or(|t| now >= t);
+            let mut fight = None;
+            if heal {
+                while e
+                    .heals
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.inner.opts.fight_window)
+                {
+                    e.heals.pop_front();
+                }
+                e.heals.push_back(now);
+                if e.heals.len() as u32 > self.inner.opts.fight_threshold {
+                    fight = Some(e.heals.len() as u32);
+                    e.heals.clear();
+                    e.fight_until = Some(now + self.inner.opts.fight_backoff);
+                    heal = false;
+                }
+            }
+            (new_drift, heal, fight)
+        };
+        if new_drift {
+            self.report(Report::Detected {
+                sync: sync.clone(),
+                subject: subject.clone(),
+                fields,
+                manager: manager.clone(),
+                deleted,
+            })
+            .await;
+        }
+        if let Some(count) = fight {
+            self.report(Report::Fight {
+                sync,
+                subject,
+                manager,
+                count,
+            })
+            .await;
+            return;
+        }
+        if heal {
+            let pp = PatchParams::apply(&self.inner.opts.field_manager).force();
+            let error = self
+                .api(&target)
+                .patch(&target.id.name, &pp, &Patch::Apply(&target.object))
+                .await
+                .err()
+                .map(|e| apply::api_message(&e));
+            self.report(Report::Healed {
+                sync,
+                subject,
+                error,
+            })
+            .await;
+        }
+    }
+
+    async fn report(&self, r: Report) {
+        // Bounded: a stuck consumer costs reports, never the watches.
+        if self.inner.reports.try_send(r).is_err() {
+            tracing::warn!("drift report dropped: consumer is behind");
+        }
+    }
+}
+
+fn take_dirty(st: &mut State, sync: &str) -> Vec<Key> {
+    let mine: Vec<Key> = st
+        .dirty
+        .iter()
+        .filter(|k| st.entries.get(*k).is_some_and(|e| e.sync == sync))
+        .cloned()
+        .collect();
+    for k in &mine {
+        st.dirty.remove(k);
+    }
+    mine
+}
+
+/// The object as JSON with its type set (list items arrive without one).
+fn to_json(ar: &ApiResource, mut o: DynamicObject) -> Value {
+    if o.types.is_none() {
+        o.types = Some(TypeMeta {
+            api_version: ar.api_version.clone(),
+            kind: ar.kind.clone(),
+        });
+    }
+    serde_json::to_value(o).unwrap_or(Value::Null)
+}
+
+fn fingerprint(live: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // serde_json maps are ordered, so the text is canonical.
+    diff::normalize(live).to_string().hash(&mut h);
+    h.finish()
+}
+
+fn drift_hash(fields: &[FieldDrift], deleted: bool) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    deleted.hash(&mut h);
+    for f in fields {
+        f.path.hash(&mut h);
+        f.git.to_string().hash(&mut h);
+        f.live.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    let plain = !key.is_empty()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    match (prefix.is_empty(), plain) {
+        (true, true) => key.to_string(),
+        (false, true) => format!("{prefix}.{key}"),
+        (_, false) => format!("{prefix}[{key:?}]"),
+    }
+}
+
+/// Leaf paths where `git` and `live` differ (`spec.template.spec.containers[0].image`).
+pub fn field_diffs(git: &Value, live: &Value, path: &str, out: &mut Vec<FieldDrift>) {
+    match (git, live) {
+        (Value::Object(g), Value::Object(l)) => {
+            let keys: std::collections::BTreeSet<&String> = g.keys().chain(l.keys()).collect();
+            for k in keys {
+                let (gv, lv) = (
+                    g.get(k).unwrap_or(&Value::Null),
+                    l.get(k).unwrap_or(&Value::Null),
+                );
+                if gv != lv {
+                    field_diffs(gv, lv, &join(path, k), out);
+                }
+            }
+        }
+        (Value::Array(g), Value::Array(l)) if g.len() == l.len() => {
+            for (i, (gv, lv)) in g.iter().zip(l).enumerate() {
+                if gv != lv {
+                    field_diffs(gv, lv, &format!("{path}[{i}]"), out);
+                }
+            }
+        }
+        _ if git != live => out.push(FieldDrift {
+            path: path.to_string(),
+            git: git.clone(),
+            live: live.clone(),
+        }),
+        _ => {}
+    }
+}
+
+fn mask_secret_fields(fields: &mut [FieldDrift]) {
+    for f in fields {
+        if f.path.starts_with("data") || f.path.starts_with("stringData") {
+            let masked = |v: &Value| {
+                if v.is_null() {
+                    Value::Null
+                } else {
+                    Value::String("*** (masked)".into())
+                }
+            };
+            f.git = masked(&f.git);
+            f.live = masked(&f.live);
+        }
+    }
+}
+
+/// The field manager that wrote last, other than us and status writers.
+fn last_manager(live: &Value, us: &str) -> Option<String> {
+    live.pointer("/metadata/managedFields")?
+        .as_array()?
+        .iter()
+        .filter(|m| {
+            m["manager"].as_str() != Some(us) && m["subresource"].as_str() != Some("status")
+        })
+        .max_by(|a, b| {
+            a["time"]
+                .as_str()
+                .unwrap_or("")
+                .cmp(b["time"].as_str().unwrap_or(""))
+        })
+        .and_then(|m| m["manager"].as_str().map(String::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn field_paths_name_the_leaves_that_differ() {
+        let git = json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "web", "image": "a:1"}]}}},
+                         "metadata": {"labels": {"app.kubernetes.io/name": "web"}}});
+        let live = json!({"spec": {"replicas": 5, "template": {"spec": {"containers": [{"name": "web", "image": "a:2"}]}}},
+                          "metadata": {"labels": {"app.kubernetes.io/name": "other"}}});
+        let mut out = Vec::new();
+        field_diffs(&git, &live, "", &mut out);
+        let paths: Vec<&str> = out.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "metadata.labels[\"app.kubernetes.io/name\"]",
+                "spec.replicas",
+                "spec.template.spec.containers[0].image"
+            ]
+        );
+        assert_eq!(
+            (out[1].git.clone(), out[1].live.clone()),
+            (json!(2), json!(5))
+        );
+    }
+
+    #[test]
+    fn secret_values_are_masked_in_drift() {
+        let mut f = vec![FieldDrift {
+            path: "data.password".into(),
+            git: json!("aHVudGVyMg=="),
+            live: json!("c2VjcmV0"),
+        }];
+        mask_secret_fields(&mut f);
+        assert_eq!(f[0].git, json!("*** (masked)"));
+        assert_eq!(f[0].live, json!("*** (masked)"));
+    }
+
+    #[test]
+    fn last_manager_skips_us_and_status_writers() {
+        let live = json!({"metadata": {"managedFields": [
+            {"manager": "gitops-agent", "operation": "Apply", "time": "2026-01-01T00:00:09Z"},
+            {"manager": "kubectl-edit", "operation": "Update", "time": "2026-01-01T00:00:05Z"},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "time": "2026-01-01T00:00:08Z"},
+            {"manager": "kubectl-scale", "operation": "Update", "subresource": "scale", "time": "2026-01-01T00:00:07Z"}
+        ]}});
+        assert_eq!(
+            last_manager(&live, "gitops-agent").as_deref(),
+            Some("kubectl-scale")
+        );
+    }
+
+    #[test]
+    fn fingerprint_ignores_status_and_server_metadata() {
+        let a = json!({"metadata": {"name": "a", "resourceVersion": "1"}, "spec": {"x": 1}, "status": {"ready": 1}});
+        let b = json!({"metadata": {"name": "a", "resourceVersion": "2"}, "spec": {"x": 1}, "status": {"ready": 2}});
+        let c = json!({"metadata": {"name": "a", "resourceVersion": "3"}, "spec": {"x": 2}});
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+}

@@ -1,0 +1,255 @@
+//! Drift detection from watches against the real control plane: out-of-band changes by
+//! another field manager are reported once with fields, values and manager; detect-only
+//! leaves the object alone; self-heal restores edited and deleted objects; fields Git does
+//! not declare (an autoscaler's replicas) are not drift; a fight backs off.
+
+#[path = "../harness/fixture.rs"]
+mod fixture;
+#[path = "../harness/git.rs"]
+mod git;
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use fixture::{Fixture, cm};
+use gitops_agent::drift::{Detector, Options, Report};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::mpsc::Receiver;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn web(replicas: Option<u32>) -> String {
+    let r = replicas
+        .map(|r| format!("  replicas: {r}\n"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n{r}  selector:\n    matchLabels: {{app: web}}\n  template:\n    metadata:\n      labels: {{app: web}}\n    spec:\n      containers: [{{name: web, image: registry.example/web:1}}]\n"
+    )
+}
+
+async fn next(rx: &mut Receiver<Report>) -> Report {
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("a drift report in time")
+        .expect("detector alive")
+}
+
+/// Syncs, then starts a detector on what was applied and waits until its watches listed.
+async fn detected(
+    prefix: &str,
+    files: &[(&str, &str)],
+    self_heal: bool,
+    opts: Options,
+) -> (Fixture, Detector, Receiver<Report>) {
+    let mut f = Fixture::new(prefix, files, "").await;
+    let (o, _) = f.sync().await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    let (det, rx) = Detector::new(f.client.clone(), opts);
+    det.set_desired("apps", self_heal, o.desired).await;
+    assert!(det.wait_ready(WAIT).await, "watches listed");
+    (f, det, rx)
+}
+
+async fn edit_cm(f: &Fixture, manager: &str, value: &str) {
+    let pp = PatchParams {
+        field_manager: Some(manager.into()),
+        ..Default::default()
+    };
+    f.configmaps()
+        .patch("a", &pp, &Patch::Merge(json!({"data": {"value": value}})))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn out_of_band_change_is_reported_once_with_fields_and_manager_detect_only() {
+    let (f, det, mut rx) = detected(
+        "detect",
+        &[
+            ("deploy/web.yaml", &web(Some(2))),
+            ("deploy/a.yaml", &cm("a", "1")),
+        ],
+        false,
+        Options::default(),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
+    let pp = PatchParams {
+        field_manager: Some("kubectl-scale".into()),
+        ..Default::default()
+    };
+    deployments
+        .patch_scale("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 5}})))
+        .await
+        .unwrap();
+
+    match next(&mut rx).await {
+        Report::Detected {
+            subject,
+            fields,
+            manager,
+            deleted,
+            ..
+        } => {
+            assert_eq!(subject.to_string(), format!("Deployment/{}/web", f.ns.name));
+            assert!(!deleted);
+            assert_eq!(manager.as_deref(), Some("kubectl-scale"));
+            let replicas = fields
+                .iter()
+                .find(|x| x.path == "spec.replicas")
+                .unwrap_or_else(|| panic!("{fields:?}"));
+            assert_eq!(
+                (replicas.git.clone(), replicas.live.clone()),
+                (json!(2), json!(5))
+            );
+        }
+        other => panic!("expected drift, got {other:?}"),
+    }
+    assert_eq!(det.drifted().get("apps"), Some(&1));
+
+    // Further events on the same drifted object (its status churns as pods start) do not
+    // repeat the alert: the next report is about the next, different change.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    edit_cm(&f, "kubectl-edit", "changed").await;
+    match next(&mut rx).await {
+        Report::Detected {
+            subject,
+            fields,
+            manager,
+            ..
+        } => {
+            assert_eq!(subject.name, "a", "no repeated report for the Deployment");
+            assert_eq!(manager.as_deref(), Some("kubectl-edit"));
+            assert_eq!(fields[0].path, "data.value");
+        }
+        other => panic!("expected the ConfigMap's drift, got {other:?}"),
+    }
+    // Detect-only: nothing was changed back.
+    assert_eq!(
+        deployments.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(5)
+    );
+    assert_eq!(
+        f.configmaps().get("a").await.unwrap().data.unwrap()["value"],
+        "changed"
+    );
+}
+
+#[tokio::test]
+async fn self_heal_restores_edited_and_deleted_objects() {
+    let (f, _det, mut rx) = detected(
+        "heal",
+        &[("deploy/a.yaml", &cm("a", "1"))],
+        true,
+        Options::default(),
+    )
+    .await;
+    edit_cm(&f, "kubectl-edit", "tampered").await;
+    assert!(matches!(
+        next(&mut rx).await,
+        Report::Detected { deleted: false, .. }
+    ));
+    assert!(matches!(
+        next(&mut rx).await,
+        Report::Healed { error: None, .. }
+    ));
+    assert!(matches!(next(&mut rx).await, Report::Resolved { .. }));
+    assert_eq!(
+        f.configmaps().get("a").await.unwrap().data.unwrap()["value"],
+        "1"
+    );
+
+    f.configmaps()
+        .delete("a", &Default::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut rx).await,
+        Report::Detected { deleted: true, .. }
+    ));
+    assert!(matches!(
+        next(&mut rx).await,
+        Report::Healed { error: None, .. }
+    ));
+    assert!(matches!(next(&mut rx).await, Report::Resolved { .. }));
+    assert_eq!(
+        f.configmaps().get("a").await.unwrap().data.unwrap()["value"],
+        "1",
+        "recreated"
+    );
+}
+
+#[tokio::test]
+async fn autoscaler_owned_replicas_are_not_drift() {
+    // Git leaves replicas to an autoscaler.
+    let (f, _det, mut rx) = detected(
+        "hpa",
+        &[
+            ("deploy/web.yaml", &web(None)),
+            ("deploy/a.yaml", &cm("a", "1")),
+        ],
+        true,
+        Options::default(),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
+    let pp = PatchParams {
+        field_manager: Some("horizontal-pod-autoscaler".into()),
+        ..Default::default()
+    };
+    deployments
+        .patch_scale("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 4}})))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // A marker change afterwards: the first report must be about it, not the replicas.
+    edit_cm(&f, "kubectl-edit", "marker").await;
+    match next(&mut rx).await {
+        Report::Detected { subject, .. } => assert_eq!(subject.name, "a"),
+        other => panic!("expected only the marker's drift, got {other:?}"),
+    }
+    assert_eq!(
+        deployments.get("web").await.unwrap().spec.unwrap().replicas,
+        Some(4),
+        "left alone"
+    );
+}
+
+#[tokio::test]
+async fn a_controller_that_keeps_reverting_us_gets_one_fight_report() {
+    let opts = Options {
+        fight_threshold: 2,
+        ..Default::default()
+    };
+    let (f, _det, mut rx) =
+        detected("fight", &[("deploy/a.yaml", &cm("a", "1"))], true, opts).await;
+    let mut fights = 0;
+    let mut heals = 0;
+    for round in 0..4 {
+        edit_cm(&f, "rogue-controller", &format!("rogue-{round}")).await;
+        // Drain what this round produced until the object is healed, fought over, or quiet.
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), rx.recv()).await {
+                Ok(Some(Report::Healed { .. })) => heals += 1,
+                Ok(Some(Report::Fight { manager, count, .. })) => {
+                    fights += 1;
+                    assert_eq!(manager.as_deref(), Some("rogue-controller"));
+                    assert!(count > 2);
+                }
+                Ok(Some(_)) => continue,
+                _ => break,
+            }
+        }
+    }
+    assert_eq!(heals, 2, "healed up to the threshold");
+    assert_eq!(fights, 1, "one fight report, then back-off");
+    assert_eq!(
+        f.configmaps().get("a").await.unwrap().data.unwrap()["value"],
+        "rogue-3",
+        "backed off: left as the other controller set it"
+    );
+}
