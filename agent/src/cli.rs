@@ -103,10 +103,11 @@ impl Cli {
                 ..
             } => sync_once(&self, sync.as_deref(), show_diff).await,
             Command::Run => {
-                let config = config::load(&self.config)?;
+                let path = daemon::absolute(&self.config);
+                let config = config::load(&path)?;
                 let (client, origin) = self.cluster.client().await?;
-                tracing::info!(%origin, config = %self.config.display(), "starting");
-                daemon::run(client, config, daemon::Options::default()).await?;
+                tracing::info!(%origin, config = %path.display(), "starting");
+                daemon::run(client, path, config, daemon::Options::default()).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status => status(&self).await,

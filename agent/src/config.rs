@@ -87,6 +87,8 @@ pub struct Source {
     pub reference: GitRef,
     pub interval: Duration,
     pub secret_ref: Option<SecretRef>,
+    /// Set for a local-directory source (then `url` is empty): watched, not fetched.
+    pub directory: Option<PathBuf>,
 }
 
 impl Source {
@@ -158,7 +160,11 @@ struct RawConfig {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct RawSource {
     name: Spanned<String>,
-    url: Spanned<String>,
+    #[serde(default)]
+    url: Option<Spanned<String>>,
+    /// A local directory instead of Git (development: edit a file, the cluster follows).
+    #[serde(default)]
+    directory: Option<Spanned<String>>,
     #[serde(rename = "ref", default)]
     reference: Option<Spanned<RawRef>>,
     #[serde(default)]
@@ -252,7 +258,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config> {
             }],
         }
     })?;
-    let mut v = Validator::default();
+    let mut v = Validator {
+        base: path.parent().map(Path::to_path_buf).unwrap_or_default(),
+        ..Default::default()
+    };
     let config = v.config(raw);
     if v.problems.is_empty() {
         Ok(config)
@@ -279,6 +288,8 @@ fn strip_location_prefix(message: &str) -> String {
 #[derive(Default)]
 struct Validator {
     problems: Vec<Problem>,
+    /// Relative local directories are relative to the config file's folder.
+    base: PathBuf,
 }
 
 impl Validator {
@@ -347,16 +358,53 @@ impl Validator {
 
     fn source(&mut self, s: RawSource) -> Option<Source> {
         self.dns_label(&s.name, "source name");
-        let url = s.url.value.trim().to_string();
+        let url_span = match (&s.url, &s.directory) {
+            (Some(u), None) => u,
+            (None, Some(d)) => {
+                let dir = self.base.join(d.value.trim());
+                let interval = self.duration(
+                    s.interval.as_ref(),
+                    DEFAULT_INTERVAL,
+                    Duration::from_secs(1),
+                    "interval",
+                );
+                return Some(Source {
+                    name: s.name.value,
+                    url: String::new(),
+                    reference: GitRef::Branch(String::new()),
+                    interval,
+                    secret_ref: None,
+                    directory: Some(dir),
+                });
+            }
+            (Some(u), Some(_)) => {
+                self.at(
+                    u,
+                    format!("source {:?}: set url or directory, not both", s.name.value),
+                );
+                return None;
+            }
+            (None, None) => {
+                self.at(
+                    &s.name,
+                    format!(
+                        "source {:?}: needs url (Git) or directory (local)",
+                        s.name.value
+                    ),
+                );
+                return None;
+            }
+        };
+        let url = url_span.value.trim().to_string();
         if !supported_url(&url) {
-            self.at(&s.url, format!(
+            self.at(url_span, format!(
                 "source {:?}: url must be https://, http://, ssh://, git://, file:// or user@host:path",
                 s.name.value
             ));
         }
         if url_has_password(&url) {
             self.at(
-                &s.url,
+                url_span,
                 format!(
                     "source {:?}: url must not embed credentials; use secretRef",
                     s.name.value
@@ -365,7 +413,7 @@ impl Validator {
         }
         if is_ssh_url(&url) && s.secret_ref.is_none() {
             // Without known_hosts there is no host key verification; we refuse to connect blind.
-            self.at(&s.url, format!(
+            self.at(url_span, format!(
                 "source {:?}: SSH needs secretRef to a Secret with identity and known_hosts (host keys are always verified)",
                 s.name.value
             ));
@@ -421,6 +469,7 @@ impl Validator {
             reference,
             interval,
             secret_ref: s.secret_ref,
+            directory: None,
         })
     }
 

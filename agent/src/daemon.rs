@@ -1,33 +1,42 @@
-//! The long-running agent: each source is fetched on its interval, and each of its syncs
-//! runs when the revision is new, when the last attempt failed, or when a periodic full
-//! resync is due. A shutdown signal lets the sync in flight finish before exiting.
+//! The long-running agent: one event loop that fetches each source on its interval (or at
+//! once on a webhook or a file change), syncs new revisions, judges drift from watches,
+//! re-checks everything periodically, reloads its configuration when the file changes,
+//! and on a shutdown signal lets the sync in flight finish before exiting.
 
 use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kube::Client;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::config::{self, Config};
-use crate::source::GitSource;
+use crate::drift::{self, Detector, Report};
+use crate::files;
+use crate::source::{self, File, GitSource};
 use crate::sync::{self, Engine, Failure, Outcome};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Engine(#[from] crate::apply::Error),
+    #[error(transparent)]
+    Files(#[from] files::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// A sync whose revision has not changed is still re-applied this often, to repair
-    /// anything changed behind Git's back.
+    /// Every object is judged afresh this often (drift a watch missed, or that happened
+    /// while the agent was down). Self-heal syncs re-apply; detect-only syncs alert.
     pub resync: Duration,
-    /// Wait after a failed sync before trying again (doubles up to `max_backoff`).
+    /// Wait after a failed sync before trying the same revision again (doubles up to `max_backoff`).
     pub backoff: Duration,
     pub max_backoff: Duration,
+    pub drift: drift::Options,
 }
 
 impl Default for Options {
@@ -36,11 +45,75 @@ impl Default for Options {
             resync: Duration::from_secs(600),
             backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(300),
+            drift: drift::Options::default(),
         }
     }
 }
 
-/// Fetches a sync's source and syncs its latest revision.
+/// Where a source's files come from.
+#[derive(Clone)]
+pub enum Origin {
+    Git(GitSource),
+    Directory(PathBuf),
+}
+
+impl Origin {
+    pub async fn open(
+        client: Option<&Client>,
+        cfg: &Config,
+        src: &config::Source,
+    ) -> Result<Origin, Failure> {
+        match &src.directory {
+            Some(dir) => Ok(Origin::Directory(dir.clone())),
+            None => sync::open_source(client, cfg, src).await.map(Origin::Git),
+        }
+    }
+
+    /// The current revision and the files under `path` in it. A directory's revision is a
+    /// hash of its contents, so an unchanged directory is an unchanged revision.
+    pub async fn files(&self, path: &str) -> Result<(String, Vec<File>), Failure> {
+        match self {
+            Origin::Git(src) => {
+                let fetched = src
+                    .fetch()
+                    .await
+                    .map_err(|e| Failure::Source(e.to_string()))?;
+                let files = src
+                    .read(fetched.revision.commit, path)
+                    .await
+                    .map_err(|e| Failure::Source(e.to_string()))?;
+                Ok((fetched.revision.to_string(), files))
+            }
+            Origin::Directory(dir) => {
+                let root = if path.is_empty() {
+                    dir.clone()
+                } else {
+                    dir.join(path)
+                };
+                let limits = source::Limits::default();
+                let mut files =
+                    tokio::task::spawn_blocking(move || source::read_dir(&root, &limits))
+                        .await
+                        .map_err(|e| Failure::Source(format!("read directory: {e}")))?
+                        .map_err(|e| Failure::Source(e.to_string()))?;
+                // Name files from the source root, as Git paths are, for messages.
+                if !path.is_empty() {
+                    for f in &mut files {
+                        f.path = format!("{path}/{}", f.path);
+                    }
+                }
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                for f in &files {
+                    f.path.hash(&mut h);
+                    f.content.hash(&mut h);
+                }
+                Ok((format!("directory@{:016x}", h.finish()), files))
+            }
+        }
+    }
+}
+
+/// Fetches a sync's source and syncs its current revision (the one-shot commands).
 pub async fn sync_one(
     engine: &mut Engine,
     client: Option<&Client>,
@@ -48,36 +121,20 @@ pub async fn sync_one(
     s: &config::Sync,
     opts: &sync::Options,
 ) -> Outcome {
-    let source = match cfg.sources.iter().find(|src| src.name == s.source) {
-        Some(src) => sync::open_source(client, cfg, src).await,
-        None => Err(Failure::Source(format!(
-            "sync {}: no source named {}",
-            s.name, s.source
-        ))),
+    let Some(src) = cfg.sources.iter().find(|src| src.name == s.source) else {
+        return failed(
+            s,
+            Failure::Source(format!("sync {}: no source named {}", s.name, s.source)),
+        );
     };
-    match source {
-        Ok(src) => sync_from(engine, &src, s, opts).await,
+    let origin = match Origin::open(client, cfg, src).await {
+        Ok(o) => o,
+        Err(f) => return failed(s, f),
+    };
+    match origin.files(&s.path).await {
+        Ok((revision, files)) => engine.sync_revision(s, &revision, &files, opts).await,
         Err(f) => failed(s, f),
     }
-}
-
-async fn sync_from(
-    engine: &mut Engine,
-    src: &GitSource,
-    s: &config::Sync,
-    opts: &sync::Options,
-) -> Outcome {
-    let fetched = match src.fetch().await {
-        Ok(f) => f,
-        Err(e) => return failed(s, Failure::Source(e.to_string())),
-    };
-    let files = match src.read(fetched.revision.commit, &s.path).await {
-        Ok(f) => f,
-        Err(e) => return failed(s, Failure::Source(e.to_string())),
-    };
-    engine
-        .sync_revision(s, &fetched.revision.to_string(), &files, opts)
-        .await
 }
 
 fn failed(s: &config::Sync, f: Failure) -> Outcome {
@@ -93,36 +150,154 @@ fn failed(s: &config::Sync, f: Failure) -> Outcome {
 
 /// Per-sync memory between passes.
 #[derive(Default)]
-struct State {
+struct SyncState {
     last_revision: Option<String>,
     last_ok: bool,
     last_run: Option<Instant>,
+    last_resync: Option<Instant>,
     failures: u32,
 }
 
-/// Runs until SIGTERM or Ctrl-C.
-pub async fn run(client: Client, cfg: Config, opts: Options) -> Result<()> {
-    let mut engine = Engine::new(client.clone(), &cfg.namespace).await?;
-    let mut sources: HashMap<String, GitSource> = HashMap::new();
-    let mut next_fetch: HashMap<String, Instant> = cfg
-        .sources
-        .iter()
-        .map(|s| (s.name.clone(), Instant::now()))
-        .collect();
-    let mut states: HashMap<String, State> = HashMap::new();
-    let mut shutdown = std::pin::pin!(shutdown_signal());
+/// The running agent.
+pub struct Agent {
+    client: Client,
+    config_path: PathBuf,
+    cfg: Config,
+    opts: Options,
+    engine: Engine,
+    detector: Detector,
+    origins: HashMap<String, Origin>,
+    next_fetch: HashMap<String, Instant>,
+    states: HashMap<String, SyncState>,
+    _files: Option<files::FileWatch>,
+}
 
-    loop {
+impl Agent {
+    pub async fn new(
+        client: Client,
+        config_path: PathBuf,
+        cfg: Config,
+        opts: Options,
+    ) -> Result<(Agent, mpsc::Receiver<Report>)> {
+        let engine = Engine::new(client.clone(), &cfg.namespace).await?;
+        let (detector, reports) = Detector::new(client.clone(), opts.drift.clone());
+        let agent = Agent {
+            client,
+            config_path,
+            cfg,
+            opts,
+            engine,
+            detector,
+            origins: HashMap::new(),
+            next_fetch: HashMap::new(),
+            states: HashMap::new(),
+            _files: None,
+        };
+        Ok((agent, reports))
+    }
+
+    pub fn detector(&self) -> &Detector {
+        &self.detector
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// Starts watching the config file's folder and the local-directory sources.
+    fn watch_files(&mut self) -> Result<mpsc::Receiver<Vec<PathBuf>>> {
+        let mut targets = Vec::new();
+        if let Some(dir) = self
+            .config_path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+        {
+            targets.push(files::Target {
+                path: dir.to_path_buf(),
+                recursive: false,
+            });
+        }
+        for s in &self.cfg.sources {
+            if let Some(d) = &s.directory {
+                targets.push(files::Target {
+                    path: d.clone(),
+                    recursive: true,
+                });
+            }
+        }
+        let (w, rx) = files::watch(&targets, Duration::from_millis(200))?;
+        self._files = Some(w);
+        Ok(rx)
+    }
+
+    /// Marks a source to be fetched now (a webhook, or a change in its directory).
+    pub fn trigger(&mut self, source: &str) {
+        if self.cfg.sources.iter().any(|s| s.name == source) {
+            self.next_fetch.insert(source.to_string(), Instant::now());
+        }
+    }
+
+    /// Re-reads the configuration; an invalid new one is rejected and the running one stays.
+    /// Returns whether it changed.
+    pub fn reload(&mut self) -> bool {
+        let new = match config::load(&self.config_path) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "new configuration rejected; keeping the running one");
+                return false;
+            }
+        };
+        if new == self.cfg {
+            return false;
+        }
+        for s in &self.cfg.syncs {
+            if !new.syncs.iter().any(|n| n.name == s.name) {
+                self.detector.forget(&s.name);
+                self.states.remove(&s.name);
+            }
+        }
+        // Sources whose spec changed are reopened; everything is fetched at once.
+        for s in &self.cfg.sources {
+            if new.sources.iter().find(|n| n.name == s.name) != Some(s) {
+                self.origins.remove(&s.name);
+            }
+        }
+        for s in &new.syncs {
+            if self.cfg.syncs.iter().find(|o| o.name == s.name) != Some(s) {
+                // A changed sync spec means its next pass must apply even the same revision.
+                self.states.remove(&s.name);
+            }
+        }
+        self.next_fetch = new
+            .sources
+            .iter()
+            .map(|s| (s.name.clone(), Instant::now()))
+            .collect();
+        tracing::info!(
+            sources = new.sources.len(),
+            syncs = new.syncs.len(),
+            "configuration reloaded"
+        );
+        self.cfg = new;
+        true
+    }
+
+    /// Runs every source that is due; returns the outcomes of the syncs that ran.
+    pub async fn pass(&mut self) -> Vec<Outcome> {
         let now = Instant::now();
-        for src_cfg in &cfg.sources {
-            if next_fetch.get(&src_cfg.name).is_some_and(|t| *t > now) {
+        let mut outcomes = Vec::new();
+        let sources = self.cfg.sources.clone();
+        for src_cfg in &sources {
+            let due = self.next_fetch.get(&src_cfg.name).is_none_or(|t| *t <= now);
+            if !due {
                 continue;
             }
-            next_fetch.insert(src_cfg.name.clone(), now + src_cfg.interval);
-            if !sources.contains_key(&src_cfg.name) {
-                match sync::open_source(Some(&client), &cfg, src_cfg).await {
-                    Ok(s) => {
-                        sources.insert(src_cfg.name.clone(), s);
+            self.next_fetch
+                .insert(src_cfg.name.clone(), now + src_cfg.interval);
+            if !self.origins.contains_key(&src_cfg.name) {
+                match Origin::open(Some(&self.client), &self.cfg, src_cfg).await {
+                    Ok(o) => {
+                        self.origins.insert(src_cfg.name.clone(), o);
                     }
                     Err(e) => {
                         tracing::error!(source = %src_cfg.name, error = %e, "opening source");
@@ -130,62 +305,135 @@ pub async fn run(client: Client, cfg: Config, opts: Options) -> Result<()> {
                     }
                 }
             }
-            let src = &sources[&src_cfg.name];
-            let fetched = match src.fetch().await {
-                Ok(f) => f,
-                Err(e) => {
-                    tracing::error!(source = %src_cfg.name, error = %e, "fetch failed");
-                    continue;
-                }
-            };
-            let revision = fetched.revision.to_string();
-            for s in cfg
+            let origin = self.origins[&src_cfg.name].clone();
+            let syncs: Vec<config::Sync> = self
+                .cfg
                 .syncs
                 .iter()
                 .filter(|s| s.source == src_cfg.name && !s.suspend)
-            {
-                let st = states.entry(s.name.clone()).or_default();
-                let backoff = opts
-                    .backoff
-                    .saturating_mul(2u32.saturating_pow(st.failures.min(16)))
-                    .min(opts.max_backoff);
-                let due = st.last_revision.as_deref() != Some(revision.as_str())
-                    || (!st.last_ok && st.last_run.is_none_or(|t| t.elapsed() >= backoff))
-                    || st.last_run.is_none_or(|t| t.elapsed() >= opts.resync);
-                if !due {
-                    continue;
+                .cloned()
+                .collect();
+            for s in syncs {
+                if let Some(o) = self.sync_if_due(&origin, &s).await {
+                    outcomes.push(o);
                 }
-                let files = match src.read(fetched.revision.commit, &s.path).await {
-                    Ok(f) => f,
-                    Err(e) => {
-                        tracing::error!(sync = %s.name, error = %e, "reading revision");
-                        st.last_ok = false;
-                        st.failures += 1;
-                        st.last_run = Some(Instant::now());
-                        continue;
-                    }
-                };
-                // A shutdown signal does not interrupt a sync in flight: the apply and the
-                // inventory it records stay consistent.
-                let outcome = engine
-                    .sync_revision(s, &revision, &files, &sync::Options::default())
-                    .await;
-                log_outcome(&outcome);
-                st.last_revision = Some(revision.clone());
-                st.last_ok = outcome.succeeded();
-                st.failures = if st.last_ok { 0 } else { st.failures + 1 };
-                st.last_run = Some(Instant::now());
             }
         }
+        outcomes
+    }
 
-        let next = next_fetch
-            .values()
-            .min()
-            .copied()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(60));
+    async fn sync_if_due(&mut self, origin: &Origin, s: &config::Sync) -> Option<Outcome> {
+        let (revision, files) = match origin.files(&s.path).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(sync = %s.name, error = %e, "reading the source");
+                return None;
+            }
+        };
+        let first = !self.states.contains_key(&s.name);
+        if first {
+            // After a restart, an unchanged revision in a detect-only sync is not re-applied:
+            // applying would silently undo drift that the agent exists to report.
+            let stored = self
+                .engine
+                .store()
+                .load(&s.name)
+                .await
+                .ok()
+                .and_then(|r| r.inventory.revision);
+            let st = self.states.entry(s.name.clone()).or_default();
+            if !s.self_heal && stored.as_deref() == Some(revision.as_str()) {
+                st.last_revision = stored;
+                st.last_ok = true;
+                let dry = self
+                    .engine
+                    .sync_revision(s, &revision, &files, &sync::Options { dry_run: true })
+                    .await;
+                self.detector.set_desired(&s.name, false, dry.desired).await;
+                self.detector.recheck_sync(&s.name).await;
+                st_mark(self.states.get_mut(&s.name), true);
+                return None;
+            }
+        }
+        let st = self.states.entry(s.name.clone()).or_default();
+        let backoff = self
+            .opts
+            .backoff
+            .saturating_mul(2u32.saturating_pow(st.failures.min(16)))
+            .min(self.opts.max_backoff);
+        let new_revision = st.last_revision.as_deref() != Some(revision.as_str());
+        let retry = !st.last_ok && st.last_run.is_none_or(|t| t.elapsed() >= backoff);
+        if !new_revision && !retry {
+            if st
+                .last_resync
+                .is_none_or(|t| t.elapsed() >= self.opts.resync)
+            {
+                st.last_resync = Some(Instant::now());
+                self.detector.recheck_sync(&s.name).await;
+            }
+            return None;
+        }
+        self.detector.pause(&s.name);
+        let outcome = self
+            .engine
+            .sync_revision(s, &revision, &files, &sync::Options::default())
+            .await;
+        if outcome.desired.is_empty() {
+            self.detector.resume(&s.name).await;
+        } else {
+            self.detector
+                .set_desired(&s.name, s.self_heal, outcome.desired.clone())
+                .await;
+        }
+        log_outcome(&outcome);
+        let st = self.states.entry(s.name.clone()).or_default();
+        st.last_revision = Some(revision);
+        st.last_ok = outcome.succeeded();
+        st.failures = if st.last_ok { 0 } else { st.failures + 1 };
+        st.last_run = Some(Instant::now());
+        st.last_resync = Some(Instant::now());
+        Some(outcome)
+    }
+
+    fn next_wake(&self) -> Instant {
+        let next = self.next_fetch.values().min().copied();
+        let soonest = Instant::now() + Duration::from_secs(60);
+        next.map_or(soonest, |n| n.min(soonest))
+    }
+}
+
+fn st_mark(st: Option<&mut SyncState>, ok: bool) {
+    if let Some(st) = st {
+        st.last_ok = ok;
+        st.last_run = Some(Instant::now());
+        st.last_resync = Some(Instant::now());
+    }
+}
+
+/// Runs until SIGTERM or Ctrl-C.
+pub async fn run(client: Client, config_path: PathBuf, cfg: Config, opts: Options) -> Result<()> {
+    let (mut agent, mut reports) = Agent::new(client, config_path, cfg, opts).await?;
+    let mut file_events = agent.watch_files()?;
+    let mut shutdown = std::pin::pin!(shutdown_signal());
+    loop {
+        agent.pass().await;
         tokio::select! {
-            _ = tokio::time::sleep_until(next) => {}
+            _ = tokio::time::sleep_until(agent.next_wake()) => {}
+            Some(batch) = file_events.recv() => {
+                if batch.iter().any(|p| files::concerns(p, &agent.config_path)) && agent.reload() {
+                    file_events = agent.watch_files()?;
+                }
+                let touched: Vec<String> = agent.cfg.sources.iter()
+                    .filter(|s| s.directory.as_deref().is_some_and(|d| batch.iter().any(|p| files::concerns(p, d))))
+                    .map(|s| s.name.clone())
+                    .collect();
+                for s in touched {
+                    agent.trigger(&s);
+                }
+            }
+            Some(report) = reports.recv() => log_report(&report),
             _ = &mut shutdown => {
+                // Between passes: no sync is in flight, inventory and cluster agree.
                 tracing::info!("shutting down");
                 return Ok(());
             }
@@ -193,7 +441,41 @@ pub async fn run(client: Client, cfg: Config, opts: Options) -> Result<()> {
     }
 }
 
-fn log_outcome(o: &Outcome) {
+pub fn log_report(r: &Report) {
+    match r {
+        Report::Detected {
+            sync,
+            subject,
+            fields,
+            manager,
+            deleted,
+        } => {
+            let paths: Vec<&str> = fields.iter().map(|f| f.path.as_str()).collect();
+            tracing::warn!(%sync, object = %subject, fields = ?paths, manager = manager.as_deref().unwrap_or("-"), deleted, "drift detected");
+        }
+        Report::Resolved { sync, subject } => {
+            tracing::info!(%sync, object = %subject, "drift resolved")
+        }
+        Report::Fight {
+            sync,
+            subject,
+            manager,
+            count,
+        } => {
+            tracing::warn!(%sync, object = %subject, manager = manager.as_deref().unwrap_or("-"), count, "another writer keeps reverting this object; self-heal backs off")
+        }
+        Report::Healed {
+            sync,
+            subject,
+            error,
+        } => match error {
+            None => tracing::info!(%sync, object = %subject, "self-healed"),
+            Some(e) => tracing::error!(%sync, object = %subject, error = %e, "self-heal failed"),
+        },
+    }
+}
+
+pub fn log_outcome(o: &Outcome) {
     let summary = o.changes.summary();
     match &o.failure {
         None => {
@@ -234,4 +516,9 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// The path as the config watcher sees it (absolute), so events compare equal.
+pub fn absolute(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }

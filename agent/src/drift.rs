@@ -223,6 +223,26 @@ impl Detector {
         self.recheck(dirty).await;
     }
 
+    /// Judges every object of a sync afresh (the periodic full resync: catches whatever a
+    /// watch missed, and drift that happened while the agent was down).
+    pub async fn recheck_sync(&self, sync: &str) {
+        let keys: Vec<Key> = self
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.sync == sync)
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.recheck(keys).await;
+    }
+
+    /// Forgets a sync that left the configuration.
+    pub fn forget(&self, sync: &str) {
+        let mut st = self.lock();
+        st.entries.retain(|_, e| e.sync != sync);
+        st.paused.remove(sync);
+    }
+
     /// Whether every watch has listed its objects: before that, a change can go unjudged.
     pub fn is_ready(&self) -> bool {
         let st = self.lock();

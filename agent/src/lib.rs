@@ -13,6 +13,7 @@ pub mod daemon;
 pub mod diff;
 pub mod discovery;
 pub mod drift;
+pub mod files;
 pub mod health;
 pub mod inventory;
 pub mod logging;
