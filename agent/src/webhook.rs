@@ -1181,3 +1181,1176 @@ pub async fn serve_with(
         conns.abort_all();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::Request as HttpRequest;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tower::ServiceExt;
+
+    const SECRET: &[u8] = b"s3cret-for-tests";
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = format!("{}/testdata/webhook/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
+    }
+
+    fn source(name: &str, url: &str, reference: MatchRef) -> SourceMatch {
+        SourceMatch {
+            name: name.into(),
+            url: url.into(),
+            reference,
+        }
+    }
+
+    fn sources() -> Vec<SourceMatch> {
+        use MatchRef::*;
+        vec![
+            source(
+                "gh-main",
+                "https://github.com/acme/deploy-config",
+                Branch("main".into()),
+            ),
+            source(
+                "gh-dev",
+                "git@github.com:Acme/deploy-config.git",
+                Branch("dev".into()),
+            ),
+            source(
+                "gh-pinned",
+                "https://github.com/Acme/deploy-config.git",
+                Commit,
+            ),
+            source(
+                "gh-other",
+                "https://github.com/Acme/other.git",
+                Branch("main".into()),
+            ),
+            source(
+                "gl-main",
+                "ssh://git@gitlab.example.com/mike/diaspora.git",
+                Branch("main".into()),
+            ),
+            source(
+                "gitea-develop",
+                "https://git.example.org/platform/manifests",
+                Branch("develop".into()),
+            ),
+            source(
+                "gitea-main",
+                "https://git.example.org/platform/manifests",
+                Branch("main".into()),
+            ),
+            source(
+                "bb-semver",
+                "https://bitbucket.example.com/scm/proj/repository.git",
+                AnyTag,
+            ),
+            source(
+                "bb-old-tag",
+                "ssh://git@bitbucket.example.com:7999/proj/repository.git",
+                Tag("v1.3.0".into()),
+            ),
+            source(
+                "bb-tag",
+                "ssh://git@bitbucket.example.com:7999/PROJ/repository",
+                Tag("v1.4.0".into()),
+            ),
+            source(
+                "generic-release",
+                "https://git.internal.example/team/apps",
+                Branch("release".into()),
+            ),
+        ]
+    }
+
+    fn all_secrets() -> Secrets {
+        Secrets {
+            github: Some(SECRET.to_vec()),
+            gitlab: Some(SECRET.to_vec()),
+            gitea: Some(SECRET.to_vec()),
+            bitbucket: Some(SECRET.to_vec()),
+            generic: Some(SECRET.to_vec()),
+        }
+    }
+
+    struct Harness {
+        app: Router,
+        rx: mpsc::Receiver<Trigger>,
+        pending: Pending,
+        sources: watch::Sender<Vec<SourceMatch>>,
+        secrets: watch::Sender<Secrets>,
+        outcomes: Arc<Mutex<Vec<(Provider, Outcome)>>>,
+    }
+
+    impl Harness {
+        fn new(opts: Options) -> Self {
+            Self::with_capacity(opts, 64)
+        }
+
+        fn with_capacity(mut opts: Options, capacity: usize) -> Self {
+            let (sources, sources_rx) = watch::channel(sources());
+            let (secrets, secrets_rx) = watch::channel(all_secrets());
+            let (tx, rx) = mpsc::channel(capacity);
+            let pending = Pending::new();
+            let outcomes: Arc<Mutex<Vec<(Provider, Outcome)>>> = Arc::default();
+            let seen = outcomes.clone();
+            opts.on_outcome = Some(Arc::new(move |p, o| lock(&seen).push((p, o))));
+            let hooks = Webhooks::new(sources_rx, secrets_rx, tx, pending.clone(), opts);
+            Harness {
+                app: app(hooks),
+                rx,
+                pending,
+                sources,
+                secrets,
+                outcomes,
+            }
+        }
+
+        async fn send(&self, req: HttpRequest<Body>) -> (StatusCode, HeaderMap, String) {
+            let resp = self.app.clone().oneshot(req).await.expect("infallible");
+            let status = resp.status();
+            let headers = resp.headers().clone();
+            let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+                .await
+                .expect("body");
+            (status, headers, String::from_utf8_lossy(&body).into_owned())
+        }
+
+        /// Names of the triggers sent so far, in order.
+        fn triggered(&mut self) -> Vec<String> {
+            let mut out = Vec::new();
+            while let Ok(t) = self.rx.try_recv() {
+                out.push(t.source);
+            }
+            out
+        }
+
+        fn last_outcome(&self) -> Option<(Provider, Outcome)> {
+            lock(&self.outcomes).last().copied()
+        }
+    }
+
+    /// A request as the provider would sign it, with `secret`.
+    fn signed(
+        provider: Provider,
+        secret: &[u8],
+        body: &[u8],
+        delivery: Option<&str>,
+    ) -> HttpRequest<Body> {
+        let mut b = HttpRequest::post(provider.path()).header("content-type", "application/json");
+        let sig = signature(secret, body);
+        b = match provider {
+            Provider::Github => b
+                .header("x-hub-signature-256", &sig)
+                .header("x-github-event", "push"),
+            Provider::Gitlab => b
+                .header("x-gitlab-token", secret)
+                .header("x-gitlab-event", "Push Hook"),
+            Provider::Gitea => b
+                .header("x-gitea-signature", sig.trim_start_matches("sha256="))
+                .header("x-gitea-event", "push"),
+            Provider::Bitbucket => b
+                .header("x-hub-signature", &sig)
+                .header("x-event-key", "repo:refs_changed"),
+            Provider::Generic => b.header("x-signature", &sig),
+        };
+        if let Some(d) = delivery {
+            let name = match provider {
+                Provider::Github => "x-github-delivery",
+                Provider::Gitlab => "x-gitlab-event-uuid",
+                Provider::Gitea => "x-gitea-delivery",
+                Provider::Bitbucket => "x-request-id",
+                Provider::Generic => "x-delivery-id",
+            };
+            b = b.header(name, d);
+        }
+        b.body(Body::from(body.to_vec())).expect("request")
+    }
+
+    fn generic_body(url: &str, reference: &str) -> Vec<u8> {
+        serde_json::to_vec(&json!({ "repository": url, "ref": reference })).expect("json")
+    }
+
+    // --- each provider, recorded-shape payloads ---
+
+    async fn provider_case(provider: Provider, fixture_name: &str, expected: &[&str]) {
+        let mut h = Harness::new(Options::default());
+        let (status, _, body) = h
+            .send(signed(
+                provider,
+                SECRET,
+                &fixture(fixture_name),
+                Some("d-1"),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{provider}: {body}");
+        let mut got = h.triggered();
+        got.sort();
+        assert_eq!(got, expected, "{provider}");
+        let reply: Value = serde_json::from_str(&body).expect("json reply");
+        assert_eq!(reply["result"], "accepted");
+        assert_eq!(
+            reply["triggered"].as_array().map(Vec::len),
+            Some(expected.len())
+        );
+        assert_eq!(h.last_outcome(), Some((provider, Outcome::Accepted)));
+    }
+
+    #[tokio::test]
+    async fn github_push_triggers_the_matching_branch_source_only() {
+        // gh-dev (other branch), gh-pinned (commit) and gh-other (other repo) stay quiet.
+        provider_case(Provider::Github, "github-push.json", &["gh-main"]).await;
+    }
+
+    #[tokio::test]
+    async fn gitlab_push_hook_triggers_the_matching_source() {
+        provider_case(Provider::Gitlab, "gitlab-push.json", &["gl-main"]).await;
+    }
+
+    #[tokio::test]
+    async fn gitea_push_triggers_the_matching_branch_only() {
+        provider_case(Provider::Gitea, "gitea-push.json", &["gitea-develop"]).await;
+    }
+
+    #[tokio::test]
+    async fn bitbucket_refs_changed_triggers_semver_and_exact_tag_sources() {
+        provider_case(
+            Provider::Bitbucket,
+            "bitbucket-refs-changed.json",
+            &["bb-semver", "bb-tag"],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn generic_push_triggers_the_matching_source() {
+        provider_case(Provider::Generic, "generic.json", &["generic-release"]).await;
+    }
+
+    #[tokio::test]
+    async fn trigger_carries_provider_and_delivery() {
+        let mut h = Harness::new(Options::default());
+        h.send(signed(
+            Provider::Github,
+            SECRET,
+            &fixture("github-push.json"),
+            Some("72d3162e"),
+        ))
+        .await;
+        let t = h.rx.try_recv().expect("trigger");
+        assert_eq!(
+            t,
+            Trigger {
+                source: "gh-main".into(),
+                provider: Provider::Github,
+                delivery: Some("72d3162e".into()),
+            }
+        );
+        assert!(h.pending.is_pending("gh-main"));
+    }
+
+    #[tokio::test]
+    async fn forgejo_signature_header_and_gitlab_tag_push_are_accepted() {
+        let mut h = Harness::new(Options::default());
+        let body = fixture("gitea-push.json");
+        let req = HttpRequest::post("/hooks/gitea")
+            .header("content-type", "application/json")
+            .header(
+                "x-forgejo-signature",
+                signature(SECRET, &body).trim_start_matches("sha256="),
+            )
+            .header("x-forgejo-event", "push")
+            .body(Body::from(body))
+            .expect("request");
+        assert_eq!(h.send(req).await.0, StatusCode::ACCEPTED);
+        assert_eq!(h.triggered(), ["gitea-develop"]);
+
+        h.sources.send_modify(|s| {
+            s.push(source(
+                "gl-tags",
+                "http://gitlab.example.com/mike/diaspora",
+                MatchRef::AnyTag,
+            ))
+        });
+        let mut payload: Value =
+            serde_json::from_slice(&fixture("gitlab-push.json")).expect("json");
+        payload["ref"] = json!("refs/tags/v2.0.0");
+        let body = serde_json::to_vec(&payload).expect("json");
+        let mut req = signed(Provider::Gitlab, SECRET, &body, None);
+        req.headers_mut()
+            .insert("x-gitlab-event", HeaderValue::from_static("Tag Push Hook"));
+        assert_eq!(h.send(req).await.0, StatusCode::ACCEPTED);
+        assert_eq!(h.triggered(), ["gl-tags"]);
+    }
+
+    #[tokio::test]
+    async fn github_form_encoded_payload_is_accepted() {
+        let mut h = Harness::new(Options::default());
+        let json = String::from_utf8(fixture("github-push.json")).expect("utf8");
+        let mut encoded = String::from("payload=");
+        for b in json.bytes() {
+            match b {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => {
+                    encoded.push(b as char)
+                }
+                b' ' => encoded.push('+'),
+                _ => encoded.push_str(&format!("%{b:02X}")),
+            }
+        }
+        let mut req = signed(Provider::Github, SECRET, encoded.as_bytes(), None);
+        req.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        let (status, _, body) = h.send(req).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(h.triggered(), ["gh-main"]);
+    }
+
+    #[tokio::test]
+    async fn pings_and_other_events_are_answered_without_triggering() {
+        let mut h = Harness::new(Options::default());
+        let body = br#"{"zen":"Keep it logically awesome.","hook_id":1}"#;
+        let mut req = signed(Provider::Github, SECRET, body, None);
+        req.headers_mut()
+            .insert("x-github-event", HeaderValue::from_static("ping"));
+        let (status, _, reply) = h.send(req).await;
+        assert_eq!(
+            (status, reply.as_str()),
+            (StatusCode::OK, r#"{"result":"ignored"}"#)
+        );
+
+        let mut req = signed(Provider::Bitbucket, SECRET, br#"{"test":true}"#, None);
+        req.headers_mut()
+            .insert("x-event-key", HeaderValue::from_static("diagnostics:ping"));
+        assert_eq!(h.send(req).await.0, StatusCode::OK);
+
+        let mut req = signed(Provider::Github, SECRET, &fixture("github-push.json"), None);
+        req.headers_mut()
+            .insert("x-github-event", HeaderValue::from_static("issues"));
+        assert_eq!(h.send(req).await.0, StatusCode::OK);
+        assert_eq!(h.last_outcome(), Some((Provider::Github, Outcome::Ignored)));
+
+        // A ping still has to be signed.
+        let req = HttpRequest::post("/hooks/github")
+            .header("x-github-event", "ping")
+            .body(Body::from(&body[..]))
+            .expect("request");
+        assert_eq!(h.send(req).await.0, StatusCode::UNAUTHORIZED);
+        assert!(h.triggered().is_empty());
+    }
+
+    // --- signatures ---
+
+    #[test]
+    fn github_published_test_vector() {
+        let secret = b"It's a Secret to Everybody";
+        let sig = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert_eq!(signature(secret, b"Hello, World!"), sig);
+        assert!(verify_signature(secret, b"Hello, World!", sig));
+        assert!(verify_signature(
+            secret,
+            b"Hello, World!",
+            &sig.to_uppercase().replace("SHA256=", "sha256=")
+        ));
+        assert!(!verify_signature(secret, b"Hello, World?", sig));
+        assert!(!verify_signature(
+            b"It's a secret to everybody",
+            b"Hello, World!",
+            sig
+        ));
+        assert!(!verify_signature(
+            secret,
+            b"Hello, World!",
+            &sig[..sig.len() - 2]
+        ));
+        assert!(!verify_signature(
+            secret,
+            b"Hello, World!",
+            sig.trim_start_matches("sha256=")
+        ));
+        assert!(!verify_signature(
+            secret,
+            b"Hello, World!",
+            "sha1=757107ea0eb2509fc211221cce984b8a37570b6d"
+        ));
+    }
+
+    #[test]
+    fn hex_and_token_helpers() {
+        assert_eq!(decode_hex("00ffA0"), Some(vec![0, 255, 160]));
+        assert_eq!(decode_hex("0"), None);
+        assert_eq!(decode_hex(""), None);
+        assert_eq!(decode_hex("zz"), None);
+        assert_eq!(decode_hex("é1"), None);
+        assert!(token_eq(b"abc", b"abc"));
+        assert!(!token_eq(b"abc", b"abcd"));
+        assert!(!token_eq(b"", b"abc"));
+    }
+
+    async fn assert_unauthorized(h: &mut Harness, req: HttpRequest<Body>, case: &str) {
+        let (status, _, body) = h.send(req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{case}");
+        assert!(
+            body.is_empty(),
+            "{case}: 401 body must say nothing, got {body:?}"
+        );
+        assert!(h.triggered().is_empty(), "{case}");
+    }
+
+    #[tokio::test]
+    async fn unsigned_or_wrongly_signed_requests_are_refused_without_detail() {
+        let mut h = Harness::new(Options::default());
+        let body = fixture("github-push.json");
+
+        let mut req = signed(Provider::Github, SECRET, &body, None);
+        req.headers_mut().remove("x-hub-signature-256");
+        assert_unauthorized(&mut h, req, "no signature").await;
+
+        let mut req = signed(Provider::Github, SECRET, &body, None);
+        req.headers_mut().insert(
+            "x-hub-signature-256",
+            HeaderValue::from_static("sha256=deadbeef"),
+        );
+        assert_unauthorized(&mut h, req, "garbage signature").await;
+
+        let mut req = signed(Provider::Github, SECRET, &body, None);
+        req.headers_mut().insert(
+            "x-hub-signature-256",
+            HeaderValue::from_static("sha256=not-hex!"),
+        );
+        assert_unauthorized(&mut h, req, "non-hex signature").await;
+
+        let other = signature(SECRET, b"{}");
+        let mut req = signed(Provider::Github, SECRET, &body, None);
+        req.headers_mut().insert(
+            "x-hub-signature-256",
+            HeaderValue::from_str(&other).expect("hv"),
+        );
+        assert_unauthorized(&mut h, req, "signature of another body").await;
+
+        let mut tampered = body.clone();
+        let i = tampered.len() / 2;
+        tampered[i] ^= 1;
+        let mut req = signed(Provider::Github, SECRET, &body, None);
+        *req.body_mut() = Body::from(tampered);
+        assert_unauthorized(&mut h, req, "body changed after signing").await;
+
+        for provider in Provider::ALL {
+            let name = match provider {
+                Provider::Github => "github-push.json",
+                Provider::Gitlab => "gitlab-push.json",
+                Provider::Gitea => "gitea-push.json",
+                Provider::Bitbucket => "bitbucket-refs-changed.json",
+                Provider::Generic => "generic.json",
+            };
+            let req = signed(provider, b"wrong-secret", &fixture(name), None);
+            assert_unauthorized(&mut h, req, &format!("{provider}: wrong secret")).await;
+            assert_eq!(h.last_outcome(), Some((provider, Outcome::Unauthorized)));
+        }
+
+        let mut req = signed(Provider::Gitlab, SECRET, &fixture("gitlab-push.json"), None);
+        req.headers_mut().remove("x-gitlab-token");
+        assert_unauthorized(&mut h, req, "gitlab without token").await;
+
+        // Bitbucket's signature header carries the algorithm; a SHA-1 claim is not accepted.
+        let mut req = signed(
+            Provider::Bitbucket,
+            SECRET,
+            &fixture("bitbucket-refs-changed.json"),
+            None,
+        );
+        req.headers_mut().insert(
+            "x-hub-signature",
+            HeaderValue::from_static("sha1=0000000000000000000000000000000000000000"),
+        );
+        assert_unauthorized(&mut h, req, "bitbucket sha1").await;
+    }
+
+    #[tokio::test]
+    async fn a_provider_without_a_secret_is_off() {
+        let mut h = Harness::new(Options::default());
+        h.secrets.send_modify(|s| s.gitea = None);
+        let body = fixture("gitea-push.json");
+        let (status, _, reply) = h.send(signed(Provider::Gitea, SECRET, &body, None)).await;
+        assert_eq!((status, reply.as_str()), (StatusCode::NOT_FOUND, ""));
+        // An empty secret is no secret.
+        h.secrets.send_modify(|s| s.gitea = Some(vec![]));
+        assert_eq!(
+            h.send(signed(Provider::Gitea, b"", &body, None)).await.0,
+            StatusCode::NOT_FOUND
+        );
+        assert!(h.triggered().is_empty());
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Gitea, Outcome::NotConfigured))
+        );
+    }
+
+    #[tokio::test]
+    async fn rotated_secrets_apply_without_restart() {
+        let mut h = Harness::new(Options::default());
+        let body = fixture("generic.json");
+        h.secrets
+            .send_modify(|s| s.generic = Some(b"rotated".to_vec()));
+        assert_eq!(
+            h.send(signed(Provider::Generic, SECRET, &body, None))
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            h.send(signed(Provider::Generic, b"rotated", &body, None))
+                .await
+                .0,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(h.triggered(), ["generic-release"]);
+    }
+
+    #[test]
+    fn secrets_debug_prints_no_values() {
+        let s = all_secrets();
+        let printed = format!("{s:?}");
+        assert!(!printed.contains("s3cret"), "{printed}");
+        assert!(printed.contains("github: \"<set>\""), "{printed}");
+        let printed = format!("{:?}", Secrets::default());
+        assert!(printed.contains("generic: \"<unset>\""), "{printed}");
+    }
+
+    // --- bad bodies ---
+
+    #[tokio::test]
+    async fn wrong_content_type_is_415() {
+        let mut h = Harness::new(Options::default());
+        let body = fixture("generic.json");
+        let mut req = signed(Provider::Generic, SECRET, &body, None);
+        req.headers_mut()
+            .insert("content-type", HeaderValue::from_static("text/plain"));
+        assert_eq!(h.send(req).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        let mut req = signed(Provider::Generic, SECRET, &body, None);
+        req.headers_mut().remove("content-type");
+        assert_eq!(h.send(req).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        // Form encoding is GitHub's alone.
+        let mut req = signed(Provider::Gitea, SECRET, &fixture("gitea-push.json"), None);
+        req.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert_eq!(h.send(req).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+        // Parameters and case are fine.
+        let mut req = signed(Provider::Generic, SECRET, &body, None);
+        req.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("Application/JSON; charset=utf-8"),
+        );
+        assert_eq!(h.send(req).await.0, StatusCode::ACCEPTED);
+        assert_eq!(h.triggered(), ["generic-release"]);
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Generic, Outcome::Accepted))
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_json_is_400() {
+        let mut h = Harness::new(Options::default());
+        let (status, _, body) = h
+            .send(signed(
+                Provider::Generic,
+                SECRET,
+                br#"{"repository": "#,
+                None,
+            ))
+            .await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::BAD_REQUEST, "malformed JSON body\n")
+        );
+        let mut req = signed(Provider::Github, SECRET, b"payload=%zz", None);
+        req.headers_mut().insert(
+            "content-type",
+            HeaderValue::from_static("application/x-www-form-urlencoded"),
+        );
+        assert_eq!(h.send(req).await.0, StatusCode::BAD_REQUEST);
+        assert!(h.triggered().is_empty());
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Github, Outcome::BadRequest))
+        );
+    }
+
+    #[tokio::test]
+    async fn missing_fields_are_422_with_a_clear_message() {
+        let mut h = Harness::new(Options::default());
+        let cases: [(&[u8], &str); 5] = [
+            (
+                br#"{"ref": "refs/heads/main"}"#,
+                "payload has no repository URL\n",
+            ),
+            (
+                br#"{"repository": "https://h/o/r"}"#,
+                "payload has no ref\n",
+            ),
+            (
+                br#"{"repository": 7, "ref": "refs/heads/main"}"#,
+                "payload has no repository URL\n",
+            ),
+            (
+                br#"{"repository": "https://h/o/r", "ref": "main"}"#,
+                "ref must be refs/heads/<branch> or refs/tags/<tag>\n",
+            ),
+            (br#"[1, 2]"#, "payload has no repository URL\n"),
+        ];
+        for (body, message) in cases {
+            let (status, _, reply) = h.send(signed(Provider::Generic, SECRET, body, None)).await;
+            assert_eq!(
+                (status, reply.as_str()),
+                (StatusCode::UNPROCESSABLE_ENTITY, message)
+            );
+        }
+        let mut github: Value = serde_json::from_slice(&fixture("github-push.json")).expect("json");
+        github.as_object_mut().expect("object").remove("repository");
+        let body = serde_json::to_vec(&github).expect("json");
+        assert_eq!(
+            h.send(signed(Provider::Github, SECRET, &body, None))
+                .await
+                .0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        // A push without the event header is malformed, not ignored.
+        let mut req = signed(Provider::Gitlab, SECRET, &fixture("gitlab-push.json"), None);
+        req.headers_mut().remove("x-gitlab-event");
+        let (status, _, reply) = h.send(req).await;
+        assert_eq!(
+            (status, reply.as_str()),
+            (StatusCode::BAD_REQUEST, "missing header x-gitlab-event\n")
+        );
+        assert!(h.triggered().is_empty());
+    }
+
+    #[tokio::test]
+    async fn oversized_bodies_are_413() {
+        let mut h = Harness::new(Options {
+            max_body: 1024,
+            ..Options::default()
+        });
+        let mut body = fixture("generic.json");
+        body.resize(2048, b' ');
+        // Streamed, no length declared.
+        let (status, _, _) = h.send(signed(Provider::Generic, SECRET, &body, None)).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        // Declared up front: refused before reading.
+        let mut req = signed(Provider::Generic, SECRET, &body, None);
+        req.headers_mut()
+            .insert("content-length", HeaderValue::from(body.len()));
+        assert_eq!(h.send(req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Generic, Outcome::PayloadTooLarge))
+        );
+        // Exactly at the cap is fine.
+        body.truncate(1024);
+        assert_eq!(
+            h.send(signed(Provider::Generic, SECRET, &body, None))
+                .await
+                .0,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(h.triggered(), ["generic-release"]);
+    }
+
+    #[tokio::test]
+    async fn garbage_never_panics() {
+        use rand::{Rng, SeedableRng};
+        let mut h = Harness::new(Options::default());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let shapes: [&[u8]; 8] = [
+            b"",
+            b"null",
+            b"{}",
+            br#"{"repository": {"links": {"clone": [{"href": 1}, null]}}, "changes": [{"ref": null}]}"#,
+            br#"{"repository": "git@:", "ref": "refs/heads/"}"#,
+            br#"{"repository": "://", "ref": "refs/tags/x"}"#,
+            br#"{"project": [], "repository": "[::1"}"#,
+            "{\"repository\": \"\u{0}\u{7f}é\", \"ref\": \"refs/heads/\u{fffd}\"}".as_bytes(),
+        ];
+        for i in 0..200 {
+            let body: Vec<u8> = if i < shapes.len() {
+                shapes[i].to_vec()
+            } else {
+                (0..rng.random_range(0..300))
+                    .map(|_| rng.random())
+                    .collect()
+            };
+            for provider in Provider::ALL {
+                let (status, _, _) = h.send(signed(provider, SECRET, &body, None)).await;
+                assert!(
+                    [
+                        StatusCode::BAD_REQUEST,
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        StatusCode::ACCEPTED
+                    ]
+                    .contains(&status),
+                    "{provider} {body:?}: {status}"
+                );
+            }
+        }
+        assert!(h.triggered().is_empty());
+    }
+
+    // --- matching ---
+
+    #[tokio::test]
+    async fn a_push_to_another_branch_triggers_nothing() {
+        let mut h = Harness::new(Options::default());
+        let body = generic_body(
+            "https://git.internal.example/team/apps.git",
+            "refs/heads/feature/x",
+        );
+        let (status, _, reply) = h.send(signed(Provider::Generic, SECRET, &body, None)).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        let reply: Value = serde_json::from_str(&reply).expect("json");
+        assert_eq!(reply["result"], "unmatched");
+        assert_eq!(reply["triggered"], json!([]));
+        assert!(h.triggered().is_empty());
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Generic, Outcome::Unmatched))
+        );
+        // Nor does a tag named like the branch.
+        let body = generic_body(
+            "https://git.internal.example/team/apps.git",
+            "refs/tags/release",
+        );
+        h.send(signed(Provider::Generic, SECRET, &body, None)).await;
+        assert!(h.triggered().is_empty());
+    }
+
+    #[tokio::test]
+    async fn commit_pinned_sources_are_never_triggered() {
+        let mut h = Harness::new(Options::default());
+        h.sources.send_replace(vec![source(
+            "pinned",
+            "https://github.com/Acme/deploy-config.git",
+            MatchRef::Commit,
+        )]);
+        h.send(signed(
+            Provider::Github,
+            SECRET,
+            &fixture("github-push.json"),
+            None,
+        ))
+        .await;
+        assert!(h.triggered().is_empty());
+    }
+
+    #[tokio::test]
+    async fn reloaded_sources_apply_to_the_next_request() {
+        let mut h = Harness::new(Options::default());
+        let body = generic_body("git@git.internal.example:team/new.git", "refs/heads/main");
+        h.send(signed(Provider::Generic, SECRET, &body, None)).await;
+        assert!(h.triggered().is_empty());
+        h.sources.send_modify(|s| {
+            s.push(source(
+                "new",
+                "https://git.internal.example/team/new",
+                MatchRef::Branch("main".into()),
+            ))
+        });
+        h.send(signed(Provider::Generic, SECRET, &body, None)).await;
+        assert_eq!(h.triggered(), ["new"]);
+    }
+
+    #[test]
+    fn urls_normalise_across_forms() {
+        let same = [
+            "https://github.com/Acme/deploy-config",
+            "https://github.com/acme/deploy-config.git",
+            "https://github.com/acme/deploy-config/",
+            "https://github.com/acme/deploy-config.git/",
+            "http://GitHub.COM/acme/deploy-config",
+            "https://user@github.com/acme/deploy-config",
+            "https://x-access-token:tok@github.com:443/acme/deploy-config",
+            "git@github.com:Acme/deploy-config.git",
+            "github.com:acme/deploy-config",
+            "ssh://git@github.com/acme/deploy-config.git",
+            "ssh://git@github.com:22/acme/deploy-config",
+            "git+ssh://git@github.com/acme/deploy-config",
+            "git://github.com/Acme/deploy-config.git",
+            "  https://github.com/acme/deploy-config?x=1#frag ",
+        ];
+        for u in same {
+            assert_eq!(
+                normalize_url(u).as_deref(),
+                Some("github.com/acme/deploy-config"),
+                "{u}"
+            );
+        }
+        let different = [
+            "https://github.com/acme/deploy-config-2",
+            "https://github.com/acme/deploy",
+            "https://gitlab.com/acme/deploy-config",
+            "https://github.com/other/deploy-config",
+            "https://github.com/acme/deploy-config/sub",
+        ];
+        for u in different {
+            assert_ne!(
+                normalize_url(u).as_deref(),
+                Some("github.com/acme/deploy-config"),
+                "{u}"
+            );
+        }
+        assert_eq!(
+            normalize_url("ssh://[::1]:2222/repo.git").as_deref(),
+            Some("::1/repo")
+        );
+        assert_eq!(
+            normalize_url("file:///srv/git/repo.git").as_deref(),
+            Some("/srv/git/repo")
+        );
+        for bad in [
+            "",
+            "https://github.com",
+            "https://github.com/",
+            "no-colon",
+            "/local/path:x",
+            "ssh://[::1/x",
+            ":repo",
+        ] {
+            assert_eq!(normalize_url(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn source_matches_by_ref_kind() {
+        let push = |r: &str| Push {
+            urls: vec!["https://h/o/r.git".into()],
+            refs: vec![r.into()],
+        };
+        let s = |reference| source("s", "git@h:o/r", reference);
+        assert!(s(MatchRef::Branch("main".into())).matches(&push("refs/heads/main")));
+        assert!(!s(MatchRef::Branch("main".into())).matches(&push("refs/heads/main2")));
+        assert!(!s(MatchRef::Branch("main".into())).matches(&push("refs/tags/main")));
+        assert!(s(MatchRef::Tag("v1".into())).matches(&push("refs/tags/v1")));
+        assert!(!s(MatchRef::Tag("v1".into())).matches(&push("refs/tags/v1.1")));
+        assert!(s(MatchRef::AnyTag).matches(&push("refs/tags/v9.9.9")));
+        assert!(!s(MatchRef::AnyTag).matches(&push("refs/heads/v9.9.9")));
+        assert!(!s(MatchRef::Commit).matches(&push("refs/heads/main")));
+        let cfg = config::Source {
+            name: "x".into(),
+            url: "https://h/o/r".into(),
+            reference: GitRef::Semver(">=1".into()),
+            interval: Duration::from_secs(60),
+            secret_ref: None,
+        };
+        assert_eq!(SourceMatch::from_source(&cfg).reference, MatchRef::AnyTag);
+    }
+
+    // --- replay, coalescing, rate limiting ---
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replayed_delivery_is_a_duplicate_for_ten_minutes() {
+        let mut h = Harness::new(Options::default());
+        let body = fixture("github-push.json");
+        let req = || signed(Provider::Github, SECRET, &body, Some("5f3b-delivery"));
+        assert_eq!(h.send(req()).await.0, StatusCode::ACCEPTED);
+        assert_eq!(h.triggered(), ["gh-main"]);
+        assert!(h.pending.take("gh-main"));
+
+        let (status, _, reply) = h.send(req()).await;
+        assert_eq!(
+            (status, reply.as_str()),
+            (StatusCode::OK, r#"{"result":"duplicate"}"#)
+        );
+        assert!(h.triggered().is_empty());
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Github, Outcome::Duplicate))
+        );
+
+        // The same id from another provider is another delivery.
+        let generic = fixture("generic.json");
+        assert_eq!(
+            h.send(signed(
+                Provider::Generic,
+                SECRET,
+                &generic,
+                Some("5f3b-delivery")
+            ))
+            .await
+            .0,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(h.triggered(), ["generic-release"]);
+
+        tokio::time::advance(Duration::from_secs(599)).await;
+        assert_eq!(h.send(req()).await.0, StatusCode::OK);
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(h.send(req()).await.0, StatusCode::ACCEPTED);
+        assert_eq!(h.triggered(), ["gh-main"]);
+    }
+
+    #[test]
+    fn remembered_deliveries_are_bounded() {
+        let mut d = Deliveries::new(Duration::from_secs(600), 3);
+        let now = Instant::now();
+        for id in ["a", "b", "c"] {
+            assert!(!d.seen(id, now));
+        }
+        assert!(d.seen("c", now));
+        assert!(!d.seen("d", now)); // evicts "a"
+        assert!(d.seen.len() <= 3 && d.order.len() <= 3);
+        assert!(!d.seen("a", now));
+        d.forget("d");
+        assert!(!d.seen("d", now));
+        for i in 0..100 {
+            d.seen(&i.to_string(), now);
+        }
+        assert!(d.seen.len() <= 3 && d.order.len() <= 3);
+    }
+
+    #[tokio::test]
+    async fn a_burst_for_one_source_coalesces_into_one_trigger() {
+        let mut h = Harness::new(Options::default());
+        let body = fixture("github-push.json");
+        for i in 0..20 {
+            let (status, _, reply) = h
+                .send(signed(
+                    Provider::Github,
+                    SECRET,
+                    &body,
+                    Some(&format!("burst-{i}")),
+                ))
+                .await;
+            assert_eq!(status, StatusCode::ACCEPTED, "{reply}");
+            if i > 0 {
+                let reply: Value = serde_json::from_str(&reply).expect("json");
+                assert_eq!(reply["coalesced"], json!(["gh-main"]));
+            }
+        }
+        assert_eq!(h.triggered(), ["gh-main"]);
+        // The consumer starts the fetch; the next push asks for another.
+        assert!(h.pending.take("gh-main"));
+        assert!(!h.pending.take("gh-main"));
+        h.send(signed(Provider::Github, SECRET, &body, Some("after")))
+            .await;
+        assert_eq!(h.triggered(), ["gh-main"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fetches_per_source_are_rate_limited() {
+        let mut h = Harness::new(Options::default());
+        let body = fixture("github-push.json");
+        for i in 0..5 {
+            assert_eq!(
+                h.send(signed(
+                    Provider::Github,
+                    SECRET,
+                    &body,
+                    Some(&format!("r{i}"))
+                ))
+                .await
+                .0,
+                StatusCode::ACCEPTED
+            );
+            assert_eq!(h.triggered(), ["gh-main"]);
+            h.pending.take("gh-main");
+        }
+        let (status, headers, _) = h
+            .send(signed(Provider::Github, SECRET, &body, Some("r5")))
+            .await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(
+            headers.get("retry-after").and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        assert!(h.triggered().is_empty());
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Github, Outcome::RateLimited))
+        );
+        // Another source is not affected.
+        let generic = fixture("generic.json");
+        assert_eq!(
+            h.send(signed(Provider::Generic, SECRET, &generic, None))
+                .await
+                .0,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(h.triggered(), ["generic-release"]);
+
+        tokio::time::advance(Duration::from_secs(1)).await;
+        // The refused delivery is not remembered, so the sender's retry gets through.
+        assert_eq!(
+            h.send(signed(Provider::Github, SECRET, &body, Some("r5")))
+                .await
+                .0,
+            StatusCode::ACCEPTED
+        );
+        assert_eq!(h.triggered(), ["gh-main"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_trigger_queue_is_503_and_leaves_nothing_pending() {
+        let mut h = Harness::with_capacity(Options::default(), 1);
+        h.send(signed(
+            Provider::Generic,
+            SECRET,
+            &fixture("generic.json"),
+            None,
+        ))
+        .await;
+        let (status, _, _) = h
+            .send(signed(
+                Provider::Github,
+                SECRET,
+                &fixture("github-push.json"),
+                Some("q"),
+            ))
+            .await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(!h.pending.is_pending("gh-main"));
+        assert_eq!(h.triggered(), ["generic-release"]);
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Github, Outcome::Unavailable))
+        );
+    }
+
+    #[tokio::test]
+    async fn unknown_paths_and_methods() {
+        let h = Harness::new(Options::default());
+        let get = HttpRequest::get("/hooks/github")
+            .body(Body::empty())
+            .expect("req");
+        assert_eq!(h.send(get).await.0, StatusCode::METHOD_NOT_ALLOWED);
+        let other = HttpRequest::post("/hooks/svn")
+            .body(Body::empty())
+            .expect("req");
+        assert_eq!(h.send(other).await.0, StatusCode::NOT_FOUND);
+    }
+
+    // --- real sockets: slow senders and shutdown ---
+
+    async fn spawn_server(
+        h: &Harness,
+        opts: ServeOptions,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let router = h.app.clone();
+        let task = tokio::spawn(serve_with(listener, router, opts, async {
+            let _ = stopped.await;
+        }));
+        (addr, stop, task)
+    }
+
+    async fn read_all(stream: &mut tokio::net::TcpStream) -> String {
+        let mut out = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut out))
+            .await
+            .expect("server answers or closes in time")
+            .ok();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_is_408() {
+        let mut h = Harness::new(Options {
+            body_timeout: Duration::from_millis(300),
+            ..Options::default()
+        });
+        let (addr, stop, task) = spawn_server(&h, ServeOptions::default()).await;
+        let body = fixture("generic.json");
+        let sig = signature(SECRET, &body);
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let head = format!(
+            "POST /hooks/generic HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-Signature: {sig}\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.expect("write");
+        // Dribble a few bytes, then stall.
+        for b in &body[..5] {
+            s.write_all(&[*b]).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reply = read_all(&mut s).await;
+        assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+        assert!(h.triggered().is_empty());
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::Generic, Outcome::Timeout))
+        );
+        let _ = stop.send(());
+        task.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn slow_headers_close_the_connection() {
+        let h = Harness::new(Options::default());
+        let (addr, stop, task) = spawn_server(
+            &h,
+            ServeOptions {
+                header_timeout: Duration::from_millis(300),
+                ..ServeOptions::default()
+            },
+        )
+        .await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let started = std::time::Instant::now();
+        s.write_all(b"POST /hooks/generic HTTP/1.1\r\nHost: t\r\n")
+            .await
+            .expect("write");
+        let reply = read_all(&mut s).await;
+        assert!(!reply.contains("202"), "{reply}");
+        assert!(started.elapsed() < Duration::from_secs(3));
+        // An idle connection that sends nothing at all is closed too.
+        let mut idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let reply = read_all(&mut idle).await;
+        assert!(reply.is_empty(), "{reply}");
+        assert!(
+            lock(&h.outcomes).is_empty(),
+            "no request reached the handler"
+        );
+        let _ = stop.send(());
+        task.await.expect("server task");
+    }
+
+    #[tokio::test]
+    async fn served_over_tcp_with_graceful_shutdown() {
+        let mut h = Harness::new(Options::default());
+        let (addr, stop, task) = spawn_server(&h, ServeOptions::default()).await;
+        let body = fixture("generic.json");
+        let sig = signature(SECRET, &body);
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let req = format!(
+            "POST /hooks/generic HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nX-Signature: {sig}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(req.as_bytes()).await.expect("write");
+        s.write_all(&body).await.expect("write");
+        let reply = read_all(&mut s).await;
+        assert!(reply.starts_with("HTTP/1.1 202"), "{reply}");
+        assert_eq!(h.triggered(), ["generic-release"]);
+
+        // A kept-alive idle connection does not hold shutdown up.
+        let _idle = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let _ = stop.send(());
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("shut down in time")
+            .expect("server task");
+        assert!(
+            tokio::net::TcpStream::connect(addr).await.is_err(),
+            "listener closed"
+        );
+    }
+}
