@@ -449,7 +449,10 @@ impl Webhooks {
     }
 
     async fn handle(self, provider: Provider, req: Request) -> Response {
-        let delivery = delivery_header(provider, req.headers()).map(str::to_owned);
+        // Logged as sent, but only if short: the header is the sender's to fill.
+        let delivery = delivery_header(provider, req.headers())
+            .filter(|d| d.len() <= MAX_DELIVERY_ID)
+            .map(str::to_owned);
         let result = self.process(provider, req).await;
         let outcome = match &result {
             Ok(a) => a.outcome(),
@@ -488,6 +491,10 @@ impl Webhooks {
         let (parts, body) = req.into_parts();
         let headers = &parts.headers;
         let opts = &self.inner.opts;
+        // Unsigned requests are refused before their body costs anything.
+        if !has_credentials(provider, headers) {
+            return Err(Error::Unauthorized);
+        }
         let body = read_body(body, headers, opts.max_body, opts.body_timeout).await?;
         // Authenticity first: nothing below looks at an unverified byte.
         verify(provider, headers, &secret, &body)?;
@@ -532,7 +539,7 @@ impl Webhooks {
             // Lock order: pending, then limiter; nowhere else takes both.
             let mut pending = lock(&self.inner.pending.0);
             let mut limiter = lock(&self.inner.limiter);
-            limiter.forget_except(&matched, &self.inner.sources.borrow());
+            limiter.forget_removed(&self.inner.sources.borrow());
             for name in matched {
                 // A pending trigger already covers this push, and costs no token: the rate
                 // limit bounds fetches, not requests.
@@ -687,20 +694,31 @@ fn first_header<'h>(headers: &'h HeaderMap, names: &[&str]) -> Option<&'h str> {
     names.iter().find_map(|n| header_str(headers, n))
 }
 
+/// The header that carries the provider's signature or token.
+fn credential_headers(provider: Provider) -> &'static [&'static str] {
+    match provider {
+        Provider::Gitlab => &["x-gitlab-token"],
+        Provider::Github => &["x-hub-signature-256"],
+        Provider::Bitbucket => &["x-hub-signature"],
+        Provider::Generic => &["x-signature"],
+        Provider::Gitea => &["x-gitea-signature", "x-forgejo-signature"],
+    }
+}
+
+fn has_credentials(provider: Provider, headers: &HeaderMap) -> bool {
+    first_header(headers, credential_headers(provider)).is_some()
+}
+
 fn verify(provider: Provider, headers: &HeaderMap, secret: &[u8], body: &[u8]) -> Result<()> {
-    let ok = match provider {
-        Provider::Gitlab => header_str(headers, "x-gitlab-token")
-            .is_some_and(|token| token_eq(token.as_bytes(), secret)),
-        Provider::Github => header_str(headers, "x-hub-signature-256")
-            .is_some_and(|sig| verify_signature(secret, body, sig)),
-        Provider::Bitbucket => header_str(headers, "x-hub-signature")
-            .is_some_and(|sig| verify_signature(secret, body, sig)),
-        Provider::Generic => header_str(headers, "x-signature")
-            .is_some_and(|sig| verify_signature(secret, body, sig)),
+    let given = first_header(headers, credential_headers(provider));
+    let ok = given.is_some_and(|given| match provider {
+        Provider::Gitlab => token_eq(given.as_bytes(), secret),
+        Provider::Github | Provider::Bitbucket | Provider::Generic => {
+            verify_signature(secret, body, given)
+        }
         // Gitea and Forgejo send bare hex.
-        Provider::Gitea => first_header(headers, &["x-gitea-signature", "x-forgejo-signature"])
-            .is_some_and(|hex| verify_hex(secret, body, hex)),
-    };
+        Provider::Gitea => verify_hex(secret, body, given),
+    });
     if ok { Ok(()) } else { Err(Error::Unauthorized) }
 }
 
@@ -1076,8 +1094,10 @@ impl Limiter {
     }
 
     /// Drops buckets of sources no longer configured, so reloads cannot grow the map.
-    fn forget_except(&mut self, matched: &[String], sources: &[SourceMatch]) {
-        if self.buckets.len() > sources.len() + matched.len() {
+    fn forget_removed(&mut self, sources: &[SourceMatch]) {
+        // Buckets are only made for configured names, so more buckets than sources
+        // means some were removed.
+        if self.buckets.len() > sources.len() {
             self.buckets
                 .retain(|name, _| sources.iter().any(|s| &s.name == name));
         }
@@ -1720,6 +1740,34 @@ mod tests {
         assert!(printed.contains("generic: \"<unset>\""), "{printed}");
     }
 
+    #[tokio::test]
+    async fn unsigned_requests_are_refused_before_the_body_is_read() {
+        let mut h = Harness::new(Options {
+            max_body: 16,
+            ..Options::default()
+        });
+        let mut req = signed(Provider::Generic, SECRET, &fixture("generic.json"), None);
+        req.headers_mut().remove("x-signature");
+        req.headers_mut()
+            .insert("content-length", HeaderValue::from(1u64 << 40));
+        assert_unauthorized(&mut h, req, "unsigned, huge declared body").await;
+    }
+
+    #[tokio::test]
+    async fn an_overlong_delivery_id_is_400() {
+        let mut h = Harness::new(Options::default());
+        let id = "x".repeat(MAX_DELIVERY_ID + 1);
+        let req = signed(
+            Provider::Generic,
+            SECRET,
+            &fixture("generic.json"),
+            Some(&id),
+        );
+        let (status, _, reply) = h.send(req).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{reply}");
+        assert!(h.triggered().is_empty());
+    }
+
     // --- bad bodies ---
 
     #[tokio::test]
@@ -2110,6 +2158,21 @@ mod tests {
             d.seen(&i.to_string(), now);
         }
         assert!(d.seen.len() <= 3 && d.order.len() <= 3);
+    }
+
+    #[test]
+    fn rate_buckets_of_removed_sources_are_dropped() {
+        let mut l = Limiter::new(Some(RateLimit::default()));
+        let now = Instant::now();
+        for name in ["a", "b", "c"] {
+            assert!(l.take(name, now).is_ok());
+        }
+        l.forget_removed(&[source("b", "https://h/o/r", MatchRef::AnyTag)]);
+        assert_eq!(l.buckets.keys().collect::<Vec<_>>(), ["b"]);
+        let mut off = Limiter::new(None);
+        for _ in 0..100 {
+            assert!(off.take("a", now).is_ok());
+        }
     }
 
     #[tokio::test]
