@@ -22,6 +22,7 @@ pub mod prune;
 pub mod render;
 pub mod source;
 pub mod sync;
+pub mod webhook;
 
 /// The agent's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
