@@ -316,7 +316,8 @@ impl SourceMatch {
 
 /// The sources of a configuration, as the receiver matches them.
 pub fn sources_from_config(cfg: &config::Config) -> Vec<SourceMatch> {
-    cfg.sources.iter().map(SourceMatch::from_source).collect()
+    // Local-directory sources have no repository to match.
+    cfg.sources.iter().filter(|s| s.directory.is_none()).map(SourceMatch::from_source).collect()
 }
 
 /// A request to fetch a source now.
@@ -2093,6 +2094,7 @@ mod tests {
             reference: GitRef::Semver(">=1".into()),
             interval: Duration::from_secs(60),
             secret_ref: None,
+            directory: None,
         };
         assert_eq!(SourceMatch::from_source(&cfg).reference, MatchRef::AnyTag);
     }
