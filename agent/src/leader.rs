@@ -696,4 +696,144 @@ mod tests {
             assert!(d >= retry && d <= retry.mul_f64(1.2), "{d:?}");
         }
     }
+
+    // --- the election loop against a scripted API server, in paused time ---
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Mode {
+        Serve,
+        /// Every request fails with 500.
+        Fail,
+        /// No request is ever answered.
+        Hang,
+    }
+
+    #[derive(Default)]
+    struct Server {
+        lease: Option<Lease>,
+        version: u64,
+        mode: Option<Mode>,
+        /// When the last successful write arrived.
+        last_write: Option<Instant>,
+    }
+
+    fn status(code: u16, reason: &str) -> http::Response<kube::client::Body> {
+        let body = serde_json::json!({
+            "kind": "Status", "apiVersion": "v1", "status": "Failure",
+            "message": reason, "reason": reason, "code": code,
+        });
+        http::Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&body).unwrap().into())
+            .unwrap()
+    }
+
+    fn ok(code: u16, lease: &Lease) -> http::Response<kube::client::Body> {
+        http::Response::builder()
+            .status(code)
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(lease).unwrap().into())
+            .unwrap()
+    }
+
+    /// A Lease endpoint with resourceVersion checks, whose failure mode the test switches.
+    fn scripted(server: std::sync::Arc<std::sync::Mutex<Server>>) -> Client {
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let server = server.clone();
+            async move {
+                let mode = server.lock().unwrap().mode.unwrap_or(Mode::Serve);
+                match mode {
+                    Mode::Hang => std::future::pending::<()>().await,
+                    Mode::Fail => return Ok(status(500, "InternalError")),
+                    Mode::Serve => {}
+                }
+                let method = req.method().clone();
+                let body = req.into_body().collect_bytes().await.unwrap();
+                let mut s = server.lock().unwrap();
+                let resp = match method {
+                    http::Method::GET => match &s.lease {
+                        Some(l) => ok(200, l),
+                        None => status(404, "NotFound"),
+                    },
+                    http::Method::POST | http::Method::PUT => {
+                        let mut lease: Lease = serde_json::from_slice(&body).unwrap();
+                        let current = s
+                            .lease
+                            .as_ref()
+                            .and_then(|l| l.metadata.resource_version.clone());
+                        let creating = method == http::Method::POST;
+                        if creating && s.lease.is_some() {
+                            status(409, "AlreadyExists")
+                        } else if !creating && lease.metadata.resource_version != current {
+                            status(409, "Conflict")
+                        } else {
+                            s.version += 1;
+                            lease.metadata.resource_version = Some(s.version.to_string());
+                            s.lease = Some(lease.clone());
+                            s.last_write = Some(Instant::now());
+                            ok(if creating { 201 } else { 200 }, &lease)
+                        }
+                    }
+                    _ => status(405, "MethodNotAllowed"),
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            }
+        });
+        Client::new(service, "agent")
+    }
+
+    async fn steps_down_by_the_renew_deadline(mode: Mode) {
+        let server = std::sync::Arc::new(std::sync::Mutex::new(Server::default()));
+        let (mut leading, handle) = spawn(scripted(server.clone()), opts()).unwrap();
+        leading.wait_for(|l| *l).await.unwrap();
+        // Several renewals go through...
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        assert!(*leading.borrow());
+        assert_eq!(
+            server.lock().unwrap().version,
+            4,
+            "created, then renewed every 2 s"
+        );
+        // ...then the API server stops answering.
+        let last_write = {
+            let mut s = server.lock().unwrap();
+            s.mode = Some(mode);
+            s.last_write.unwrap()
+        };
+        leading.wait_for(|l| !*l).await.unwrap();
+        let stepped_down = Instant::now() - last_write;
+        // Not at the first failed renewal, but by the renew deadline: well before anyone
+        // else could take the lease (lease_duration after they saw that write).
+        assert!(
+            stepped_down > DEFAULT_RENEW_DEADLINE - DEFAULT_RETRY_PERIOD
+                && stepped_down <= DEFAULT_RENEW_DEADLINE,
+            "stepped down {stepped_down:?} after the last renewal"
+        );
+        assert!(stepped_down < DEFAULT_LEASE_DURATION);
+        drop(handle);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewals_fail_steps_down_by_its_renew_deadline() {
+        steps_down_by_the_renew_deadline(Mode::Fail).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_whose_renewals_hang_steps_down_by_its_renew_deadline() {
+        steps_down_by_the_renew_deadline(Mode::Hang).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn release_steps_down_first_then_frees_the_lease() {
+        let server = std::sync::Arc::new(std::sync::Mutex::new(Server::default()));
+        let (mut leading, handle) = spawn(scripted(server.clone()), opts()).unwrap();
+        leading.wait_for(|l| *l).await.unwrap();
+        handle.release().await.unwrap();
+        assert!(!*leading.borrow());
+        let spec = server.lock().unwrap().lease.clone().unwrap().spec.unwrap();
+        assert_eq!(spec.holder_identity.as_deref(), Some(""));
+        assert_eq!(spec.lease_duration_seconds, Some(1));
+        assert_eq!(spec.lease_transitions, Some(1));
+    }
 }

@@ -165,6 +165,10 @@ async fn one_leads_and_a_crashed_leader_is_replaced_once_its_lease_expires() {
         .ok();
     // ...but the lease still names it, so the follower must wait for it to expire.
     let took = wait_leading(&mut follower, Duration::from_secs(15)).await;
+    eprintln!(
+        "{} took over {took:?} after {} crashed",
+        follower.identity, leader.identity
+    );
     assert!(
         took >= LEASE_DURATION - RETRY * 2,
         "took over after {took:?}, before the {LEASE_DURATION:?} lease could have expired"
@@ -201,6 +205,7 @@ async fn a_released_lease_is_taken_over_within_a_retry_period() {
 
     // Expiry would take about the lease duration; a release is noticed at the next look.
     let took = wait_leading(&mut follower, Duration::from_secs(15)).await;
+    eprintln!("{} took over {took:?} after the release", follower.identity);
     assert!(
         took < Duration::from_secs(2),
         "took over {took:?} after the release; expected about one retry period ({RETRY:?})"
