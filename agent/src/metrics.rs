@@ -624,6 +624,7 @@ mod tests {
             changes,
             health: vec![],
             failure,
+            desired: vec![],
         }
     }
 
