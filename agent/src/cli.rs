@@ -105,9 +105,14 @@ impl Cli {
             Command::Run => {
                 let path = daemon::absolute(&self.config);
                 let config = config::load(&path)?;
-                let (client, origin) = self.cluster.client().await?;
+                let counter = cluster::RequestCounter::default();
+                let (client, origin) = self.cluster.counted_client(&counter).await?;
                 tracing::info!(%origin, config = %path.display(), "starting");
-                daemon::run(client, path, config, daemon::Options::default()).await?;
+                let opts = daemon::Options {
+                    resync: config.resync,
+                    ..Default::default()
+                };
+                daemon::run(client, counter, path, config, opts).await?;
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status => status(&self).await,

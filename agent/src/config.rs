@@ -57,7 +57,48 @@ pub struct Config {
     pub namespace: String,
     pub sources: Vec<Source>,
     pub syncs: Vec<Sync>,
+    /// The push-webhook receiver; `None` serves none.
+    pub webhook: Option<Webhook>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None` serves none.
+    pub metrics_listen: Option<String>,
+    pub leader_election: LeaderElection,
+    /// How often every managed object is judged afresh for drift.
+    pub resync: Duration,
 }
+
+/// The webhook receiver: where it listens, and a directory holding one file per
+/// provider (`github`, `gitlab`, `gitea`, `bitbucket`, `generic`) with its secret: a
+/// mounted Kubernetes Secret, watched so rotation needs no restart.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Webhook {
+    pub listen: String,
+    pub secrets_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LeaderElection {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_lease")]
+    pub lease_name: String,
+}
+
+impl Default for LeaderElection {
+    fn default() -> Self {
+        LeaderElection {
+            enabled: false,
+            lease_name: default_lease(),
+        }
+    }
+}
+
+fn default_lease() -> String {
+    "gitops-agent".into()
+}
+
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(600);
 
 /// Which revision of a repository to follow.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,6 +195,20 @@ struct RawConfig {
     sources: Vec<RawSource>,
     #[serde(default)]
     syncs: Vec<RawSync>,
+    #[serde(default)]
+    webhook: Option<Webhook>,
+    #[serde(default)]
+    metrics: Option<RawMetrics>,
+    #[serde(default)]
+    leader_election: Option<LeaderElection>,
+    #[serde(default)]
+    resync: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -302,6 +357,12 @@ impl Validator {
     }
 
     fn config(&mut self, raw: RawConfig) -> Config {
+        let resync = self.duration(
+            raw.resync.as_ref(),
+            DEFAULT_RESYNC,
+            Duration::from_secs(10),
+            "resync",
+        );
         let namespace = match &raw.namespace {
             Some(ns) => {
                 self.dns_label(ns, "namespace");
@@ -353,6 +414,13 @@ impl Validator {
             namespace,
             sources,
             syncs,
+            webhook: raw.webhook.map(|mut w| {
+                w.secrets_dir = self.base.join(&w.secrets_dir);
+                w
+            }),
+            metrics_listen: raw.metrics.map(|m| m.listen),
+            leader_election: raw.leader_election.unwrap_or_default(),
+            resync,
         }
     }
 

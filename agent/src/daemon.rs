@@ -8,9 +8,17 @@ use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use kube::Client;
-use tokio::sync::mpsc;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+
+use crate::cluster::RequestCounter;
+use crate::leader;
+use crate::metrics::{self, Health, Metrics};
+use crate::webhook;
 
 use crate::config::{self, Config};
 use crate::drift::{self, Detector, Report};
@@ -24,6 +32,10 @@ pub enum Error {
     Engine(#[from] crate::apply::Error),
     #[error(transparent)]
     Files(#[from] files::Error),
+    #[error("listen on {0}: {1}")]
+    Listen(String, #[source] std::io::Error),
+    #[error(transparent)]
+    Leader(leader::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -148,6 +160,15 @@ fn failed(s: &config::Sync, f: Failure) -> Outcome {
     }
 }
 
+/// What one sync attempt in a pass did: the fetch (timing and result) and, when the
+/// revision was synced, the outcome and how long it took.
+pub struct Ran {
+    pub source: String,
+    pub fetch: Option<(Duration, Result<(), String>)>,
+    pub outcome: Outcome,
+    pub duration: Duration,
+}
+
 /// Per-sync memory between passes.
 #[derive(Default)]
 struct SyncState {
@@ -205,8 +226,14 @@ impl Agent {
     }
 
     /// Starts watching the config file's folder and the local-directory sources.
-    fn watch_files(&mut self) -> Result<mpsc::Receiver<Vec<PathBuf>>> {
+    fn watch_files(&mut self, secrets_dir: Option<&Path>) -> Result<mpsc::Receiver<Vec<PathBuf>>> {
         let mut targets = Vec::new();
+        if let Some(d) = secrets_dir {
+            targets.push(files::Target {
+                path: d.to_path_buf(),
+                recursive: false,
+            });
+        }
         if let Some(dir) = self
             .config_path
             .parent()
@@ -282,8 +309,8 @@ impl Agent {
         true
     }
 
-    /// Runs every source that is due; returns the outcomes of the syncs that ran.
-    pub async fn pass(&mut self) -> Vec<Outcome> {
+    /// Runs every source that is due; returns the syncs that ran.
+    pub async fn pass(&mut self) -> Vec<Ran> {
         let now = Instant::now();
         let mut outcomes = Vec::new();
         let sources = self.cfg.sources.clone();
@@ -322,14 +349,30 @@ impl Agent {
         outcomes
     }
 
-    async fn sync_if_due(&mut self, origin: &Origin, s: &config::Sync) -> Option<Outcome> {
-        let (revision, files) = match origin.files(&s.path).await {
+    async fn sync_if_due(&mut self, origin: &Origin, s: &config::Sync) -> Option<Ran> {
+        let started = Instant::now();
+        let fetched = origin.files(&s.path).await;
+        let fetch_took = started.elapsed();
+        let is_git = matches!(origin, Origin::Git(_));
+        let (revision, files) = match fetched {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(sync = %s.name, error = %e, "reading the source");
-                return None;
+                let outcome = failed(s, e);
+                let err = outcome
+                    .failure
+                    .as_ref()
+                    .map(|f| f.to_string())
+                    .unwrap_or_default();
+                return Some(Ran {
+                    source: s.source.clone(),
+                    fetch: is_git.then_some((fetch_took, Err(err))),
+                    outcome,
+                    duration: fetch_took,
+                });
             }
         };
+        let fetch = is_git.then_some((fetch_took, Ok(())));
         let first = !self.states.contains_key(&s.name);
         if first {
             // After a restart, an unchanged revision in a detect-only sync is not re-applied:
@@ -386,13 +429,20 @@ impl Agent {
                 .await;
         }
         log_outcome(&outcome);
+        let ran = Ran {
+            source: s.source.clone(),
+            fetch,
+            outcome,
+            duration: started.elapsed(),
+        };
+        let outcome = &ran.outcome;
         let st = self.states.entry(s.name.clone()).or_default();
         st.last_revision = Some(revision);
         st.last_ok = outcome.succeeded();
         st.failures = if st.last_ok { 0 } else { st.failures + 1 };
         st.last_run = Some(Instant::now());
         st.last_resync = Some(Instant::now());
-        Some(outcome)
+        Some(ran)
     }
 
     fn next_wake(&self) -> Instant {
@@ -410,18 +460,214 @@ fn st_mark(st: Option<&mut SyncState>, ok: bool) {
     }
 }
 
-/// Runs until SIGTERM or Ctrl-C.
-pub async fn run(client: Client, config_path: PathBuf, cfg: Config, opts: Options) -> Result<()> {
-    let (mut agent, mut reports) = Agent::new(client, config_path, cfg, opts).await?;
-    let mut file_events = agent.watch_files()?;
+/// Reads the webhook secrets from a mounted Secret directory: one file per provider.
+pub fn read_webhook_secrets(dir: &Path) -> webhook::Secrets {
+    let read = |name: &str| {
+        std::fs::read(dir.join(name)).ok().map(|mut b| {
+            // Secrets written by hand often end in a newline that is not part of the secret.
+            while b.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
+                b.pop();
+            }
+            b
+        })
+    };
+    webhook::Secrets {
+        github: read("github"),
+        gitlab: read("gitlab"),
+        gitea: read("gitea"),
+        bitbucket: read("bitbucket"),
+        generic: read("generic"),
+    }
+}
+
+/// The ConfigMap through which a replica that is not leading hands webhook triggers to
+/// the one that is: webhooks reach whichever replica is ready.
+pub const RELAY_CONFIGMAP: &str = "gitops-agent-triggers";
+
+async fn relay_trigger(client: &Client, namespace: &str, source: &str) {
+    let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let cm = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": RELAY_CONFIGMAP, "namespace": namespace},
+        "data": {source: stamp.to_string()},
+    });
+    let pp = kube::api::PatchParams::apply("gitops-agent-relay").force();
+    if let Err(e) = api
+        .patch(RELAY_CONFIGMAP, &pp, &kube::api::Patch::Apply(&cm))
+        .await
+    {
+        tracing::warn!(%source, error = %e, "relaying a webhook trigger to the leader");
+    }
+}
+
+/// Watches the relay ConfigMap and forwards each source whose stamp changed.
+fn watch_relay(
+    client: Client,
+    namespace: String,
+    tx: mpsc::Sender<String>,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    tokio::spawn(async move {
+        let api: kube::Api<k8s_openapi::api::core::v1::ConfigMap> =
+            kube::Api::namespaced(client, &namespace);
+        let cfg = kube::runtime::watcher::Config::default()
+            .fields(&format!("metadata.name={RELAY_CONFIGMAP}"));
+        let mut seen: HashMap<String, String> = HashMap::new();
+        let mut first = true;
+        let mut stream = std::pin::pin!(kube::runtime::watcher(api, cfg).default_backoff());
+        while let Some(ev) = stream.next().await {
+            let cm = match ev {
+                Ok(
+                    kube::runtime::watcher::Event::Apply(cm)
+                    | kube::runtime::watcher::Event::InitApply(cm),
+                ) => cm,
+                Ok(kube::runtime::watcher::Event::InitDone) => {
+                    first = false;
+                    continue;
+                }
+                _ => continue,
+            };
+            for (source, stamp) in cm.data.unwrap_or_default() {
+                let changed = seen.insert(source.clone(), stamp.clone()).as_ref() != Some(&stamp);
+                // Stamps present at start-up are old news: the first pass fetches everything.
+                if changed && !first && tx.send(source).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+}
+
+fn identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("gitops-agent-{}", std::process::id()))
+}
+
+/// Runs until SIGTERM or Ctrl-C: webhooks, metrics, leader election, syncing and drift.
+pub async fn run(
+    client: Client,
+    counter: RequestCounter,
+    config_path: PathBuf,
+    cfg: Config,
+    opts: Options,
+) -> Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Health::new();
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+
+    if let Some(addr) = &cfg.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| Error::Listen(addr.clone(), e))?;
+        tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
+        tokio::spawn(metrics::serve(
+            listener,
+            metrics::router(metrics.clone(), health.clone()),
+            stopped(),
+        ));
+    }
+
+    let (trigger_tx, mut triggers) = mpsc::channel::<webhook::Trigger>(256);
+    let pending = webhook::Pending::new();
+    let (sources_tx, sources_rx) = watch::channel(webhook::sources_from_config(&cfg));
+    let secrets_dir = cfg.webhook.as_ref().map(|w| w.secrets_dir.clone());
+    let (secrets_tx, secrets_rx) = watch::channel(
+        secrets_dir
+            .as_deref()
+            .map(read_webhook_secrets)
+            .unwrap_or_default(),
+    );
+    if let Some(w) = &cfg.webhook {
+        let listener = TcpListener::bind(&w.listen)
+            .await
+            .map_err(|e| Error::Listen(w.listen.clone(), e))?;
+        tracing::info!(addr = %w.listen, "serving push webhooks");
+        let m = metrics.clone();
+        let hook: webhook::OutcomeHook = Arc::new(move |p, o| m.webhook_request(p.as_str(), o));
+        let hooks = webhook::Webhooks::new(
+            sources_rx,
+            secrets_rx,
+            trigger_tx.clone(),
+            pending.clone(),
+            webhook::Options {
+                on_outcome: Some(hook),
+                ..Default::default()
+            },
+        );
+        tokio::spawn(webhook::serve(listener, webhook::app(hooks), stopped()));
+    }
+
+    let (mut leading, lease) = if cfg.leader_election.enabled {
+        let lo = leader::Options::new(&cfg.namespace, &cfg.leader_election.lease_name, identity());
+        let (rx, handle) = leader::spawn(client.clone(), lo).map_err(Error::Leader)?;
+        (rx, Some(handle))
+    } else {
+        let (tx, rx) = watch::channel(true);
+        // Nobody else decides: keep the sender for the life of the loop.
+        std::mem::forget(tx);
+        (rx, None)
+    };
+    let (relay_tx, mut relayed) = mpsc::channel::<String>(64);
+    let _relay = watch_relay(client.clone(), cfg.namespace.clone(), relay_tx);
+
+    let (mut agent, mut reports) = Agent::new(client.clone(), config_path, cfg, opts).await?;
+    let mut file_events = agent.watch_files(secrets_dir.as_deref())?;
     let mut shutdown = std::pin::pin!(shutdown_signal());
+    health.set_ready(true);
     loop {
-        agent.pass().await;
+        let is_leader = *leading.borrow();
+        metrics.set_leader(is_leader);
+        agent.detector.set_active(is_leader);
+        if is_leader {
+            for o in agent.pass().await {
+                metrics.observe_sync(&o.outcome.sync, &o.outcome, o.duration);
+                if let Some(f) = o.fetch {
+                    metrics.observe_git_fetch(&o.source, f.0, &f.1);
+                }
+            }
+        }
+        metrics.record_api(counter.snapshot());
+        for (sync, n) in agent.detector.drifted() {
+            metrics.set_drifted(&sync, n);
+        }
         tokio::select! {
             _ = tokio::time::sleep_until(agent.next_wake()) => {}
+            Some(t) = triggers.recv() => {
+                pending.take(&t.source);
+                if *leading.borrow() {
+                    agent.trigger(&t.source);
+                } else {
+                    relay_trigger(&client, &agent.cfg.namespace, &t.source).await;
+                }
+            }
+            Some(source) = relayed.recv() => {
+                if *leading.borrow() {
+                    agent.trigger(&source);
+                }
+            }
             Some(batch) = file_events.recv() => {
                 if batch.iter().any(|p| files::concerns(p, &agent.config_path)) && agent.reload() {
-                    file_events = agent.watch_files()?;
+                    let _ = sources_tx.send(webhook::sources_from_config(&agent.cfg));
+                    file_events = agent.watch_files(secrets_dir.as_deref())?;
+                }
+                if let Some(dir) = &secrets_dir
+                    && batch.iter().any(|p| files::concerns(p, dir))
+                {
+                    let _ = secrets_tx.send(read_webhook_secrets(dir));
+                    tracing::info!("webhook secrets reloaded");
                 }
                 let touched: Vec<String> = agent.cfg.sources.iter()
                     .filter(|s| s.directory.as_deref().is_some_and(|d| batch.iter().any(|p| files::concerns(p, d))))
@@ -432,9 +678,19 @@ pub async fn run(client: Client, config_path: PathBuf, cfg: Config, opts: Option
                 }
             }
             Some(report) = reports.recv() => log_report(&report),
+            _ = leading.changed() => {
+                tracing::info!(leader = *leading.borrow(), "leadership changed");
+            }
             _ = &mut shutdown => {
                 // Between passes: no sync is in flight, inventory and cluster agree.
                 tracing::info!("shutting down");
+                health.set_not_ready("shutting down");
+                let _ = stop_tx.send(true);
+                if let Some(l) = lease
+                    && let Err(e) = l.release().await
+                {
+                    tracing::warn!(error = %e, "releasing the leader lease");
+                }
                 return Ok(());
             }
         }

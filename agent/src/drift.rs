@@ -127,6 +127,8 @@ pub struct Detector {
 struct Inner {
     client: Client,
     opts: Options,
+    /// Only the leader judges and heals; a follower keeps its watches warm.
+    active: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     reports: mpsc::Sender<Report>,
 }
@@ -148,6 +150,7 @@ impl Detector {
         let inner = Inner {
             client,
             opts,
+            active: std::sync::atomic::AtomicBool::new(true),
             state: Mutex::new(State::default()),
             reports: tx,
         };
@@ -157,6 +160,14 @@ impl Detector {
             },
             rx,
         )
+    }
+
+    /// Turns judging and healing on (the leader) or off (a follower: watches stay warm, and
+    /// changes are only recorded as seen, so two replicas never alert or heal twice).
+    pub fn set_active(&self, active: bool) {
+        self.inner
+            .active
+            .store(active, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Stops judging a sync's objects while it applies: its own writes are not drift.
@@ -325,6 +336,12 @@ impl Detector {
     }
 
     async fn observe(&self, ar: &ApiResource, o: DynamicObject, deleted: bool) {
+        if !self.inner.active.load(std::sync::atomic::Ordering::Relaxed) {
+            if !deleted {
+                self.record_seen(ar, o);
+            }
+            return;
+        }
         let k = Self::live_key(ar, &o);
         let live = to_json(ar, o);
         let fp = fingerprint(&live);

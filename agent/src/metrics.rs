@@ -88,29 +88,9 @@ impl EncodeLabelValue for SyncResult {
     }
 }
 
-/// What became of one webhook request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum WebhookResult {
-    /// Verified and relevant: a fetch was triggered.
-    Accepted,
-    /// Verified but not for anything we sync (another branch, an unhandled event).
-    Ignored,
-    /// Signature or token did not verify.
-    Unauthorized,
-    /// Not a payload we could read.
-    Invalid,
-}
-
-impl WebhookResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            WebhookResult::Accepted => "accepted",
-            WebhookResult::Ignored => "ignored",
-            WebhookResult::Unauthorized => "unauthorized",
-            WebhookResult::Invalid => "invalid",
-        }
-    }
-}
+/// What became of one webhook request: the receiver's own outcome is the label, so 413s,
+/// 429s and replays stay distinguishable.
+pub use crate::webhook::Outcome as WebhookResult;
 
 impl EncodeLabelValue for WebhookResult {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {

@@ -317,7 +317,11 @@ impl SourceMatch {
 /// The sources of a configuration, as the receiver matches them.
 pub fn sources_from_config(cfg: &config::Config) -> Vec<SourceMatch> {
     // Local-directory sources have no repository to match.
-    cfg.sources.iter().filter(|s| s.directory.is_none()).map(SourceMatch::from_source).collect()
+    cfg.sources
+        .iter()
+        .filter(|s| s.directory.is_none())
+        .map(SourceMatch::from_source)
+        .collect()
 }
 
 /// A request to fetch a source now.

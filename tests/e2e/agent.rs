@@ -1,0 +1,404 @@
+//! The daemon (`gitops-agent run`, the real binary) end to end: a signed GitHub push
+//! webhook leads to the new revision applied; bad webhooks get their 4xx and trigger
+//! nothing; drift raises exactly one signed alert at a local HTTP sink and self-heal
+//! restores the object; a local directory is followed; the config file is reloaded (an
+//! invalid one rejected); and with two replicas, the survivor takes over from a killed leader.
+
+#[path = "../harness/git.rs"]
+mod git;
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use git::{GitDaemon, Repo, Upstream};
+use gitops_agent::webhook;
+use harness::{TestNamespace, control_plane};
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+
+const SECRET: &str = "e2e-webhook-secret";
+const WAIT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cm(name: &str, value: &str) -> String {
+    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n")
+}
+
+/// A running `gitops-agent run`, killed on drop; its log is kept for failure messages.
+struct AgentProcess {
+    child: Child,
+    log: PathBuf,
+    metrics: u16,
+    webhook: u16,
+}
+
+impl AgentProcess {
+    fn start(dir: &Path, name: &str, config: &Path, metrics: u16, webhook: u16) -> AgentProcess {
+        let log = dir.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
+            .args(["run", "--log-format", "json", "--log-level", "info,gitops_agent=debug", "--config"])
+            .arg(config)
+            .arg("--kubeconfig")
+            .arg(control_plane().kubeconfig())
+            .env("POD_NAME", name)
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        AgentProcess { child, log, metrics, webhook }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    async fn ready(&self, http: &reqwest::Client) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Ok(r) = http.get(format!("http://127.0.0.1:{}/readyz", self.metrics)).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "agent not ready:\n{}", self.log());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn metrics(&self, http: &reqwest::Client) -> String {
+        http.get(format!("http://127.0.0.1:{}/metrics", self.metrics)).send().await.unwrap().text().await.unwrap()
+    }
+
+    async fn push_hook(&self, http: &reqwest::Client, body: &[u8], signature: Option<&str>, content_type: &str) -> u16 {
+        let mut req = http
+            .post(format!("http://127.0.0.1:{}/hooks/github", self.webhook))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", format!("{:032x}", rand::random::<u128>()))
+            .header("Content-Type", content_type)
+            .body(body.to_vec());
+        if let Some(s) = signature {
+            req = req.header("X-Hub-Signature-256", s);
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn push_payload(url: &str, git_ref: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ref": git_ref,
+        "after": "0000000000000000000000000000000000000000",
+        "repository": {"full_name": "org/apps", "clone_url": url, "html_url": url, "git_url": url, "ssh_url": url},
+        "pusher": {"name": "e2e"},
+    }))
+    .unwrap()
+}
+
+async fn wait_value(api: &Api<ConfigMap>, name: &str, value: &str, agent: &AgentProcess) -> Duration {
+    let started = Instant::now();
+    loop {
+        if let Ok(Some(c)) = api.get_opt(name).await
+            && c.data.as_ref().and_then(|d| d.get("value")).map(String::as_str) == Some(value)
+        {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < WAIT, "ConfigMap/{name} never got value {value:?}; agent log:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+struct Setup {
+    _upstream: Upstream,
+    repo: Repo,
+    _daemon: GitDaemon,
+    url: String,
+    dir: tempfile::TempDir,
+    ns: TestNamespace,
+    client: Client,
+    http: reqwest::Client,
+}
+
+async fn setup(prefix: &str, files: &[(&str, &str)]) -> Setup {
+    harness::init_logging();
+    let client = control_plane().client().await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    let upstream = Upstream::new();
+    let repo = upstream.create("apps");
+    repo.push("main", files, &[]);
+    let daemon = GitDaemon::start(upstream.root());
+    let url = daemon.url("apps");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("webhook")).unwrap();
+    std::fs::write(dir.path().join("webhook/github"), format!("{SECRET}\n")).unwrap();
+    Setup { _upstream: upstream, repo, _daemon: daemon, url, dir, ns, client, http: reqwest::Client::new() }
+}
+
+/// A config with one Git source (polled hourly, so only webhooks trigger) and one sync.
+fn config(s: &Setup, state: &str, metrics: u16, webhook: u16, extra: &str) -> String {
+    format!(
+        "stateDir: {dir}/{state}\nnamespace: {ns}\nmetrics: {{listen: \"127.0.0.1:{metrics}\"}}\n\
+         webhook: {{listen: \"127.0.0.1:{webhook}\", secretsDir: {dir}/webhook}}\n{extra}\
+         sources:\n  - name: apps\n    url: {url}\n    interval: 1h\n\
+         syncs:\n  - name: apps\n    source: apps\n    path: deploy\n    namespace: {ns}\n    health: {{wait: false}}\n",
+        dir = s.dir.path().display(),
+        ns = s.ns.name,
+        url = s.url,
+    )
+}
+
+#[tokio::test]
+async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
+    let s = setup("hook", &[("deploy/a.yaml", &cm("a", "1"))]).await;
+    let path = s.dir.path().join("config.yaml");
+    let (m, w) = (free_port(), free_port());
+    std::fs::write(&path, config(&s, "state", m, w, "")).unwrap();
+    let agent = AgentProcess::start(s.dir.path(), "solo", &path, m, w);
+    agent.ready(&s.http).await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    wait_value(&cms, "a", "1", &agent).await;
+
+    let body = push_payload(&s.url, "refs/heads/main");
+    let good = webhook::signature(SECRET.as_bytes(), &body);
+    // Every bad input gets its 4xx and triggers nothing.
+    s.repo.push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
+    assert_eq!(agent.push_hook(&s.http, &body, None, "application/json").await, 401);
+    assert_eq!(agent.push_hook(&s.http, &body, Some("sha256=00"), "application/json").await, 401);
+    assert_eq!(agent.push_hook(&s.http, &body, Some(&webhook::signature(b"wrong", &body)), "application/json").await, 401);
+    assert_eq!(agent.push_hook(&s.http, &body, Some(&good), "text/plain").await, 415);
+    let broken = b"{not json".to_vec();
+    assert_eq!(agent.push_hook(&s.http, &broken, Some(&webhook::signature(SECRET.as_bytes(), &broken)), "application/json").await, 400);
+    let big = vec![b' '; 2 * 1024 * 1024];
+    assert_eq!(agent.push_hook(&s.http, &big, Some(&webhook::signature(SECRET.as_bytes(), &big)), "application/json").await, 413);
+    let other = push_payload(&s.url, "refs/heads/feature");
+    assert_eq!(agent.push_hook(&s.http, &other, Some(&webhook::signature(SECRET.as_bytes(), &other)), "application/json").await, 202);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(cms.get("a").await.unwrap().data.unwrap()["value"], "1", "nothing applied without a valid push to main");
+
+    // The signed push to main: applied.
+    assert_eq!(agent.push_hook(&s.http, &body, Some(&good), "application/json").await, 202);
+    let took = wait_value(&cms, "a", "2", &agent).await;
+    eprintln!("webhook to applied: {} ms", took.as_millis());
+
+    let metrics = agent.metrics(&s.http).await;
+    for needle in [
+        "gitops_agent_webhook_requests_total{provider=\"github\",result=\"accepted\"} 1",
+        "gitops_agent_webhook_requests_total{provider=\"github\",result=\"unauthorized\"} 3",
+        "gitops_agent_webhook_requests_total{provider=\"github\",result=\"payload_too_large\"} 1",
+        "gitops_agent_sync_duration_seconds_count{sync=\"apps\",result=\"succeeded\"}",
+        "gitops_agent_leader 1",
+    ] {
+        assert!(metrics.contains(needle), "{needle:?} missing in\n{metrics}");
+    }
+}
+
+#[tokio::test]
+async fn local_directory_is_followed_and_config_reloads_keep_the_last_good_one() {
+    let s = setup("localdir", &[]).await;
+    let local = s.dir.path().join("local");
+    std::fs::create_dir_all(local.join("deploy")).unwrap();
+    std::fs::write(local.join("deploy/a.yaml"), cm("a", "1")).unwrap();
+    let (m, w) = (free_port(), free_port());
+    let cfg = |syncs: &str| {
+        format!(
+            "stateDir: {dir}/state\nnamespace: {ns}\nmetrics: {{listen: \"127.0.0.1:{m}\"}}\n\
+             sources:\n  - name: local\n    directory: {dir}/local\n    interval: 1h\n\
+             syncs:\n  - name: local\n    source: local\n    path: deploy\n    namespace: {ns}\n    health: {{wait: false}}\n{syncs}",
+            dir = s.dir.path().display(),
+            ns = s.ns.name,
+        )
+    };
+    let path = s.dir.path().join("config.yaml");
+    std::fs::write(&path, cfg("")).unwrap();
+    let agent = AgentProcess::start(s.dir.path(), "local", &path, m, w);
+    agent.ready(&s.http).await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    wait_value(&cms, "a", "1", &agent).await;
+
+    // Edit a file: the cluster follows.
+    std::fs::write(local.join("deploy/a.yaml"), cm("a", "2")).unwrap();
+    wait_value(&cms, "a", "2", &agent).await;
+
+    // An invalid config is rejected with its errors; the running one keeps working.
+    std::fs::write(&path, format!("{}bogusField: 1\n", cfg(""))).unwrap();
+    let deadline = Instant::now() + WAIT;
+    while !agent.log().contains("new configuration rejected") {
+        assert!(Instant::now() < deadline, "{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(agent.log().contains("bogusField"), "the rejection names the problem");
+    std::fs::write(local.join("deploy/a.yaml"), cm("a", "3")).unwrap();
+    wait_value(&cms, "a", "3", &agent).await;
+
+    // A valid new config is picked up without a restart: a second sync appears.
+    std::fs::create_dir_all(local.join("more")).unwrap();
+    std::fs::write(local.join("more/b.yaml"), cm("b", "new")).unwrap();
+    let more = format!("  - name: more\n    source: local\n    path: more\n    namespace: {}\n    health: {{wait: false}}\n", s.ns.name);
+    std::fs::write(&path, cfg(&more)).unwrap();
+    wait_value(&cms, "b", "new", &agent).await;
+}
+
+#[tokio::test]
+async fn the_survivor_takes_over_when_the_leader_dies() {
+    let s = setup("failover", &[("deploy/a.yaml", &cm("a", "1"))]).await;
+    let election = "leaderElection: {enabled: true, leaseName: e2e-lease}\n";
+    let ports = [(free_port(), free_port()), (free_port(), free_port())];
+    let mut agents = Vec::new();
+    for (i, (m, w)) in ports.iter().enumerate() {
+        let path = s.dir.path().join(format!("config-{i}.yaml"));
+        std::fs::write(&path, config(&s, &format!("state-{i}"), *m, *w, election)).unwrap();
+        agents.push(AgentProcess::start(s.dir.path(), &format!("replica-{i}"), &path, *m, *w));
+    }
+    for a in &agents {
+        a.ready(&s.http).await;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    wait_value(&cms, "a", "1", &agents[0]).await;
+    let leader = {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let mut leading = Vec::new();
+            for (i, a) in agents.iter().enumerate() {
+                if a.metrics(&s.http).await.contains("gitops_agent_leader 1") {
+                    leading.push(i);
+                }
+            }
+            assert!(leading.len() <= 1, "two leaders at once");
+            if let [l] = leading.as_slice() {
+                break *l;
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    let follower = 1 - leader;
+
+    // A webhook that reaches the follower is relayed to the leader.
+    s.repo.push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
+    let body = push_payload(&s.url, "refs/heads/main");
+    let sig = webhook::signature(SECRET.as_bytes(), &body);
+    assert_eq!(agents[follower].push_hook(&s.http, &body, Some(&sig), "application/json").await, 202);
+    wait_value(&cms, "a", "2", &agents[leader]).await;
+
+    // The leader dies without releasing its lease: the survivor takes over within the
+    // lease duration (15 s) and applies the next push.
+    let killed = Instant::now();
+    agents[leader].kill();
+    s.repo.push("main", &[("deploy/a.yaml", &cm("a", "3"))], &[]);
+    let survivor = &agents[follower];
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while !survivor.metrics(&s.http).await.contains("gitops_agent_leader 1") {
+        assert!(Instant::now() < deadline, "no takeover:\n{}", survivor.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!("takeover after {} ms", killed.elapsed().as_millis());
+    assert!(killed.elapsed() < Duration::from_secs(25), "took over in {:?}", killed.elapsed());
+    assert_eq!(survivor.push_hook(&s.http, &body, Some(&sig), "application/json").await, 202);
+    wait_value(&cms, "a", "3", survivor).await;
+}
+
+/// An HTTP sink on loopback that records every alert it receives with its signature.
+#[derive(Clone, Default)]
+struct Sink(Arc<Mutex<Vec<(Value, String, Vec<u8>)>>>);
+
+impl Sink {
+    async fn start(&self) -> u16 {
+        use axum::routing::post;
+        let me = self.clone();
+        let app = axum::Router::new().route(
+            "/alerts",
+            post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let me = me.clone();
+                async move {
+                    let sig = headers.get("x-signature-256").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                    me.0.lock().unwrap().push((v, sig, body.to_vec()));
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        port
+    }
+
+    fn events(&self) -> Vec<Value> {
+        self.0.lock().unwrap().iter().map(|(v, _, _)| v.clone()).collect()
+    }
+}
+
+#[tokio::test]
+async fn drift_raises_one_signed_alert_and_self_heal_restores() {
+    let s = setup("alert", &[("deploy/a.yaml", &cm("a", "1"))]).await;
+    let sink = Sink::default();
+    let port = sink.start().await;
+    let secret_api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+        "metadata": {"name": "alert-key"}, "stringData": {"key": "alert-signing-key"}
+    }))
+    .unwrap();
+    secret_api.create(&Default::default(), &secret).await.unwrap();
+    let alerts = format!(
+        "alerts:\n  sinks:\n    - type: webhook\n      name: ops\n      url: http://127.0.0.1:{port}/alerts\n      secretRef: {{name: alert-key, key: key}}\n"
+    );
+    let (m, w) = (free_port(), free_port());
+    let path = s.dir.path().join("config.yaml");
+    let text = config(&s, "state", m, w, &alerts).replace("    health: {wait: false}\n", "    health: {wait: false}\n    selfHeal: true\n");
+    std::fs::write(&path, text).unwrap();
+    let agent = AgentProcess::start(s.dir.path(), "alerting", &path, m, w);
+    agent.ready(&s.http).await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    wait_value(&cms, "a", "1", &agent).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let changed = Instant::now();
+    let pp = PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() };
+    cms.patch("a", &pp, &Patch::Merge(json!({"data": {"value": "tampered"}}))).await.unwrap();
+    let deadline = Instant::now() + WAIT;
+    let detected = loop {
+        if let Some(e) = sink.events().into_iter().find(|e| e["event"]["type"] == "driftDetected") {
+            break e;
+        }
+        assert!(Instant::now() < deadline, "no drift alert; sink got {:?}\n{}", sink.events(), agent.log());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    eprintln!("drift to alert: {} ms", changed.elapsed().as_millis());
+    let ev = &detected["event"];
+    assert_eq!(ev["subject"], format!("ConfigMap/{}/a", s.ns.name));
+    assert_eq!(ev["manager"], "kubectl-edit");
+    assert_eq!(ev["fields"][0]["path"], "data.value");
+    // Self-heal put it back, and a resolution followed.
+    wait_value(&cms, "a", "1", &agent).await;
+    let deadline = Instant::now() + WAIT;
+    while !sink.events().iter().any(|e| e["event"]["type"] == "driftResolved") {
+        assert!(Instant::now() < deadline, "no resolved alert: {:?}", sink.events());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let detected_count = sink.events().iter().filter(|e| e["event"]["type"] == "driftDetected").count();
+    assert_eq!(detected_count, 1, "exactly one drift alert: {:?}", sink.events());
+    // Every alert is signed with the configured key over its exact body.
+    for (_, sig, body) in sink.0.lock().unwrap().iter() {
+        assert_eq!(sig, &gitops_agent::alert::sign(b"alert-signing-key", body));
+    }
+}
