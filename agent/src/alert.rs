@@ -1199,11 +1199,9 @@ impl EventsSink {
             .clone()
             .unwrap_or_else(|| "default".into());
         let now = Timestamp::now();
-        let base = truncate(
-            regarding.name.as_deref().unwrap_or("gitops-agent"),
-            NAME_BASE_MAX,
-        )
-        .replace('…', "");
+        // Object names are ASCII; a cut one must still end alphanumeric (a DNS subdomain).
+        let name = regarding.name.as_deref().unwrap_or("gitops-agent");
+        let base = name[..name.len().min(NAME_BASE_MAX)].trim_end_matches(['-', '.']);
         let event = K8sEvent {
             metadata: ObjectMeta {
                 name: Some(format!("{base}.{:x}", now.as_nanosecond())),

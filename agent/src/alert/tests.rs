@@ -105,7 +105,7 @@ async fn receive(
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,
-) -> (StatusCode, &'static str) {
+) -> axum::response::Response {
     let status = {
         let mut q = s.statuses.lock().unwrap();
         if q.len() > 1 {
@@ -121,7 +121,13 @@ async fn receive(
         body: body.to_vec(),
     });
     let text = if status < 300 { "ok" } else { "no_service" };
-    (StatusCode::from_u16(status).unwrap(), text)
+    let mut resp =
+        axum::response::IntoResponse::into_response((StatusCode::from_u16(status).unwrap(), text));
+    if status == 429 {
+        resp.headers_mut()
+            .insert("retry-after", axum::http::HeaderValue::from_static("0"));
+    }
+    resp
 }
 
 fn http() -> HttpOptions {
@@ -320,6 +326,25 @@ async fn a_503_is_retried_until_it_succeeds() {
     .collect();
     assert!(bodies.windows(2).all(|w| w[0] == w[1]));
     assert_eq!(server.hits(), 3);
+}
+
+#[tokio::test]
+async fn a_429_is_retried_when_the_server_says() {
+    let server = Server::start(&[429, 200]).await;
+    let (mut opts, mut results) = options();
+    // Our own backoff would wait a minute; the server's `Retry-After: 0` wins.
+    opts.retry.initial = Duration::from_secs(60);
+    opts.retry.max = Duration::from_secs(60);
+    let d = Dispatcher::new(
+        [webhook_sink("ops", format!("http://{}/hook", server.addr))],
+        opts,
+    );
+    d.send(drift());
+    assert_eq!(
+        next_result(&mut results).await.1,
+        DeliveryResult::Delivered { attempts: 2 }
+    );
+    assert_eq!(server.hits(), 2);
 }
 
 #[tokio::test]
@@ -603,13 +628,13 @@ async fn shutdown_delivers_what_is_queued_and_counts_the_rest() {
     assert_eq!(sink.delivered().len(), 3);
 
     // A sink that never finishes: the grace runs out and what is left counts as dropped.
-    let (stuck, _started) = MemorySink::new(Some(Arc::new(Semaphore::new(0))));
+    let (stuck, mut started) = MemorySink::new(Some(Arc::new(Semaphore::new(0))));
     let (opts, mut results) = options();
     let d = Dispatcher::new([stuck as Arc<dyn Sink>], opts);
     for i in 0..3 {
         d.send(failed(&format!("r{i}")));
     }
-    tokio::task::yield_now().await;
+    started.recv().await.expect("r0 in delivery");
     d.shutdown(Duration::from_secs(1)).await;
     let mut dropped = 0;
     while let Ok(r) = results.try_recv() {
@@ -1053,6 +1078,13 @@ fn building_needs_the_secret_and_never_prints_it() {
         secret: None,
         http: HttpOptions::default(),
     };
+    // With its secret an HTTPS sink builds (rustls with ring, platform roots).
+    let with_secret = SinkResources {
+        secret: Some(SecretBytes::new(KEY)),
+        ..res.clone()
+    };
+    let sink = cfg.build(with_secret).expect("HTTPS webhook sink");
+    assert_eq!(sink.name(), "webhook/ops");
     let err = cfg.build(res.clone()).err().expect("no secret").to_string();
     assert_eq!(
         err,
