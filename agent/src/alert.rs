@@ -566,6 +566,38 @@ impl AlertsConfig {
     }
 }
 
+impl AlertsConfig {
+    /// Builds every sink, reading each `secretRef` from the cluster (`agent.namespace` by
+    /// default). The first sink that cannot be built fails the whole set, naming the sink.
+    pub async fn build(
+        &self,
+        client: &Client,
+        agent: &AgentInfo,
+        http: &HttpOptions,
+    ) -> Result<Vec<Arc<dyn Sink>>> {
+        let mut sinks = Vec::with_capacity(self.sinks.len());
+        for s in &self.sinks {
+            let secret =
+                match s.secret_ref() {
+                    Some(r) => Some(read_secret(client, &agent.namespace, r).await.map_err(
+                        |e| Error::Config {
+                            sink: s.id(),
+                            message: e.to_string(),
+                        },
+                    )?),
+                    None => None,
+                };
+            sinks.push(s.build(SinkResources {
+                client: Some(client.clone()),
+                agent: agent.clone(),
+                secret,
+                http: http.clone(),
+            })?);
+        }
+        Ok(sinks)
+    }
+}
+
 /// One sink, tagged by `type`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(

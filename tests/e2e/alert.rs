@@ -234,7 +234,7 @@ async fn drift_is_recorded_on_the_object_and_on_the_agent() {
 }
 
 #[tokio::test]
-async fn sink_secrets_are_read_by_reference() {
+async fn sinks_read_their_secrets_by_reference() {
     harness::init_logging();
     let client = control_plane().client().await;
     let ns = TestNamespace::create(&client, "alert-secret").await;
@@ -270,6 +270,93 @@ async fn sink_secrets_are_read_by_reference() {
         .to_string();
     assert!(
         e.starts_with(&format!("Secret/{}/missing: ", ns.name)),
+        "{e}"
+    );
+
+    // From configuration to delivery: the webhook signs with the key from the Secret, the
+    // Slack sink posts to the URL from its Secret.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx.send((uri.path().to_string(), headers, body.to_vec()));
+                "ok"
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let slack: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "slack"},
+        "stringData": {"url": format!("http://{addr}/services/T0/B0/XYZ")}
+    }))
+    .unwrap();
+    Api::<Secret>::namespaced(client.clone(), &ns.name)
+        .create(&PostParams::default(), &slack)
+        .await
+        .unwrap();
+    let cfg: AlertsConfig = serde_saphyr::from_str(&format!(
+        "\
+sinks:
+  - type: webhook
+    name: ops
+    url: http://{addr}/hook
+    secretRef: {{name: alert-hmac, key: secret}}
+  - type: slack
+    name: team
+    secretRef: {{name: slack, key: url}}
+"
+    ))
+    .unwrap();
+    let agent = AgentInfo::new(&ns.name, "agent-0");
+    let sinks = cfg
+        .build(&client, &agent, &Default::default())
+        .await
+        .unwrap();
+    let d = Dispatcher::new(sinks, DeliveryOptions::default());
+    d.send(Event::PruneHeldBack {
+        sync: "shop".into(),
+        revision: "v3".into(),
+        reason: "would delete 9 of 10 objects".into(),
+    });
+    let mut got = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let (path, headers, body) = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("a request in time")
+            .unwrap();
+        got.insert(path, (headers, body));
+    }
+    let (headers, body) = &got["/hook"];
+    assert_eq!(
+        headers["x-signature-256"].to_str().unwrap(),
+        alert::sign(b"hmac-key-value", body)
+    );
+    let (_, body) = &got["/services/T0/B0/XYZ"];
+    let body: serde_json::Value = serde_json::from_slice(body).unwrap();
+    assert_eq!(
+        body["text"],
+        "sync/shop: prune held back at v3: would delete 9 of 10 objects"
+    );
+
+    // A missing Secret stops the build, naming the sink and the Secret.
+    let cfg: AlertsConfig = serde_saphyr::from_str(&format!(
+        "sinks:\n  - {{type: webhook, name: ops, url: 'http://{addr}/', secretRef: {{name: gone, key: k}}}}\n"
+    ))
+    .unwrap();
+    let e = cfg
+        .build(&client, &agent, &Default::default())
+        .await
+        .err()
+        .expect("no Secret")
+        .to_string();
+    assert!(
+        e.starts_with(&format!(
+            "alert sink webhook/ops: Secret/{}/gone: ",
+            ns.name
+        )),
         "{e}"
     );
 }
