@@ -4,6 +4,7 @@
 //! inventory → alerts. Each stage is a module named after what it owns.
 #![forbid(unsafe_code)]
 
+pub mod alert;
 pub mod apply;
 pub mod change;
 pub mod cli;
