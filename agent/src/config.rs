@@ -64,6 +64,8 @@ pub struct Config {
     pub leader_election: LeaderElection,
     /// How often every managed object is judged afresh for drift.
     pub resync: Duration,
+    /// Where alerts go.
+    pub alerts: crate::alert::AlertsConfig,
 }
 
 /// The webhook receiver: where it listens, and a directory holding one file per
@@ -203,6 +205,8 @@ struct RawConfig {
     leader_election: Option<LeaderElection>,
     #[serde(default)]
     resync: Option<Spanned<String>>,
+    #[serde(default)]
+    alerts: Option<Spanned<crate::alert::AlertsConfig>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -421,6 +425,15 @@ impl Validator {
             metrics_listen: raw.metrics.map(|m| m.listen),
             leader_election: raw.leader_election.unwrap_or_default(),
             resync,
+            alerts: match raw.alerts {
+                Some(a) => {
+                    for p in a.value.problems() {
+                        self.at(&a, p);
+                    }
+                    a.value
+                }
+                None => Default::default(),
+            },
         }
     }
 

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+use crate::alert::{self, Dispatcher, Event as Alert};
 use crate::cluster::RequestCounter;
 use crate::leader;
 use crate::metrics::{self, Health, Metrics};
@@ -544,6 +545,110 @@ fn watch_relay(
     })
 }
 
+/// Builds the alert sinks one by one: a sink that cannot be built (its Secret is missing,
+/// say) is logged and left out, and the others still deliver.
+async fn build_alerts(client: &Client, cfg: &Config, metrics: Arc<Metrics>) -> Dispatcher {
+    let info = alert::AgentInfo::new(&cfg.namespace, identity());
+    let mut sinks = Vec::new();
+    for s in &cfg.alerts.sinks {
+        let one = alert::AlertsConfig {
+            sinks: vec![s.clone()],
+        };
+        match one
+            .build(client, &info, &alert::HttpOptions::default())
+            .await
+        {
+            Ok(mut built) => sinks.append(&mut built),
+            Err(e) => tracing::error!(error = %e, "alert sink left out"),
+        }
+    }
+    let on_result: alert::OnResult = Arc::new(move |sink, r| {
+        let result = match r {
+            alert::DeliveryResult::Delivered { .. } => metrics::AlertResult::Delivered,
+            alert::DeliveryResult::Failed { .. } => metrics::AlertResult::Failed,
+            alert::DeliveryResult::Dropped => metrics::AlertResult::Dropped,
+        };
+        metrics.alert_delivery(sink, result);
+    });
+    Dispatcher::new(
+        sinks,
+        alert::DeliveryOptions {
+            on_result: Some(on_result),
+            ..Default::default()
+        },
+    )
+}
+
+/// The alert a drift report raises (a heal is logged, not alerted).
+fn drift_alert(r: Report) -> Option<Alert> {
+    match r {
+        Report::Detected {
+            sync,
+            subject,
+            fields,
+            manager,
+            deleted,
+        } => {
+            let mut fields: Vec<alert::FieldDrift> = fields
+                .into_iter()
+                .map(|f| alert::FieldDrift::new(f.path, f.git, f.live))
+                .collect();
+            if deleted {
+                fields = vec![alert::FieldDrift::new(
+                    "(object)",
+                    serde_json::json!("present in Git"),
+                    serde_json::Value::Null,
+                )];
+            }
+            Some(Alert::drift_detected(sync, subject, fields, manager))
+        }
+        Report::Resolved { sync, subject } => Some(Alert::DriftResolved { sync, subject }),
+        Report::Fight {
+            sync,
+            subject,
+            manager,
+            count,
+        } => Some(Alert::Fight {
+            sync,
+            subject,
+            manager,
+            count,
+        }),
+        Report::Healed { .. } => None,
+    }
+}
+
+/// The alert a sync outcome raises, once per distinct failure: `alerted` remembers, per
+/// sync, what was last alerted, so a failing revision retried every few seconds alerts once.
+fn sync_alert(alerted: &mut HashMap<String, String>, o: &Outcome) -> Option<Alert> {
+    let sync = o.sync.clone();
+    let revision = o.revision.clone();
+    match &o.failure {
+        None => alerted
+            .remove(&sync)
+            .map(|_| Alert::SyncRecovered { sync, revision }),
+        Some(f) => {
+            let text = f.to_string();
+            if alerted.get(&sync) == Some(&text) {
+                return None;
+            }
+            alerted.insert(sync.clone(), text.clone());
+            Some(match f {
+                Failure::HeldBack { reason, .. } => Alert::PruneHeldBack {
+                    sync,
+                    revision,
+                    reason: reason.clone(),
+                },
+                _ => Alert::SyncFailed {
+                    sync,
+                    revision,
+                    error: text,
+                },
+            })
+        }
+    }
+}
+
 fn identity() -> String {
     std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
@@ -611,7 +716,14 @@ pub async fn run(
     }
 
     let (mut leading, lease) = if cfg.leader_election.enabled {
-        let lo = leader::Options::new(&cfg.namespace, &cfg.leader_election.lease_name, identity());
+        // A 10 s lease (renewed every 2 s, given up after 7 s without renewal) bounds a
+        // takeover after a crash to about 12 s: inside the 15 s we promise.
+        let lo = leader::Options {
+            lease_duration: Duration::from_secs(10),
+            renew_deadline: Duration::from_secs(7),
+            retry_period: Duration::from_secs(2),
+            ..leader::Options::new(&cfg.namespace, &cfg.leader_election.lease_name, identity())
+        };
         let (rx, handle) = leader::spawn(client.clone(), lo).map_err(Error::Leader)?;
         (rx, Some(handle))
     } else {
@@ -622,6 +734,9 @@ pub async fn run(
     };
     let (relay_tx, mut relayed) = mpsc::channel::<String>(64);
     let _relay = watch_relay(client.clone(), cfg.namespace.clone(), relay_tx);
+
+    let dispatcher = build_alerts(&client, &cfg, metrics.clone()).await;
+    let mut alerted: HashMap<String, String> = HashMap::new();
 
     let (mut agent, mut reports) = Agent::new(client.clone(), config_path, cfg, opts).await?;
     let mut file_events = agent.watch_files(secrets_dir.as_deref())?;
@@ -634,6 +749,9 @@ pub async fn run(
         if is_leader {
             for o in agent.pass().await {
                 metrics.observe_sync(&o.outcome.sync, &o.outcome, o.duration);
+                if let Some(a) = sync_alert(&mut alerted, &o.outcome) {
+                    dispatcher.send(a);
+                }
                 if let Some(f) = o.fetch {
                     metrics.observe_git_fetch(&o.source, f.0, &f.1);
                 }
@@ -677,7 +795,12 @@ pub async fn run(
                     agent.trigger(&s);
                 }
             }
-            Some(report) = reports.recv() => log_report(&report),
+            Some(report) = reports.recv() => {
+                log_report(&report);
+                if let Some(a) = drift_alert(report) {
+                    dispatcher.send(a);
+                }
+            }
             _ = leading.changed() => {
                 tracing::info!(leader = *leading.borrow(), "leadership changed");
             }
@@ -686,6 +809,7 @@ pub async fn run(
                 tracing::info!("shutting down");
                 health.set_not_ready("shutting down");
                 let _ = stop_tx.send(true);
+                dispatcher.shutdown(Duration::from_secs(5)).await;
                 if let Some(l) = lease
                     && let Err(e) = l.release().await
                 {

@@ -26,11 +26,17 @@ const SECRET: &str = "e2e-webhook-secret";
 const WAIT: Duration = Duration::from_secs(30);
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn cm(name: &str, value: &str) -> String {
-    format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n")
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n"
+    )
 }
 
 /// A running `gitops-agent run`, killed on drop; its log is kept for failure messages.
@@ -46,7 +52,14 @@ impl AgentProcess {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
-            .args(["run", "--log-format", "json", "--log-level", "info,gitops_agent=debug", "--config"])
+            .args([
+                "run",
+                "--log-format",
+                "json",
+                "--log-level",
+                "info,gitops_agent=debug",
+                "--config",
+            ])
             .arg(config)
             .arg("--kubeconfig")
             .arg(control_plane().kubeconfig())
@@ -56,7 +69,12 @@ impl AgentProcess {
             .stdin(Stdio::null())
             .spawn()
             .unwrap();
-        AgentProcess { child, log, metrics, webhook }
+        AgentProcess {
+            child,
+            log,
+            metrics,
+            webhook,
+        }
     }
 
     fn log(&self) -> String {
@@ -66,25 +84,47 @@ impl AgentProcess {
     async fn ready(&self, http: &reqwest::Client) {
         let deadline = Instant::now() + WAIT;
         loop {
-            if let Ok(r) = http.get(format!("http://127.0.0.1:{}/readyz", self.metrics)).send().await
+            if let Ok(r) = http
+                .get(format!("http://127.0.0.1:{}/readyz", self.metrics))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return;
             }
-            assert!(Instant::now() < deadline, "agent not ready:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "agent not ready:\n{}",
+                self.log()
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     async fn metrics(&self, http: &reqwest::Client) -> String {
-        http.get(format!("http://127.0.0.1:{}/metrics", self.metrics)).send().await.unwrap().text().await.unwrap()
+        http.get(format!("http://127.0.0.1:{}/metrics", self.metrics))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
 
-    async fn push_hook(&self, http: &reqwest::Client, body: &[u8], signature: Option<&str>, content_type: &str) -> u16 {
+    async fn push_hook(
+        &self,
+        http: &reqwest::Client,
+        body: &[u8],
+        signature: Option<&str>,
+        content_type: &str,
+    ) -> u16 {
         let mut req = http
             .post(format!("http://127.0.0.1:{}/hooks/github", self.webhook))
             .header("X-GitHub-Event", "push")
-            .header("X-GitHub-Delivery", format!("{:032x}", rand::random::<u128>()))
+            .header(
+                "X-GitHub-Delivery",
+                format!("{:032x}", rand::random::<u128>()),
+            )
             .header("Content-Type", content_type)
             .body(body.to_vec());
         if let Some(s) = signature {
@@ -105,6 +145,33 @@ impl Drop for AgentProcess {
     }
 }
 
+async fn oversized_status(port: u16, signature: &str, len: usize) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sock = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /hooks/github HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nX-GitHub-Event: push\r\n\
+         X-GitHub-Delivery: big-1\r\nX-Hub-Signature-256: {signature}\r\nContent-Length: {len}\r\n\r\n"
+    );
+    sock.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 256];
+    let n = tokio::time::timeout(WAIT, sock.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let line = String::from_utf8_lossy(&buf[..n]).to_string();
+    line.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {line:?}"))
+}
+
+/// Whether a metrics exposition says this replica leads (the sample line, not the HELP text).
+fn is_leader(metrics: &str) -> bool {
+    metrics.lines().any(|l| l == "gitops_agent_leader 1")
+}
+
 fn push_payload(url: &str, git_ref: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "ref": git_ref,
@@ -115,15 +182,28 @@ fn push_payload(url: &str, git_ref: &str) -> Vec<u8> {
     .unwrap()
 }
 
-async fn wait_value(api: &Api<ConfigMap>, name: &str, value: &str, agent: &AgentProcess) -> Duration {
+async fn wait_value(
+    api: &Api<ConfigMap>,
+    name: &str,
+    value: &str,
+    agent: &AgentProcess,
+) -> Duration {
     let started = Instant::now();
     loop {
         if let Ok(Some(c)) = api.get_opt(name).await
-            && c.data.as_ref().and_then(|d| d.get("value")).map(String::as_str) == Some(value)
+            && c.data
+                .as_ref()
+                .and_then(|d| d.get("value"))
+                .map(String::as_str)
+                == Some(value)
         {
             return started.elapsed();
         }
-        assert!(started.elapsed() < WAIT, "ConfigMap/{name} never got value {value:?}; agent log:\n{}", agent.log());
+        assert!(
+            started.elapsed() < WAIT,
+            "ConfigMap/{name} never got value {value:?}; agent log:\n{}",
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -151,7 +231,16 @@ async fn setup(prefix: &str, files: &[(&str, &str)]) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("webhook")).unwrap();
     std::fs::write(dir.path().join("webhook/github"), format!("{SECRET}\n")).unwrap();
-    Setup { _upstream: upstream, repo, _daemon: daemon, url, dir, ns, client, http: reqwest::Client::new() }
+    Setup {
+        _upstream: upstream,
+        repo,
+        _daemon: daemon,
+        url,
+        dir,
+        ns,
+        client,
+        http: reqwest::Client::new(),
+    }
 }
 
 /// A config with one Git source (polled hourly, so only webhooks trigger) and one sync.
@@ -181,22 +270,87 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
     let body = push_payload(&s.url, "refs/heads/main");
     let good = webhook::signature(SECRET.as_bytes(), &body);
     // Every bad input gets its 4xx and triggers nothing.
-    s.repo.push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
-    assert_eq!(agent.push_hook(&s.http, &body, None, "application/json").await, 401);
-    assert_eq!(agent.push_hook(&s.http, &body, Some("sha256=00"), "application/json").await, 401);
-    assert_eq!(agent.push_hook(&s.http, &body, Some(&webhook::signature(b"wrong", &body)), "application/json").await, 401);
-    assert_eq!(agent.push_hook(&s.http, &body, Some(&good), "text/plain").await, 415);
+    s.repo
+        .push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
+    assert_eq!(
+        agent
+            .push_hook(&s.http, &body, None, "application/json")
+            .await,
+        401
+    );
+    assert_eq!(
+        agent
+            .push_hook(&s.http, &body, Some("sha256=00"), "application/json")
+            .await,
+        401
+    );
+    assert_eq!(
+        agent
+            .push_hook(
+                &s.http,
+                &body,
+                Some(&webhook::signature(b"wrong", &body)),
+                "application/json"
+            )
+            .await,
+        401
+    );
+    assert_eq!(
+        agent
+            .push_hook(&s.http, &body, Some(&good), "text/plain")
+            .await,
+        415
+    );
     let broken = b"{not json".to_vec();
-    assert_eq!(agent.push_hook(&s.http, &broken, Some(&webhook::signature(SECRET.as_bytes(), &broken)), "application/json").await, 400);
+    assert_eq!(
+        agent
+            .push_hook(
+                &s.http,
+                &broken,
+                Some(&webhook::signature(SECRET.as_bytes(), &broken)),
+                "application/json"
+            )
+            .await,
+        400
+    );
+    // Oversized: refused from the declared length, before the body is read (so over a raw
+    // socket: an HTTP client would still be writing the body when the answer comes).
     let big = vec![b' '; 2 * 1024 * 1024];
-    assert_eq!(agent.push_hook(&s.http, &big, Some(&webhook::signature(SECRET.as_bytes(), &big)), "application/json").await, 413);
+    assert_eq!(
+        oversized_status(
+            agent.webhook,
+            &webhook::signature(SECRET.as_bytes(), &big),
+            big.len()
+        )
+        .await,
+        413
+    );
     let other = push_payload(&s.url, "refs/heads/feature");
-    assert_eq!(agent.push_hook(&s.http, &other, Some(&webhook::signature(SECRET.as_bytes(), &other)), "application/json").await, 202);
+    assert_eq!(
+        agent
+            .push_hook(
+                &s.http,
+                &other,
+                Some(&webhook::signature(SECRET.as_bytes(), &other)),
+                "application/json"
+            )
+            .await,
+        202
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(cms.get("a").await.unwrap().data.unwrap()["value"], "1", "nothing applied without a valid push to main");
+    assert_eq!(
+        cms.get("a").await.unwrap().data.unwrap()["value"],
+        "1",
+        "nothing applied without a valid push to main"
+    );
 
     // The signed push to main: applied.
-    assert_eq!(agent.push_hook(&s.http, &body, Some(&good), "application/json").await, 202);
+    assert_eq!(
+        agent
+            .push_hook(&s.http, &body, Some(&good), "application/json")
+            .await,
+        202
+    );
     let took = wait_value(&cms, "a", "2", &agent).await;
     eprintln!("webhook to applied: {} ms", took.as_millis());
 
@@ -206,10 +360,13 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
         "gitops_agent_webhook_requests_total{provider=\"github\",result=\"unauthorized\"} 3",
         "gitops_agent_webhook_requests_total{provider=\"github\",result=\"payload_too_large\"} 1",
         "gitops_agent_sync_duration_seconds_count{sync=\"apps\",result=\"succeeded\"}",
-        "gitops_agent_leader 1",
     ] {
         assert!(metrics.contains(needle), "{needle:?} missing in\n{metrics}");
     }
+    assert!(
+        is_leader(&metrics),
+        "without leader election the single replica leads"
+    );
 }
 
 #[tokio::test]
@@ -246,14 +403,20 @@ async fn local_directory_is_followed_and_config_reloads_keep_the_last_good_one()
         assert!(Instant::now() < deadline, "{}", agent.log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(agent.log().contains("bogusField"), "the rejection names the problem");
+    assert!(
+        agent.log().contains("bogusField"),
+        "the rejection names the problem"
+    );
     std::fs::write(local.join("deploy/a.yaml"), cm("a", "3")).unwrap();
     wait_value(&cms, "a", "3", &agent).await;
 
     // A valid new config is picked up without a restart: a second sync appears.
     std::fs::create_dir_all(local.join("more")).unwrap();
     std::fs::write(local.join("more/b.yaml"), cm("b", "new")).unwrap();
-    let more = format!("  - name: more\n    source: local\n    path: more\n    namespace: {}\n    health: {{wait: false}}\n", s.ns.name);
+    let more = format!(
+        "  - name: more\n    source: local\n    path: more\n    namespace: {}\n    health: {{wait: false}}\n",
+        s.ns.name
+    );
     std::fs::write(&path, cfg(&more)).unwrap();
     wait_value(&cms, "b", "new", &agent).await;
 }
@@ -267,7 +430,13 @@ async fn the_survivor_takes_over_when_the_leader_dies() {
     for (i, (m, w)) in ports.iter().enumerate() {
         let path = s.dir.path().join(format!("config-{i}.yaml"));
         std::fs::write(&path, config(&s, &format!("state-{i}"), *m, *w, election)).unwrap();
-        agents.push(AgentProcess::start(s.dir.path(), &format!("replica-{i}"), &path, *m, *w));
+        agents.push(AgentProcess::start(
+            s.dir.path(),
+            &format!("replica-{i}"),
+            &path,
+            *m,
+            *w,
+        ));
     }
     for a in &agents {
         a.ready(&s.http).await;
@@ -278,12 +447,25 @@ async fn the_survivor_takes_over_when_the_leader_dies() {
         let deadline = Instant::now() + WAIT;
         loop {
             let mut leading = Vec::new();
+            let mut seen = Vec::new();
             for (i, a) in agents.iter().enumerate() {
-                if a.metrics(&s.http).await.contains("gitops_agent_leader 1") {
+                let m = a.metrics(&s.http).await;
+                if is_leader(&m) {
                     leading.push(i);
                 }
+                seen.push(
+                    m.lines()
+                        .filter(|l| l.contains("leader"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                );
             }
-            assert!(leading.len() <= 1, "two leaders at once");
+            assert!(
+                leading.len() <= 1,
+                "two leaders at once: {seen:?}\n{}\n----\n{}",
+                agents[0].log(),
+                agents[1].log()
+            );
             if let [l] = leading.as_slice() {
                 break *l;
             }
@@ -294,32 +476,56 @@ async fn the_survivor_takes_over_when_the_leader_dies() {
     let follower = 1 - leader;
 
     // A webhook that reaches the follower is relayed to the leader.
-    s.repo.push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
+    s.repo
+        .push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
     let body = push_payload(&s.url, "refs/heads/main");
     let sig = webhook::signature(SECRET.as_bytes(), &body);
-    assert_eq!(agents[follower].push_hook(&s.http, &body, Some(&sig), "application/json").await, 202);
+    assert_eq!(
+        agents[follower]
+            .push_hook(&s.http, &body, Some(&sig), "application/json")
+            .await,
+        202
+    );
     wait_value(&cms, "a", "2", &agents[leader]).await;
 
     // The leader dies without releasing its lease: the survivor takes over within the
     // lease duration (15 s) and applies the next push.
     let killed = Instant::now();
     agents[leader].kill();
-    s.repo.push("main", &[("deploy/a.yaml", &cm("a", "3"))], &[]);
+    s.repo
+        .push("main", &[("deploy/a.yaml", &cm("a", "3"))], &[]);
     let survivor = &agents[follower];
     let deadline = Instant::now() + Duration::from_secs(40);
-    while !survivor.metrics(&s.http).await.contains("gitops_agent_leader 1") {
-        assert!(Instant::now() < deadline, "no takeover:\n{}", survivor.log());
+    while !is_leader(&survivor.metrics(&s.http).await) {
+        assert!(
+            Instant::now() < deadline,
+            "no takeover:\n{}",
+            survivor.log()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!("takeover after {} ms", killed.elapsed().as_millis());
-    assert!(killed.elapsed() < Duration::from_secs(25), "took over in {:?}", killed.elapsed());
-    assert_eq!(survivor.push_hook(&s.http, &body, Some(&sig), "application/json").await, 202);
+    // The lease is 10 s; the bound is generous because the machine is shared and noisy.
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "took over in {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        survivor
+            .push_hook(&s.http, &body, Some(&sig), "application/json")
+            .await,
+        202
+    );
     wait_value(&cms, "a", "3", survivor).await;
 }
 
 /// An HTTP sink on loopback that records every alert it receives with its signature.
 #[derive(Clone, Default)]
-struct Sink(Arc<Mutex<Vec<(Value, String, Vec<u8>)>>>);
+struct Sink(Arc<Mutex<Vec<Received>>>);
+
+/// One alert as the sink received it: parsed, its signature header, the raw body.
+type Received = (Value, String, Vec<u8>);
 
 impl Sink {
     async fn start(&self) -> u16 {
@@ -327,15 +533,21 @@ impl Sink {
         let me = self.clone();
         let app = axum::Router::new().route(
             "/alerts",
-            post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let me = me.clone();
-                async move {
-                    let sig = headers.get("x-signature-256").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-                    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-                    me.0.lock().unwrap().push((v, sig, body.to_vec()));
-                    "ok"
-                }
-            }),
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let me = me.clone();
+                    async move {
+                        let sig = headers
+                            .get("x-signature-256")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_string();
+                        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        me.0.lock().unwrap().push((v, sig, body.to_vec()));
+                        "ok"
+                    }
+                },
+            ),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
@@ -344,27 +556,44 @@ impl Sink {
     }
 
     fn events(&self) -> Vec<Value> {
-        self.0.lock().unwrap().iter().map(|(v, _, _)| v.clone()).collect()
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(v, _, _)| v.clone())
+            .collect()
     }
 }
 
 #[tokio::test]
 async fn drift_raises_one_signed_alert_and_self_heal_restores() {
-    let s = setup("alert", &[("deploy/a.yaml", &cm("a", "1"))]).await;
+    let web = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: web\nspec:\n  replicas: 2\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      containers: [{name: web, image: registry.example/web:1}]\n";
+    let s = setup(
+        "alert",
+        &[("deploy/a.yaml", &cm("a", "1")), ("deploy/web.yaml", web)],
+    )
+    .await;
     let sink = Sink::default();
     let port = sink.start().await;
-    let secret_api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let secret_api: Api<k8s_openapi::api::core::v1::Secret> =
+        Api::namespaced(s.client.clone(), &s.ns.name);
     let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
         "metadata": {"name": "alert-key"}, "stringData": {"key": "alert-signing-key"}
     }))
     .unwrap();
-    secret_api.create(&Default::default(), &secret).await.unwrap();
+    secret_api
+        .create(&Default::default(), &secret)
+        .await
+        .unwrap();
     let alerts = format!(
         "alerts:\n  sinks:\n    - type: webhook\n      name: ops\n      url: http://127.0.0.1:{port}/alerts\n      secretRef: {{name: alert-key, key: key}}\n"
     );
     let (m, w) = (free_port(), free_port());
     let path = s.dir.path().join("config.yaml");
-    let text = config(&s, "state", m, w, &alerts).replace("    health: {wait: false}\n", "    health: {wait: false}\n    selfHeal: true\n");
+    let text = config(&s, "state", m, w, &alerts).replace(
+        "    health: {wait: false}\n",
+        "    health: {wait: false}\n    selfHeal: true\n",
+    );
     std::fs::write(&path, text).unwrap();
     let agent = AgentProcess::start(s.dir.path(), "alerting", &path, m, w);
     agent.ready(&s.http).await;
@@ -372,31 +601,77 @@ async fn drift_raises_one_signed_alert_and_self_heal_restores() {
     wait_value(&cms, "a", "1", &agent).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
 
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(s.client.clone(), &s.ns.name);
     let changed = Instant::now();
-    let pp = PatchParams { field_manager: Some("kubectl-edit".into()), ..Default::default() };
-    cms.patch("a", &pp, &Patch::Merge(json!({"data": {"value": "tampered"}}))).await.unwrap();
+    let pp = PatchParams {
+        field_manager: Some("kubectl-scale".into()),
+        ..Default::default()
+    };
+    deployments
+        .patch_scale("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 5}})))
+        .await
+        .unwrap();
     let deadline = Instant::now() + WAIT;
     let detected = loop {
-        if let Some(e) = sink.events().into_iter().find(|e| e["event"]["type"] == "driftDetected") {
+        if let Some(e) = sink
+            .events()
+            .into_iter()
+            .find(|e| e["event"]["type"] == "driftDetected")
+        {
             break e;
         }
-        assert!(Instant::now() < deadline, "no drift alert; sink got {:?}\n{}", sink.events(), agent.log());
+        assert!(
+            Instant::now() < deadline,
+            "no drift alert; sink got {:?}\n{}",
+            sink.events(),
+            agent.log()
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
     eprintln!("drift to alert: {} ms", changed.elapsed().as_millis());
     let ev = &detected["event"];
-    assert_eq!(ev["subject"], format!("ConfigMap/{}/a", s.ns.name));
-    assert_eq!(ev["manager"], "kubectl-edit");
-    assert_eq!(ev["fields"][0]["path"], "data.value");
+    assert_eq!(ev["subject"], format!("Deployment/{}/web", s.ns.name));
+    assert_eq!(ev["manager"], "kubectl-scale");
+    let fields = ev["fields"].as_array().unwrap();
+    let replicas = fields
+        .iter()
+        .find(|f| f["path"] == "spec.replicas")
+        .unwrap_or_else(|| panic!("{fields:?}"));
+    assert_eq!(
+        (&replicas["before"], &replicas["after"]),
+        (&json!(2), &json!(5))
+    );
     // Self-heal put it back, and a resolution followed.
-    wait_value(&cms, "a", "1", &agent).await;
     let deadline = Instant::now() + WAIT;
-    while !sink.events().iter().any(|e| e["event"]["type"] == "driftResolved") {
-        assert!(Instant::now() < deadline, "no resolved alert: {:?}", sink.events());
+    while deployments.get("web").await.unwrap().spec.unwrap().replicas != Some(2) {
+        assert!(Instant::now() < deadline, "not healed:\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let detected_count = sink.events().iter().filter(|e| e["event"]["type"] == "driftDetected").count();
-    assert_eq!(detected_count, 1, "exactly one drift alert: {:?}", sink.events());
+    let deadline = Instant::now() + WAIT;
+    while !sink
+        .events()
+        .iter()
+        .any(|e| e["event"]["type"] == "driftResolved")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no resolved alert: {:?}",
+            sink.events()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let detected_count = sink
+        .events()
+        .iter()
+        .filter(|e| e["event"]["type"] == "driftDetected")
+        .count();
+    assert_eq!(
+        detected_count,
+        1,
+        "exactly one drift alert: {:?}",
+        sink.events()
+    );
     // Every alert is signed with the configured key over its exact body.
     for (_, sig, body) in sink.0.lock().unwrap().iter() {
         assert_eq!(sig, &gitops_agent::alert::sign(b"alert-signing-key", body));
