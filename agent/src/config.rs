@@ -844,6 +844,26 @@ syncs:
     }
 
     #[test]
+    fn the_install_manifests_carry_a_valid_config() {
+        // The ConfigMap in manifests/install is what users start from: it must load.
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../manifests/install/config.yaml"
+        );
+        let cm: serde_json::Value =
+            serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let text = cm["data"]["config.yaml"].as_str().unwrap();
+        let c = parse(Path::new("config.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(c.leader_election.enabled);
+        assert_eq!(
+            c.webhook.unwrap().secrets_dir,
+            PathBuf::from("/etc/gitops-agent/webhook")
+        );
+        assert_eq!(c.alerts.sinks.len(), 1);
+        assert_eq!(c.resync, Duration::from_secs(600));
+    }
+
+    #[test]
     fn type_errors_are_located() {
         let p =
             problems("syncs:\n  - name: a\n    source: b\n    namespace: c\n    prune: maybe\n");
