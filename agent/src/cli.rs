@@ -167,7 +167,10 @@ async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
             Some(&client),
             &cfg,
             s,
-            &sync::Options { dry_run: true },
+            &sync::Options {
+                dry_run: true,
+                ..Default::default()
+            },
         )
         .await;
         for c in &outcome.changes.entries {

@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::alert::{self, Dispatcher, Event as Alert};
+use crate::apply;
 use crate::cluster::RequestCounter;
 use crate::leader;
 use crate::metrics::{self, Health, Metrics};
@@ -391,7 +392,15 @@ impl Agent {
                 st.last_ok = true;
                 let dry = self
                     .engine
-                    .sync_revision(s, &revision, &files, &sync::Options { dry_run: true })
+                    .sync_revision(
+                        s,
+                        &revision,
+                        &files,
+                        &sync::Options {
+                            dry_run: true,
+                            ..Default::default()
+                        },
+                    )
                     .await;
                 self.detector.set_desired(&s.name, false, dry.desired).await;
                 self.detector.recheck_sync(&s.name).await;
@@ -420,7 +429,7 @@ impl Agent {
         self.detector.pause(&s.name);
         let outcome = self
             .engine
-            .sync_revision(s, &revision, &files, &sync::Options::default())
+            .sync_revision(s, &revision, &files, &self.sync_options())
             .await;
         if outcome.desired.is_empty() {
             self.detector.resume(&s.name).await;
@@ -444,6 +453,18 @@ impl Agent {
         st.last_run = Some(Instant::now());
         st.last_resync = Some(Instant::now());
         Some(ran)
+    }
+
+    /// Real syncs consult the watch cache: objects unchanged on both sides cost nothing.
+    fn sync_options(&self) -> sync::Options {
+        let detector = self.detector.clone();
+        let known = apply::KnownUnchanged(Arc::new(move |id, desired| {
+            detector.known_unchanged(id, desired)
+        }));
+        sync::Options {
+            dry_run: false,
+            known_unchanged: Some(known),
+        }
     }
 
     fn next_wake(&self) -> Instant {

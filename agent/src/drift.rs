@@ -101,6 +101,9 @@ struct Entry {
     target: DesiredObject,
     /// Hash of the last live object seen (normalised, status excluded).
     seen: Option<u64>,
+    /// Hash of the live object when it was last found to match Git: while `seen` equals
+    /// it, nothing changed on the cluster's side and no request is needed to know that.
+    checked: Option<u64>,
     /// Hash of the drift currently reported, if any.
     active: Option<u64>,
     heals: VecDeque<Instant>,
@@ -206,6 +209,10 @@ impl Detector {
                 let entry = match previous.remove(&k) {
                     Some(mut e) => {
                         e.self_heal = self_heal;
+                        if e.target.object != target.object {
+                            // Git changed: the last confirmation no longer holds.
+                            e.checked = None;
+                        }
                         e.target = target;
                         e
                     }
@@ -214,6 +221,7 @@ impl Detector {
                         self_heal,
                         target,
                         seen: None,
+                        checked: None,
                         active: None,
                         heals: VecDeque::new(),
                         fight_until: None,
@@ -241,10 +249,23 @@ impl Detector {
             .lock()
             .entries
             .iter()
-            .filter(|(_, e)| e.sync == sync)
+            .filter(|(_, e)| e.sync == sync && !e.confirmed())
             .map(|(k, _)| k.clone())
             .collect();
         self.recheck(keys).await;
+    }
+
+    /// Whether applying `desired` for `id` would change nothing, known without a request:
+    /// Git's side is what was last applied, and the watch has seen no change on the
+    /// cluster's side since the object was last confirmed to match.
+    pub fn known_unchanged(&self, id: &ObjectRef, desired: &Value) -> bool {
+        let k = key_of(id);
+        let st = self.lock();
+        !st.dirty.contains(&k)
+            && st
+                .entries
+                .get(&k)
+                .is_some_and(|e| e.target.object == *desired && e.confirmed())
     }
 
     /// Forgets a sync that left the configuration.
@@ -301,7 +322,7 @@ impl Detector {
                         Ok(watcher::Event::Apply(o)) => me.observe(&ar, o, false).await,
                         Ok(watcher::Event::Delete(o)) => me.observe(&ar, o, true).await,
                         // The initial list only records what is there; a full resync judges it.
-                        Ok(watcher::Event::InitApply(o)) => me.record_seen(&ar, o),
+                        Ok(watcher::Event::InitApply(o)) => me.observe_listed(&ar, o).await,
                         Ok(watcher::Event::InitDone) => {
                             me.lock().listed.insert((
                                 ar.group.clone(),
@@ -332,6 +353,22 @@ impl Detector {
         let fp = fingerprint(&to_json(ar, o));
         if let Some(e) = self.lock().entries.get_mut(&k) {
             e.seen = Some(fp);
+        }
+    }
+
+    /// An object from a (re)list: the first sighting is only recorded; after a watch gap,
+    /// one that changed meanwhile is judged like any change.
+    async fn observe_listed(&self, ar: &ApiResource, o: DynamicObject) {
+        let k = Self::live_key(ar, &o);
+        let known = self
+            .lock()
+            .entries
+            .get(&k)
+            .is_some_and(|e| e.seen.is_some());
+        if known {
+            self.observe(ar, o, false).await;
+        } else {
+            self.record_seen(ar, o);
         }
     }
 
@@ -442,11 +479,12 @@ impl Detector {
         };
 
         let Some((fields, manager, deleted)) = drift else {
-            let resolved = self
-                .lock()
-                .entries
-                .get_mut(k)
-                .is_some_and(|e| e.active.take().is_some());
+            let fp = live.as_ref().map(fingerprint);
+            let resolved = self.lock().entries.get_mut(k).is_some_and(|e| {
+                e.checked = fp;
+                e.seen = fp;
+                e.active.take().is_some()
+            });
             if resolved {
                 self.report(Report::Resolved { sync, subject }).await;
             }
@@ -524,6 +562,12 @@ impl Detector {
         if self.inner.reports.try_send(r).is_err() {
             tracing::warn!("drift report dropped: consumer is behind");
         }
+    }
+}
+
+impl Entry {
+    fn confirmed(&self) -> bool {
+        self.active.is_none() && self.seen.is_some() && self.seen == self.checked
     }
 }
 

@@ -86,6 +86,9 @@ impl Outcome {
 pub struct Options {
     /// Decide and diff only: nothing is written, health is not waited for, nothing recorded.
     pub dry_run: bool,
+    /// Objects known unchanged on both sides skip their GET and dry-run (the daemon passes
+    /// the drift detector's watch cache).
+    pub known_unchanged: Option<apply::KnownUnchanged>,
 }
 
 impl Scopes for Discovery {
@@ -197,6 +200,7 @@ impl Engine {
         let aopts = apply::Options {
             labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
             dry_run: opts.dry_run,
+            known_unchanged: opts.known_unchanged.clone(),
             ..Default::default()
         };
         match self.rm.apply_all_staged(&desired, &aopts).await {

@@ -12,8 +12,13 @@ mod harness;
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use fixture::{Fixture, cm};
+use gitops_agent::apply::KnownUnchanged;
+use gitops_agent::change::Action;
 use gitops_agent::drift::{Detector, Options, Report};
+use gitops_agent::sync;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
@@ -48,7 +53,8 @@ async fn detected(
     let mut f = Fixture::new(prefix, files, "").await;
     let (o, _) = f.sync().await;
     assert!(o.succeeded(), "{:?}", o.failure);
-    let (det, rx) = Detector::new(f.client.clone(), opts);
+    // Its own client: the fixture's counts requests of the sync alone.
+    let (det, rx) = Detector::new(harness::control_plane().client().await, opts);
     det.set_desired("apps", self_heal, o.desired).await;
     assert!(det.wait_ready(WAIT).await, "watches listed");
     (f, det, rx)
@@ -251,5 +257,71 @@ async fn a_controller_that_keeps_reverting_us_gets_one_fight_report() {
         f.configmaps().get("a").await.unwrap().data.unwrap()["value"],
         "rogue-3",
         "backed off: left as the other controller set it"
+    );
+}
+
+#[tokio::test]
+async fn the_watch_cache_lets_a_resync_skip_objects_unchanged_on_both_sides() {
+    let files: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let (mut f, det, mut rx) = detected("cache", &refs, false, Options::default()).await;
+    // The periodic re-check confirms each object once; from then on the cache knows.
+    det.recheck_sync("apps").await;
+    let known = {
+        let d = det.clone();
+        KnownUnchanged(Arc::new(move |id, desired| d.known_unchanged(id, desired)))
+    };
+    let opts = sync::Options {
+        dry_run: false,
+        known_unchanged: Some(known),
+    };
+    let (o, requests) = f.sync_with(&opts).await;
+    assert!(
+        o.changes
+            .entries
+            .iter()
+            .all(|c| c.action == Action::Unchanged),
+        "{}",
+        o.changes
+    );
+    assert_eq!((requests.writes, requests.dry_runs), (0, 0), "{requests:?}");
+    assert!(
+        requests.total <= 2,
+        "only the inventory is read: {requests:?}"
+    );
+
+    // An out-of-band edit is seen by the watch, so the next sync does not skip that object.
+    let pp = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    f.configmaps()
+        .patch(
+            "cm7",
+            &pp,
+            &Patch::Merge(json!({"data": {"value": "edited"}})),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut rx).await, Report::Detected { .. }));
+    let (o, requests) = f.sync_with(&opts).await;
+    let configured: Vec<String> = o
+        .changes
+        .entries
+        .iter()
+        .filter(|c| c.action == Action::Configured)
+        .map(|c| c.subject.name.clone())
+        .collect();
+    assert_eq!(configured, ["cm7"]);
+    // One dry-run and one apply for cm7, one write for the inventory's status.
+    assert_eq!((requests.dry_runs, requests.writes), (1, 2), "{requests:?}");
+    assert_eq!(
+        f.configmaps().get("cm7").await.unwrap().data.unwrap()["value"],
+        "1"
     );
 }

@@ -82,16 +82,14 @@ impl Fixture {
     }
 
     pub async fn sync(&mut self) -> (Outcome, RequestCounts) {
+        self.sync_with(&sync::Options::default()).await
+    }
+
+    pub async fn sync_with(&mut self, opts: &sync::Options) -> (Outcome, RequestCounts) {
         let before = self.counter.snapshot();
         let s = self.cfg.syncs[0].clone();
-        let outcome = daemon::sync_one(
-            &mut self.engine,
-            Some(&self.client),
-            &self.cfg,
-            &s,
-            &sync::Options::default(),
-        )
-        .await;
+        let outcome =
+            daemon::sync_one(&mut self.engine, Some(&self.client), &self.cfg, &s, opts).await;
         (outcome, self.counter.snapshot() - before)
     }
 
