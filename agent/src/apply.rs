@@ -39,7 +39,10 @@ pub struct Desired<'a> {
 /// Answers "would applying this desired object change nothing?" from knowledge that
 /// needs no request (the drift detector's watch cache); `false` when unsure.
 #[derive(Clone)]
-pub struct KnownUnchanged(pub std::sync::Arc<dyn Fn(&ObjectRef, &Value) -> bool + Send + Sync>);
+pub struct KnownUnchanged(pub std::sync::Arc<UnchangedFn>);
+
+/// The predicate behind [`KnownUnchanged`].
+pub type UnchangedFn = dyn Fn(&ObjectRef, &Value) -> bool + Send + Sync;
 
 impl std::fmt::Debug for KnownUnchanged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
