@@ -360,6 +360,9 @@ impl Agent {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(sync = %s.name, error = %e, "reading the source");
+                // Reopen next time: that re-reads the credentials Secret, so a rotated
+                // token or key is picked up without a restart.
+                self.origins.remove(&s.source);
                 let outcome = failed(s, e);
                 let err = outcome
                     .failure

@@ -441,41 +441,59 @@ impl Detector {
             return;
         };
         let subject = target.id.clone();
-        let drift = match &live {
-            None => Some((Vec::new(), None, true)),
-            Some(live) => {
-                let pp = PatchParams::apply(&self.inner.opts.field_manager)
-                    .force()
-                    .dry_run();
-                match self
-                    .api(&target)
-                    .patch(&target.id.name, &pp, &Patch::Apply(&target.object))
-                    .await
-                {
-                    Ok(merged) => {
-                        let merged = to_json(&target.resource, merged);
-                        let (g, l) = (diff::normalize(&merged), diff::normalize(live));
-                        if g == l {
-                            None
-                        } else {
-                            let mut fields = Vec::new();
-                            field_diffs(&g, &l, "", &mut fields);
-                            if subject.kind == "Secret" && subject.group.is_empty() {
-                                mask_secret_fields(&mut fields);
-                            }
-                            Some((
-                                fields,
-                                last_manager(live, &self.inner.opts.field_manager),
-                                false,
-                            ))
-                        }
-                    }
+        let mut live = live;
+        let mut attempts = 0;
+        let drift = loop {
+            let Some(current) = &live else {
+                break Some((Vec::new(), None, true));
+            };
+            let pp = PatchParams::apply(&self.inner.opts.field_manager)
+                .force()
+                .dry_run();
+            let merged = match self
+                .api(&target)
+                .patch(&target.id.name, &pp, &Patch::Apply(&target.object))
+                .await
+            {
+                Ok(m) => to_json(&target.resource, m),
+                Err(e) => {
+                    tracing::warn!(object = %subject, error = %apply::api_message(&e), "drift check dry-run");
+                    return;
+                }
+            };
+            // A dry-run works on the current object, an event may carry an older one: judge
+            // only a pair at the same resourceVersion, re-reading the object when they differ
+            // (else a change racing this check, say an autoscaler's, would look like drift).
+            let rv = |v: &Value| v.pointer("/metadata/resourceVersion").cloned();
+            if rv(&merged) != rv(current) {
+                attempts += 1;
+                if attempts > 5 {
+                    tracing::debug!(object = %subject, "object keeps changing; judged on a later event");
+                    return;
+                }
+                match self.get_live(&target).await {
+                    Ok(l) => live = l,
                     Err(e) => {
-                        tracing::warn!(object = %subject, error = %apply::api_message(&e), "drift check dry-run");
+                        tracing::warn!(object = %subject, error = %apply::api_message(&e), "drift check get");
                         return;
                     }
                 }
+                continue;
             }
+            let (g, l) = (diff::normalize(&merged), diff::normalize(current));
+            if g == l {
+                break None;
+            }
+            let mut fields = Vec::new();
+            field_diffs(&g, &l, "", &mut fields);
+            if subject.kind == "Secret" && subject.group.is_empty() {
+                mask_secret_fields(&mut fields);
+            }
+            break Some((
+                fields,
+                last_manager(current, &self.inner.opts.field_manager),
+                false,
+            ));
         };
 
         let Some((fields, manager, deleted)) = drift else {
