@@ -175,12 +175,10 @@ pub fn render(runs: &[Run], machine: &Machine, notes: &[String]) -> String {
         ("one-object change (push, `sync --once`)", |r| {
             or_err(&r.change, sync_cell)
         }),
-        ("drift → `driftDetected` alert (20 edits)", |r| {
+        ("drift → `driftDetected` alert", |r| {
             or_err(&r.drift, samples_cell)
         }),
-        ("webhook → applied (20 pushes)", |r| {
-            or_err(&r.webhook, samples_cell)
-        }),
+        ("webhook → applied", |r| or_err(&r.webhook, samples_cell)),
         ("daemon peak RSS (VmHWM)", |r| {
             or_err(&r.peak_rss_kib, |k| {
                 format!("{:.1} MiB", *k as f64 / 1024.0)
