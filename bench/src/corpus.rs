@@ -98,6 +98,29 @@ impl Corpus {
         (path, text)
     }
 
+    /// ConfigMaps of the first namespace for the drift samples, `cm-drift` first, then the
+    /// plain ones, cycling: each sample edits a different object, because the agent treats
+    /// an object healed more than three times in a minute as a fight and stops healing it.
+    pub fn drift_targets(&self, samples: usize) -> Vec<String> {
+        let plain = self
+            .groups()
+            .into_iter()
+            .find(|(name, _)| *name == format!("{}/configmap", self.first_namespace()))
+            .map(|(_, objs)| {
+                objs.iter()
+                    .filter_map(|o| o["metadata"]["name"].as_str().map(str::to_owned))
+                    .filter(|n| n != HOT)
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        if plain.is_empty() {
+            return Vec::new();
+        }
+        (0..samples)
+            .map(|i| plain[i % plain.len()].clone())
+            .collect()
+    }
+
     /// Every object, Namespaces first.
     pub fn all(&self) -> Vec<Value> {
         self.groups().into_iter().flat_map(|(_, o)| o).collect()

@@ -10,7 +10,7 @@ use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
 
-use crate::corpus::{Corpus, DRIFT, HOT};
+use crate::corpus::{Corpus, HOT};
 use crate::git::Repo;
 use crate::sink::Sink;
 
@@ -37,26 +37,34 @@ impl Samples {
     }
 }
 
-/// Edits the drift ConfigMap's data with another field manager, times the `driftDetected`
-/// alert, then waits for `driftResolved` (self-heal) so the next sample starts clean.
+/// Edits a ConfigMap's data with another field manager (a different one each sample, see
+/// [`Corpus::drift_targets`]), times the `driftDetected` alert, then waits for
+/// `driftResolved` (self-heal) so the next sample starts clean.
 pub async fn drift(api: &Api<ConfigMap>, corpus: &Corpus, sink: &Sink, samples: usize) -> Samples {
-    let subject = format!("ConfigMap/{}/{DRIFT}", corpus.first_namespace());
     let pp = PatchParams {
         field_manager: Some("bench-drift".into()),
         ..Default::default()
     };
     let mut out = Samples::default();
-    for i in 0..samples {
+    let targets = corpus.drift_targets(samples);
+    if targets.is_empty() {
+        out.note = Some("no ConfigMap to edit".into());
+    }
+    for (i, target) in targets.iter().enumerate() {
+        let subject = format!("ConfigMap/{}/{target}", corpus.first_namespace());
         let started = Instant::now();
         let patch = Patch::Merge(json!({"data": {"value": format!("drift-{i}")}}));
-        if let Err(e) = api.patch(DRIFT, &pp, &patch).await {
+        if let Err(e) = api.patch(target, &pp, &patch).await {
             out.note = Some(format!("edit failed: {e}"));
             out.missed += 1;
             continue;
         }
         match wait_alert(sink, "driftDetected", &subject, started).await {
             Some(at) => out.times.push(at.duration_since(started)),
-            None => out.missed += 1,
+            None => {
+                out.missed += 1;
+                continue;
+            }
         }
         if wait_alert(sink, "driftResolved", &subject, started)
             .await

@@ -82,7 +82,11 @@ async fn main() -> anyhow::Result<()> {
         None => ControlPlane::up(repo_root)?,
     };
     // Run inside a function so the control plane guard drops (and stops it) on every path.
-    let result = bench(&args, &cp, &agent_bin).await;
+    // Ctrl-C ends the run the same way, so child processes and the control plane stop.
+    let result = tokio::select! {
+        r = bench(&args, &cp, &agent_bin) => r,
+        _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+    };
     drop(cp);
     result
 }
@@ -125,7 +129,7 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
         "Agent times are the `sync --once` process wall time (start, Git fetch, render, apply, exit); the agent's own `took` is shown beside it. Health waiting is off (`health: {wait: false}`): kubectl and the raw bound do not wait either.".to_owned(),
         format!("The raw bound: kube-rs, `Patch::Apply` with force, {} requests in flight, Namespaces first, no GETs, no dry-runs.", args.concurrency),
         "kubectl is v1.32 against a v1.34 server: two minor versions apart, outside kubectl's supported skew of ±1; server-side apply worked across it here.".to_owned(),
-        format!("Drift: `selfHeal: true`; each of {} samples edits a ConfigMap's data with field manager `bench-drift` (merge patch) and times the `driftDetected` alert at a loopback webhook sink, then waits for `driftResolved`. Webhook: push a commit to the `git daemon` source, POST a signed GitHub push webhook, poll GET every 10 ms until the value is live.", args.samples),
+        format!("Drift: `selfHeal: true`; each of {} samples edits a different ConfigMap's data (one object healed more than three times a minute is a fight the agent stops healing) with field manager `bench-drift` (merge patch) and times the `driftDetected` alert at a loopback webhook sink, then waits for `driftResolved`. Webhook: push a commit to the `git daemon` source, POST a signed GitHub push webhook, poll GET every 10 ms until the value is live.", args.samples),
         "The machine is shared with a CI run; numbers are one run each, not averages.".to_owned(),
     ];
     let text = report::render(&runs, &machine, &notes);
