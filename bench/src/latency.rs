@@ -14,6 +14,11 @@ use crate::corpus::{Corpus, HOT};
 use crate::git::Repo;
 use crate::sink::Sink;
 
+/// Pause between drift samples. Each sample raises two alerts (detected, resolved) and a
+/// sink delivers at most one a second after a burst of ten (the agent's default rate
+/// limit), so back-to-back samples would time the rate limiter, not the detection.
+const DRIFT_PACE: Duration = Duration::from_millis(2500);
+
 /// Per-sample limit: far beyond any target, so a timeout means "broken", not "slow".
 const SAMPLE_LIMIT: Duration = Duration::from_secs(30);
 
@@ -74,6 +79,7 @@ pub async fn drift(api: &Api<ConfigMap>, corpus: &Corpus, sink: &Sink, samples: 
                 "sample {i}: no driftResolved within {SAMPLE_LIMIT:?}"
             ));
         }
+        tokio::time::sleep(DRIFT_PACE).await;
     }
     out
 }

@@ -123,15 +123,17 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
     }
 
     let machine = report::Machine::describe(kubernetes);
-    let notes = vec![
+    let mut notes = vec![
         "Each contender applies the same objects into its own fresh namespaces (`b-agent-N-*`, `b-kubectl-N-*`, `b-raw-N-*`), so every cold sync is really cold; contenders run one after another with a 15 s pause for the controllers' churn to settle.".to_owned(),
         "Object mix per namespace (10 namespaces, Namespace objects included in N): 40% ConfigMaps, 20% Secrets (stringData), 15% ServiceAccounts, 20% Services, 5% Deployments (1 replica; kept at 5% because each becomes a ReplicaSet and a kwok pod). Services are headless: the local control plane's service range is a /24.".to_owned(),
         "Agent times are the `sync --once` process wall time (start, Git fetch, render, apply, exit); the agent's own `took` is shown beside it. Health waiting is off (`health: {wait: false}`): kubectl and the raw bound do not wait either.".to_owned(),
         format!("The raw bound: kube-rs, `Patch::Apply` with force, {} requests in flight, Namespaces first, no GETs, no dry-runs.", args.concurrency),
         "kubectl is v1.32 against a v1.34 server: two minor versions apart, outside kubectl's supported skew of ±1; server-side apply worked across it here.".to_owned(),
         format!("Drift: `selfHeal: true`; each of {} samples edits a different ConfigMap's data (one object healed more than three times a minute is a fight the agent stops healing) with field manager `bench-drift` (merge patch) and times the `driftDetected` alert at a loopback webhook sink, then waits for `driftResolved`. Webhook: push a commit to the `git daemon` source, POST a signed GitHub push webhook, poll GET every 10 ms until the value is live.", args.samples),
+        "Drift samples are 2.5 s apart: each raises two alerts and a sink delivers at most one a second after a burst of ten (the agent's default), so back-to-back samples would time that rate limiter (about 1 s each), not the detection.".to_owned(),
         "The machine is shared with a CI run; numbers are one run each, not averages.".to_owned(),
     ];
+    notes.extend(runs.iter().filter_map(where_time_goes));
     let text = report::render(&runs, &machine, &notes);
     println!("\n{text}");
     let doc = format!(
@@ -347,6 +349,24 @@ impl Ctx<'_> {
         );
         (Ok(drift), Ok(webhook), rss)
     }
+}
+
+/// Derived from the counts: what the agent's requests per object are in a no-change resync.
+fn where_time_goes(r: &Run) -> Option<String> {
+    let s = r.resync.as_ref().ok()?;
+    let n = r.objects.max(1) as f64;
+    Some(format!(
+        "N = {}: the no-change resync made {:.2} API requests per object ({} dry-runs, {} writes; the rest are GETs of the live objects, one per object), sequential enough that it took {:.1} ms per object; the cold sync made {} (a GET that finds nothing, then the apply).",
+        r.objects,
+        s.requests as f64 / n,
+        s.dry_runs,
+        s.writes,
+        s.took.as_secs_f64() * 1000.0 / n,
+        r.agent_cold
+            .as_ref()
+            .map(|c| format!("{:.2} per object", c.requests as f64 / n))
+            .unwrap_or_else(|_| "n/a".into()),
+    ))
 }
 
 fn push_hot(repo: &git::Repo, corpus: &Corpus, value: &str) -> anyhow::Result<()> {

@@ -130,7 +130,7 @@ fn ratio(a: Duration, b: Duration) -> f64 {
 /// "met" or "missed by ..." for a value that must stay under `limit`.
 fn under(value: f64, limit: f64, unit: &str) -> String {
     if value < limit {
-        format!("met ({value:.2} {unit} < {limit} {unit})")
+        format!("met ({value:.3} {unit} < {limit} {unit})")
     } else {
         format!("missed by {:.2} {unit} ({value:.2} {unit})", value - limit)
     }
