@@ -356,7 +356,7 @@ fn where_time_goes(r: &Run) -> Option<String> {
     let s = r.resync.as_ref().ok()?;
     let n = r.objects.max(1) as f64;
     Some(format!(
-        "N = {}: the no-change resync made {:.2} API requests per object ({} dry-runs, {} writes; the rest are GETs of the live objects, one per object), sequential enough that it took {:.1} ms per object; the cold sync made {} (a GET that finds nothing, then the apply).",
+        "N = {}: the no-change resync made {:.2} API requests per object ({} dry-runs, {} writes; the rest, one per object, are by the README the reads of the live objects the dry-run is compared with), {:.1} ms per object; the cold sync made {} (a GET that finds nothing, then the apply).",
         r.objects,
         s.requests as f64 / n,
         s.dry_runs,
