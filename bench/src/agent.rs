@@ -1,0 +1,263 @@
+//! The agent under test, run as the real release binary: `sync --once` with its
+//! `took ... API requests (... writes, ... dry-runs)` line parsed, and the `run` daemon
+//! as a child process with its readiness, metrics and peak RSS.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// The agent's own namespace: inventories and the alert signing key live here.
+pub const SYSTEM_NAMESPACE: &str = "b-agent-system";
+/// The Secret (in [`SYSTEM_NAMESPACE`]) holding the alert sink's signing key.
+pub const ALERT_SECRET: &str = "bench-alert-key";
+/// The GitHub webhook secret, as the file `github` in the config's `secretsDir`.
+pub const WEBHOOK_SECRET: &str = "bench-webhook-secret";
+
+/// Where the agent binary and its configuration for one corpus live.
+pub struct Agent {
+    pub binary: PathBuf,
+    pub kubeconfig: PathBuf,
+    pub config: PathBuf,
+    pub dir: PathBuf,
+    pub sync: String,
+    pub metrics_port: u16,
+    pub webhook_port: u16,
+}
+
+/// What one `sync --once` reported.
+#[derive(Debug, Clone, Default)]
+pub struct SyncRun {
+    /// Wall time of the whole process (start, fetch, render, apply, exit).
+    pub wall: Duration,
+    /// The agent's own `took` (the sync alone).
+    pub took: Duration,
+    pub requests: u64,
+    pub writes: u64,
+    pub dry_runs: u64,
+}
+
+/// Where to write the config and what to point it at.
+pub struct Setup<'a> {
+    pub binary: &'a Path,
+    pub kubeconfig: &'a Path,
+    pub dir: &'a Path,
+    pub objects: usize,
+    pub url: &'a str,
+    pub first_namespace: &'a str,
+    pub alert_url: &'a str,
+}
+
+impl Agent {
+    pub fn configure(s: Setup<'_>) -> anyhow::Result<Self> {
+        let (metrics_port, webhook_port) = (free_port()?, free_port()?);
+        let sync = format!("bench-{}", s.objects);
+        std::fs::create_dir_all(s.dir.join("webhook"))?;
+        std::fs::write(s.dir.join("webhook/github"), format!("{WEBHOOK_SECRET}\n"))?;
+        let text = format!(
+            "stateDir: {dir}/state\nnamespace: {SYSTEM_NAMESPACE}\n\
+             metrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\n\
+             webhook: {{listen: \"127.0.0.1:{webhook_port}\", secretsDir: {dir}/webhook}}\n\
+             alerts:\n  sinks:\n    - type: webhook\n      name: bench\n      url: {alert}\n      secretRef: {{name: {ALERT_SECRET}, key: key}}\n\
+             sources:\n  - name: {sync}\n    url: {url}\n    interval: 1h\n\
+             syncs:\n  - name: {sync}\n    source: {sync}\n    path: deploy\n    namespace: {ns}\n    selfHeal: true\n    health: {{wait: false}}\n",
+            dir = s.dir.display(),
+            alert = s.alert_url,
+            url = s.url,
+            ns = s.first_namespace,
+        );
+        let config = s.dir.join("config.yaml");
+        std::fs::write(&config, text)?;
+        Ok(Agent {
+            binary: s.binary.to_owned(),
+            kubeconfig: s.kubeconfig.to_owned(),
+            config,
+            dir: s.dir.to_owned(),
+            sync,
+            metrics_port,
+            webhook_port,
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .stdin(Stdio::null());
+        c
+    }
+
+    /// `gitops-agent sync --once`, bounded by `limit`.
+    pub async fn sync_once(&self, limit: Duration) -> anyhow::Result<SyncRun> {
+        let mut c = tokio::process::Command::from(self.command());
+        c.args(["--log-level", "warn", "sync", "--once"])
+            .kill_on_drop(true);
+        let started = Instant::now();
+        let out = tokio::time::timeout(limit, c.output())
+            .await
+            .with_context(|| format!("sync --once did not finish in {limit:?}"))??;
+        let wall = started.elapsed();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            let errors: Vec<&str> = stdout
+                .lines()
+                .filter(|l| l.contains("error") || l.contains("failed"))
+                .take(5)
+                .collect();
+            anyhow::bail!(
+                "sync --once: {}: {} {}",
+                out.status,
+                errors.join("; "),
+                String::from_utf8_lossy(&out.stderr)
+                    .lines()
+                    .last()
+                    .unwrap_or("")
+            );
+        }
+        let mut run = parse_took(&stdout).context("no `took` line in sync --once output")?;
+        run.wall = wall;
+        Ok(run)
+    }
+
+    /// Starts `gitops-agent run`; its log goes to `<dir>/daemon.log`.
+    pub fn start_daemon(&self) -> anyhow::Result<Daemon> {
+        let log = self.dir.join("daemon.log");
+        let out = std::fs::File::create(&log)?;
+        let child = self
+            .command()
+            .args(["--log-level", "info", "run"])
+            .env("POD_NAME", "bench")
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .context("spawn gitops-agent run")?;
+        Ok(Daemon {
+            child,
+            log,
+            metrics_port: self.metrics_port,
+        })
+    }
+}
+
+/// Parses `took 1.23s, 456 API requests (7 writes, 8 dry-runs)`.
+pub fn parse_took(stdout: &str) -> Option<SyncRun> {
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("took "))?;
+    let nums: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter(|t| !t.is_empty() && *t != ".")
+        .filter_map(|t| t.parse().ok())
+        .collect();
+    let [took, requests, writes, dry_runs] = nums[..] else {
+        return None;
+    };
+    Some(SyncRun {
+        wall: Duration::ZERO,
+        took: Duration::from_secs_f64(took),
+        requests: requests as u64,
+        writes: writes as u64,
+        dry_runs: dry_runs as u64,
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A running `gitops-agent run`, killed on drop.
+pub struct Daemon {
+    child: Child,
+    pub log: PathBuf,
+    metrics_port: u16,
+}
+
+impl Daemon {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn metrics(&self, http: &reqwest::Client) -> Option<String> {
+        let r = http
+            .get(format!("http://127.0.0.1:{}/metrics", self.metrics_port))
+            .send()
+            .await
+            .ok()?;
+        r.text().await.ok()
+    }
+
+    /// Waits until `/readyz` answers 200 and the sync has succeeded once.
+    pub async fn wait_synced(
+        &mut self,
+        http: &reqwest::Client,
+        sync: &str,
+        limit: Duration,
+    ) -> anyhow::Result<Duration> {
+        let started = Instant::now();
+        let needle = format!(
+            "gitops_agent_sync_duration_seconds_count{{sync=\"{sync}\",result=\"succeeded\"}}"
+        );
+        loop {
+            let ready = http
+                .get(format!("http://127.0.0.1:{}/readyz", self.metrics_port))
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200);
+            if ready
+                && self
+                    .metrics(http)
+                    .await
+                    .is_some_and(|m| m.lines().any(|l| l.starts_with(&needle)))
+            {
+                return Ok(started.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                anyhow::bail!(
+                    "gitops-agent run exited: {status}; log {}",
+                    self.log.display()
+                );
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "daemon not ready and synced in {limit:?}; log {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Peak resident set size (`VmHWM`) in KiB.
+    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmHWM in /proc/<pid>/status")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_took_line() {
+        let out = "sync a: revision abc\n  summary: 3 unchanged\n  took 0.42s, 1234 API requests (0 writes, 17 dry-runs)\n";
+        let r = parse_took(out).unwrap();
+        assert_eq!(r.took, Duration::from_millis(420));
+        assert_eq!((r.requests, r.writes, r.dry_runs), (1234, 0, 17));
+    }
+}
