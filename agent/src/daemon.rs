@@ -440,6 +440,11 @@ impl Agent {
             self.detector
                 .set_desired(&s.name, s.self_heal, outcome.desired.clone())
                 .await;
+            // Confirm, once and in the background, the objects the watch cache cannot vouch
+            // for yet; later syncs then skip every object unchanged on both sides.
+            let detector = self.detector.clone();
+            let sync_name = s.name.clone();
+            tokio::spawn(async move { detector.recheck_sync(&sync_name).await });
         }
         log_outcome(&outcome);
         let ran = Ran {

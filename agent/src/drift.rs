@@ -432,12 +432,22 @@ impl Detector {
 
     /// Judges one object and reports, heals or backs off.
     async fn check(&self, k: &Key, live: Option<Value>) {
-        let Some((target, sync)) = self
-            .lock()
-            .entries
-            .get(k)
-            .map(|e| (e.target.clone(), e.sync.clone()))
-        else {
+        let Some((target, sync)) = ({
+            let mut st = self.lock();
+            match st
+                .entries
+                .get(k)
+                .map(|e| (e.target.clone(), e.sync.clone()))
+            {
+                // Mid-apply, the live object may already be the next revision's: judging it
+                // against this one would report drift that is not there. Judge it after.
+                Some((_, sync)) if st.paused.contains(&sync) => {
+                    st.dirty.insert(k.clone());
+                    None
+                }
+                other => other,
+            }
+        }) else {
             return;
         };
         let subject = target.id.clone();
