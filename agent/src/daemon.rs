@@ -392,7 +392,6 @@ impl Agent {
             let st = self.states.entry(s.name.clone()).or_default();
             if !s.self_heal && stored.as_deref() == Some(revision.as_str()) {
                 st.last_revision = stored;
-                st.last_ok = true;
                 let dry = self
                     .engine
                     .sync_revision(

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, TypeMeta};
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::Value;
@@ -22,6 +22,7 @@ use tracing::Instrument;
 
 use crate::apply::{self, OWNER_LABEL};
 use crate::diff;
+use crate::health::to_json;
 use crate::object::ObjectRef;
 use crate::sync::DesiredObject;
 
@@ -350,7 +351,7 @@ impl Detector {
 
     fn record_seen(&self, ar: &ApiResource, o: DynamicObject) {
         let k = Self::live_key(ar, &o);
-        let fp = fingerprint(&to_json(ar, o));
+        let fp = fingerprint(&to_json(o, ar));
         if let Some(e) = self.lock().entries.get_mut(&k) {
             e.seen = Some(fp);
         }
@@ -380,7 +381,7 @@ impl Detector {
             return;
         }
         let k = Self::live_key(ar, &o);
-        let live = to_json(ar, o);
+        let live = to_json(o, ar);
         let fp = fingerprint(&live);
         {
             let mut st = self.lock();
@@ -427,7 +428,7 @@ impl Detector {
 
     async fn get_live(&self, target: &DesiredObject) -> kube::Result<Option<Value>> {
         let o = self.api(target).get_opt(&target.id.name).await?;
-        Ok(o.map(|o| to_json(&target.resource, o)))
+        Ok(o.map(|o| to_json(o, &target.resource)))
     }
 
     /// Judges one object and reports, heals or backs off.
@@ -465,7 +466,7 @@ impl Detector {
                 .patch(&target.id.name, &pp, &Patch::Apply(&target.object))
                 .await
             {
-                Ok(m) => to_json(&target.resource, m),
+                Ok(m) => to_json(m, &target.resource),
                 Err(e) => {
                     tracing::warn!(object = %subject, error = %apply::api_message(&e), "drift check dry-run");
                     return;
@@ -610,17 +611,6 @@ fn take_dirty(st: &mut State, sync: &str) -> Vec<Key> {
         st.dirty.remove(k);
     }
     mine
-}
-
-/// The object as JSON with its type set (list items arrive without one).
-fn to_json(ar: &ApiResource, mut o: DynamicObject) -> Value {
-    if o.types.is_none() {
-        o.types = Some(TypeMeta {
-            api_version: ar.api_version.clone(),
-            kind: ar.kind.clone(),
-        });
-    }
-    serde_json::to_value(o).unwrap_or(Value::Null)
 }
 
 fn fingerprint(live: &Value) -> u64 {

@@ -155,7 +155,8 @@ pub fn assess_object(obj: Option<&DynamicObject>, ar: &ApiResource) -> Assessmen
     assess(obj.as_ref())
 }
 
-fn to_json(obj: DynamicObject, ar: &ApiResource) -> Value {
+/// The object as JSON with `apiVersion` and `kind` set (list items arrive without them).
+pub(crate) fn to_json(obj: DynamicObject, ar: &ApiResource) -> Value {
     // Serialising a DynamicObject cannot fail: it is metadata and a JSON value.
     let mut v = serde_json::to_value(obj).unwrap_or_default();
     if let Some(m) = v.as_object_mut() {

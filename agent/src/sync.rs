@@ -210,11 +210,7 @@ impl Engine {
                 return outcome;
             }
         }
-        let failed: Vec<String> = outcome
-            .changes
-            .failed()
-            .map(|c| format!("{}: {}", c.subject, c.message.as_deref().unwrap_or("")))
-            .collect();
+        let failed_apply = apply_failure(&outcome.changes);
 
         // The new inventory: what was applied, plus (until they are really gone) what
         // could not be pruned. An object that failed to apply stays if it was there before.
@@ -230,7 +226,7 @@ impl Engine {
             entries: applied,
         };
 
-        if !failed.is_empty() {
+        if let Some(failure) = failed_apply {
             // Keep tracking everything we managed before; prune waits for a clean apply.
             let kept: Vec<ObjectRef> = previous
                 .inventory
@@ -241,10 +237,7 @@ impl Engine {
                 .collect();
             inventory.entries.extend(kept);
             inventory.revision = previous.inventory.revision.clone();
-            outcome.failure = Some(Failure::Apply {
-                count: failed.len(),
-                first: failed[0].clone(),
-            });
+            outcome.failure = Some(failure);
             self.record(sync, &previous, &inventory, &outcome, opts)
                 .await;
             return outcome;
@@ -312,17 +305,8 @@ impl Engine {
             }
         }
 
-        if outcome.changes.has_failures() && outcome.failure.is_none() {
-            let first = outcome
-                .changes
-                .failed()
-                .next()
-                .map(|c| format!("{}: {}", c.subject, c.message.as_deref().unwrap_or("")))
-                .unwrap_or_default();
-            outcome.failure = Some(Failure::Apply {
-                count: outcome.changes.failed().count(),
-                first,
-            });
+        if outcome.failure.is_none() {
+            outcome.failure = apply_failure(&outcome.changes);
         }
         self.record(sync, &previous, &inventory, &outcome, opts)
             .await;
@@ -378,6 +362,19 @@ impl Engine {
             tracing::error!(sync = %sync.name, error = %e, "recording status");
         }
     }
+}
+
+/// How many objects failed, naming the first: the sync's failure, if any.
+fn apply_failure(changes: &ChangeSet) -> Option<Failure> {
+    let first = changes.failed().next()?;
+    Some(Failure::Apply {
+        count: changes.failed().count(),
+        first: format!(
+            "{}: {}",
+            first.subject,
+            first.message.as_deref().unwrap_or("")
+        ),
+    })
 }
 
 fn identity(id: &ObjectRef) -> (String, String, Option<String>, String) {

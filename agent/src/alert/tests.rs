@@ -2,6 +2,8 @@
 //! loopback socket; queueing and rate limiting against in-memory sinks in paused time.
 
 use super::*;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
