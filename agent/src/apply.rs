@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::StreamExt;
+use http::StatusCode;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource as _, ResourceExt};
 use serde_json::Value;
 
 use crate::change::{Action, Change, ChangeSet};
@@ -34,6 +35,9 @@ pub const RECREATE_ANNOTATION: &str = "gitops-agent.io/recreate";
 pub struct Desired<'a> {
     pub id: &'a ObjectRef,
     pub object: &'a Value,
+    /// The sync's inventory lists it: it was applied before, so it probably exists and is
+    /// compared before any write. An object never applied is applied directly.
+    pub inventoried: bool,
 }
 
 /// Answers "would applying this desired object change nothing?" from knowledge that
@@ -270,6 +274,10 @@ impl ResourceManager {
             return Change::new(id.clone(), Action::Unchanged);
         }
 
+        if !d.inventoried && !opts.dry_run {
+            return self.apply_unseen(&api, res, d, &body, opts).await;
+        }
+
         let live = match api.get_opt(&id.name).await {
             Ok(l) => l,
             Err(e) => return failed(id, "get", &e),
@@ -316,6 +324,36 @@ impl ResourceManager {
             return failed(id, "apply", &e);
         }
         Change::new(id.clone(), Action::Configured).with_diff(diff)
+    }
+
+    /// An object this sync never applied: there is nothing of ours to compare with, so it is
+    /// applied at once, one request instead of a GET that (on a first sync) finds nothing,
+    /// then the apply. The status code tells creation (201) from an object that existed
+    /// (200) and is now adopted: adding the owner label is a change in itself, so the
+    /// write is never a no-op.
+    async fn apply_unseen(
+        &self,
+        api: &Api<DynamicObject>,
+        res: &Resource,
+        d: Desired<'_>,
+        body: &Value,
+        opts: &Options,
+    ) -> Change {
+        let id = d.id;
+        let pp = PatchParams::apply(&opts.field_manager).force();
+        let namespace = res.namespaced.then_some(id.namespace.as_deref()).flatten();
+        match apply_with_status(&self.client, &res.api, namespace, &id.name, &pp, body).await {
+            Ok(StatusCode::CREATED) => Change::new(id.clone(), Action::Created)
+                .with_diff(diff::unified(&id.to_string(), None, Some(body))),
+            Ok(_) => Change::new(id.clone(), Action::Configured)
+                .with_message("existed before this sync applied it; now managed by it"),
+            Err(e) if is_immutable(&e) => match api.get_opt(&id.name).await {
+                Ok(Some(live)) => self.recreate(api, id, body, &live, opts, &e).await,
+                Ok(None) => failed(id, "apply", &e),
+                Err(e) => failed(id, "get", &e),
+            },
+            Err(e) => failed(id, "apply", &e),
+        }
     }
 
     async fn patch(
@@ -477,6 +515,32 @@ impl ResourceManager {
             })
             .collect()
     }
+}
+
+/// A forced server-side apply that returns only its status code: the response body (the
+/// whole object) is not decoded, as nothing here reads it.
+async fn apply_with_status(
+    client: &Client,
+    resource: &kube::api::ApiResource,
+    namespace: Option<&str>,
+    name: &str,
+    pp: &PatchParams,
+    body: &Value,
+) -> kube::Result<StatusCode> {
+    let request = kube::core::Request::new(DynamicObject::url_path(resource, namespace))
+        .patch(name, pp, &Patch::Apply(body))
+        .map_err(kube::Error::BuildRequest)?;
+    let response = client.send(request.map(kube::client::Body::from)).await?;
+    let status = response.status();
+    if status.is_success() {
+        return Ok(status);
+    }
+    let bytes = response.into_body().collect_bytes().await?;
+    let api_status = serde_json::from_slice::<kube::core::Status>(&bytes).unwrap_or_else(|_| {
+        kube::core::Status::failure(String::from_utf8_lossy(&bytes).trim(), "")
+            .with_code(status.as_u16())
+    });
+    Err(kube::Error::Api(api_status.boxed()))
 }
 
 fn condition_true(data: &Value, type_: &str) -> bool {

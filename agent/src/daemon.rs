@@ -3,7 +3,7 @@
 //! re-checks everything periodically, reloads its configuration when the file changes,
 //! and on a shutdown signal lets the sync in flight finish before exiting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -191,6 +191,8 @@ pub struct Agent {
     detector: Detector,
     origins: HashMap<String, Origin>,
     next_fetch: HashMap<String, Instant>,
+    /// Sources asked for by a trigger: their syncs resync even an unchanged revision.
+    requested: HashSet<String>,
     states: HashMap<String, SyncState>,
     _files: Option<files::FileWatch>,
 }
@@ -213,6 +215,7 @@ impl Agent {
             detector,
             origins: HashMap::new(),
             next_fetch: HashMap::new(),
+            requested: HashSet::new(),
             states: HashMap::new(),
             _files: None,
         };
@@ -259,10 +262,12 @@ impl Agent {
         Ok(rx)
     }
 
-    /// Marks a source to be fetched now (a webhook, or a change in its directory).
+    /// Marks a source to be fetched now (a webhook, or a change in its directory). Like
+    /// Flux's reconcile request, it also asks for a resync when the revision is unchanged.
     pub fn trigger(&mut self, source: &str) {
         if self.cfg.sources.iter().any(|s| s.name == source) {
             self.next_fetch.insert(source.to_string(), Instant::now());
+            self.requested.insert(source.to_string());
         }
     }
 
@@ -323,6 +328,7 @@ impl Agent {
             }
             self.next_fetch
                 .insert(src_cfg.name.clone(), now + src_cfg.interval);
+            let requested = self.requested.remove(&src_cfg.name);
             if !self.origins.contains_key(&src_cfg.name) {
                 match Origin::open(Some(&self.client), &self.cfg, src_cfg).await {
                     Ok(o) => {
@@ -343,7 +349,7 @@ impl Agent {
                 .cloned()
                 .collect();
             for s in syncs {
-                if let Some(o) = self.sync_if_due(&origin, &s).await {
+                if let Some(o) = self.sync_if_due(&origin, &s, requested).await {
                     outcomes.push(o);
                 }
             }
@@ -351,7 +357,12 @@ impl Agent {
         outcomes
     }
 
-    async fn sync_if_due(&mut self, origin: &Origin, s: &config::Sync) -> Option<Ran> {
+    async fn sync_if_due(
+        &mut self,
+        origin: &Origin,
+        s: &config::Sync,
+        requested: bool,
+    ) -> Option<Ran> {
         let started = Instant::now();
         let fetched = origin.files(&s.path).await;
         let fetch_took = started.elapsed();
@@ -419,25 +430,36 @@ impl Agent {
         let new_revision = st.last_revision.as_deref() != Some(revision.as_str());
         let retry = !st.last_ok && st.last_run.is_none_or(|t| t.elapsed() >= backoff);
         if !new_revision && !retry {
-            if st
-                .last_resync
-                .is_none_or(|t| t.elapsed() >= self.opts.resync)
-            {
-                st.last_resync = Some(Instant::now());
-                self.detector.recheck_sync(&s.name).await;
+            let resync_due = requested
+                || st
+                    .last_resync
+                    .is_none_or(|t| t.elapsed() >= self.opts.resync);
+            if !resync_due {
+                return None;
             }
-            return None;
+            st.last_resync = Some(Instant::now());
+            // Judge first whatever the watch cache cannot vouch for, so drift that a watch
+            // missed is reported (and healed) as drift rather than silently re-applied.
+            self.detector.recheck_sync(&s.name).await;
+            if !s.self_heal {
+                // Detect-only: re-applying the same revision would undo the drift it reports.
+                return None;
+            }
+            // Self-heal: a full sync of the same revision. Objects the watch cache knows
+            // unchanged on both sides cost no request, so this is cheap when nothing moved.
         }
         self.detector.pause(&s.name);
-        let outcome = self
+        let mut outcome = self
             .engine
             .sync_revision(s, &revision, &files, &self.sync_options())
             .await;
+        drop(files);
         if outcome.desired.is_empty() {
             self.detector.resume(&s.name).await;
         } else {
+            let desired = std::mem::take(&mut outcome.desired);
             self.detector
-                .set_desired(&s.name, s.self_heal, outcome.desired.clone())
+                .set_desired(&s.name, s.self_heal, desired)
                 .await;
             // Confirm, once and in the background, the objects the watch cache cannot vouch
             // for yet; later syncs then skip every object unchanged on both sides.

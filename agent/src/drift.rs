@@ -210,7 +210,7 @@ impl Detector {
                 let entry = match previous.remove(&k) {
                     Some(mut e) => {
                         e.self_heal = self_heal;
-                        if e.target.object != target.object {
+                        if e.target.object.get() != target.object.get() {
                             // Git changed: the last confirmation no longer holds.
                             e.checked = None;
                         }
@@ -230,13 +230,18 @@ impl Detector {
                 };
                 keep.insert(k, entry);
             }
-            let resources: Vec<ApiResource> =
-                keep.values().map(|e| e.target.resource.clone()).collect();
+            let mut resources: HashMap<(String, String, String), Arc<ApiResource>> = HashMap::new();
+            for e in keep.values() {
+                let ar = &e.target.resource;
+                let wk = (ar.group.clone(), ar.version.clone(), ar.plural.clone());
+                resources.entry(wk).or_insert_with(|| ar.clone());
+            }
             st.entries.extend(keep);
             st.paused.remove(sync);
-            for ar in resources {
-                let wk = (ar.group.clone(), ar.version.clone(), ar.plural.clone());
-                st.watches.entry(wk).or_insert_with(|| self.spawn_watch(ar));
+            for (wk, ar) in resources {
+                st.watches
+                    .entry(wk)
+                    .or_insert_with(|| self.spawn_watch((*ar).clone()));
             }
             take_dirty(&mut st, sync)
         };
@@ -261,12 +266,19 @@ impl Detector {
     /// cluster's side since the object was last confirmed to match.
     pub fn known_unchanged(&self, id: &ObjectRef, desired: &Value) -> bool {
         let k = key_of(id);
-        let st = self.lock();
-        !st.dirty.contains(&k)
-            && st
-                .entries
-                .get(&k)
-                .is_some_and(|e| e.target.object == *desired && e.confirmed())
+        let confirmed = {
+            let st = self.lock();
+            if st.dirty.contains(&k) {
+                return false;
+            }
+            match st.entries.get(&k) {
+                Some(e) if e.confirmed() => e.target.object.clone(),
+                _ => return false,
+            }
+        };
+        // Compared as text: serialising `desired` the way the stored one was costs less
+        // than keeping every object as a tree.
+        serde_json::to_string(desired).is_ok_and(|d| d == confirmed.get())
     }
 
     /// Forgets a sync that left the configuration.
@@ -421,8 +433,8 @@ impl Detector {
 
     fn api(&self, target: &DesiredObject) -> Api<DynamicObject> {
         match &target.id.namespace {
-            Some(ns) => Api::namespaced_with(self.inner.client.clone(), ns, &target.resource),
-            None => Api::all_with(self.inner.client.clone(), &target.resource),
+            Some(ns) => Api::namespaced_with(self.inner.client.clone(), ns, &*target.resource),
+            None => Api::all_with(self.inner.client.clone(), &*target.resource),
         }
     }
 
@@ -463,7 +475,7 @@ impl Detector {
                 .dry_run();
             let merged = match self
                 .api(&target)
-                .patch(&target.id.name, &pp, &Patch::Apply(&target.object))
+                .patch(&target.id.name, &pp, &Patch::Apply(&*target.object))
                 .await
             {
                 Ok(m) => to_json(m, &target.resource),
@@ -573,7 +585,7 @@ impl Detector {
             let pp = PatchParams::apply(&self.inner.opts.field_manager).force();
             let error = self
                 .api(&target)
-                .patch(&target.id.name, &pp, &Patch::Apply(&target.object))
+                .patch(&target.id.name, &pp, &Patch::Apply(&*target.object))
                 .await
                 .err()
                 .map(|e| apply::api_message(&e));

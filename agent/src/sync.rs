@@ -3,11 +3,13 @@
 //! A revision that fails to render changes nothing in the cluster; the last good
 //! revision stays applied and the error is recorded.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
+use serde_json::value::RawValue;
 
 use crate::apply::{self, Desired, OWNER_LABEL, ResourceManager};
 use crate::change::{Action, ChangeSet};
@@ -64,11 +66,24 @@ pub struct Outcome {
 }
 
 /// One object of the applied desired state: what drift detection compares the live one with.
+/// Kept for as long as the daemon runs, for every managed object, so it is compact: the
+/// object as JSON text (a `Value` tree costs several times as much and is only ever sent
+/// back to the server or compared whole), and the kind's API resource shared.
 #[derive(Debug, Clone)]
 pub struct DesiredObject {
     pub id: ObjectRef,
-    pub resource: kube::api::ApiResource,
-    pub object: serde_json::Value,
+    pub resource: Arc<kube::api::ApiResource>,
+    pub object: Arc<RawValue>,
+}
+
+impl DesiredObject {
+    /// The compact form of an object as applied.
+    pub fn compact(object: &serde_json::Value) -> Arc<RawValue> {
+        // A `Value` always serialises; the fallback is unreachable, not an error path.
+        serde_json::value::to_raw_value(object)
+            .map(Arc::from)
+            .unwrap_or_else(|_| Arc::from(RawValue::NULL.to_owned()))
+    }
 }
 
 impl Outcome {
@@ -190,11 +205,13 @@ impl Engine {
         }
 
         // 3. Apply in stages.
+        let inventoried: HashSet<_> = previous.inventory.entries.iter().map(identity).collect();
         let desired: Vec<Desired<'_>> = manifests
             .iter()
             .map(|m| Desired {
                 id: &m.id,
                 object: &m.object,
+                inventoried: inventoried.contains(&identity(&m.id)),
             })
             .collect();
         let aopts = apply::Options {
@@ -266,19 +283,30 @@ impl Engine {
         }
 
         let labels = BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]);
+        let mut resources: HashMap<(&str, &str, &str), Arc<kube::api::ApiResource>> =
+            HashMap::new();
         outcome.desired = manifests
             .iter()
             .filter_map(|m| {
-                let r = self
-                    .rm
-                    .discovery()
-                    .resolve(&m.id.group, &m.id.version, &m.id.kind)?;
+                let id = &m.id;
+                let resource = match resources.get(&(&id.group, &id.version, &id.kind)) {
+                    Some(r) => r.clone(),
+                    None => {
+                        let r = self
+                            .rm
+                            .discovery()
+                            .resolve(&id.group, &id.version, &id.kind)?;
+                        let r = Arc::new(r.api.clone());
+                        resources.insert((&id.group, &id.version, &id.kind), r.clone());
+                        r
+                    }
+                };
                 let mut object = m.object.clone();
                 apply::add_labels(&mut object, &labels);
                 Some(DesiredObject {
-                    id: m.id.clone(),
-                    resource: r.api.clone(),
-                    object,
+                    id: id.clone(),
+                    resource,
+                    object: DesiredObject::compact(&object),
                 })
             })
             .collect();

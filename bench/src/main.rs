@@ -46,6 +46,9 @@ struct Args {
     /// Concurrency of the raw bound's client.
     #[arg(long, default_value_t = 48)]
     concurrency: usize,
+    /// Skip kubectl and the raw bound (for profiling the agent alone).
+    #[arg(long)]
+    skip_peers: bool,
     /// Where the Markdown results go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
     out: PathBuf,
@@ -222,19 +225,12 @@ impl Ctx<'_> {
         report_sync("agent cold", &agent_cold);
         tokio::time::sleep(SETTLE).await;
 
-        eprintln!("cold sync: kubectl");
-        let kubectl_cold = measured("kubectl cold", self.kubectl(n).await);
-        eprintln!("  {kubectl_cold:?}");
-        tokio::time::sleep(SETTLE).await;
-
-        eprintln!("cold sync: raw bound");
-        let raw = Corpus::new("raw", n).all();
-        let raw_cold = measured(
-            "raw cold",
-            peers::raw(self.client, &raw, self.args.concurrency).await,
-        );
-        eprintln!("  {raw_cold:?}");
-        tokio::time::sleep(SETTLE).await;
+        let (kubectl_cold, raw_cold) = if self.args.skip_peers {
+            let skipped = || Err("skipped (--skip-peers)".to_owned());
+            (skipped(), skipped())
+        } else {
+            self.peers(n).await
+        };
 
         eprintln!("no-change resync");
         let resync = measured("resync", agent.sync_once(SYNC_LIMIT).await);
@@ -259,6 +255,24 @@ impl Ctx<'_> {
             webhook,
             peak_rss_kib,
         }
+    }
+
+    /// Cold syncs of kubectl and the raw bound, each into its own fresh namespaces.
+    async fn peers(&self, n: usize) -> (Measured<Duration>, Measured<Duration>) {
+        eprintln!("cold sync: kubectl");
+        let kubectl_cold = measured("kubectl cold", self.kubectl(n).await);
+        eprintln!("  {kubectl_cold:?}");
+        tokio::time::sleep(SETTLE).await;
+
+        eprintln!("cold sync: raw bound");
+        let raw = Corpus::new("raw", n).all();
+        let raw_cold = measured(
+            "raw cold",
+            peers::raw(self.client, &raw, self.args.concurrency).await,
+        );
+        eprintln!("  {raw_cold:?}");
+        tokio::time::sleep(SETTLE).await;
+        (kubectl_cold, raw_cold)
     }
 
     fn setup_agent(&self, corpus: &Corpus) -> anyhow::Result<(Agent, git::Repo, String)> {

@@ -369,6 +369,86 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
     );
 }
 
+/// The value of one sample line of the metrics text (`name{labels} value`).
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
+    let files: Vec<(String, String)> = (0..12)
+        .map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1")))
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect();
+    let s = setup("resync", &refs).await;
+    let path = s.dir.path().join("config.yaml");
+    let (m, w) = (free_port(), free_port());
+    // Self-heal: a detect-only sync never re-applies an unchanged revision.
+    let text =
+        config(&s, "state", m, w, "").replace("    health:", "    selfHeal: true\n    health:");
+    std::fs::write(&path, text).unwrap();
+    let agent = AgentProcess::start(s.dir.path(), "solo", &path, m, w);
+    agent.ready(&s.http).await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    wait_value(&cms, "cm11", "1", &agent).await;
+
+    let synced = r#"gitops_agent_sync_duration_seconds_count{sync="apps",result="succeeded"}"#;
+    let total = r#"gitops_agent_api_requests_total{kind="total"}"#;
+    let writes = r#"gitops_agent_api_requests_total{kind="writes"}"#;
+    let dry_runs = r#"gitops_agent_api_requests_total{kind="dry_runs"}"#;
+    // After the first sync the daemon confirms each object once in the background; wait
+    // until that is over (the request count stands still).
+    let mut before = agent.metrics(&s.http).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let now = agent.metrics(&s.http).await;
+        if sample(&now, total) == sample(&before, total) && sample(&now, synced) >= 1.0 {
+            break;
+        }
+        before = now;
+    }
+
+    // A push webhook for the revision already applied: the daemon resyncs it, and as the
+    // watch cache knows every object unchanged on both sides, it sends no dry-run and
+    // writes nothing.
+    let body = push_payload(&s.url, "refs/heads/main");
+    let signature = webhook::signature(SECRET.as_bytes(), &body);
+    assert_eq!(
+        agent
+            .push_hook(&s.http, &body, Some(&signature), "application/json")
+            .await,
+        202
+    );
+    let deadline = Instant::now() + WAIT;
+    let after = loop {
+        let now = agent.metrics(&s.http).await;
+        if sample(&now, synced) > sample(&before, synced) {
+            // The request counters are published right after the sync's own metrics.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            break agent.metrics(&s.http).await;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no resync:\n{now}\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(sample(&after, writes) - sample(&before, writes), 0.0);
+    assert_eq!(sample(&after, dry_runs) - sample(&before, dry_runs), 0.0);
+    let requests = sample(&after, total) - sample(&before, total);
+    assert!(
+        requests <= 2.0,
+        "a cached resync reads only the inventory; made {requests} requests"
+    );
+}
+
 #[tokio::test]
 async fn local_directory_is_followed_and_config_reloads_keep_the_last_good_one() {
     let s = setup("localdir", &[]).await;

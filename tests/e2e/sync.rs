@@ -379,6 +379,105 @@ async fn immutable_field_conflict_is_reported_and_recreate_needs_the_annotation(
 }
 
 #[tokio::test]
+async fn a_first_sync_applies_unseen_objects_in_one_request_and_tells_created_from_adopted() {
+    let mut f = Fixture::new(
+        "unseen",
+        &[
+            ("deploy/new.yaml", &cm("new", "1")),
+            ("deploy/old.yaml", &cm("old", "git")),
+            (
+                "deploy/frozen.yaml",
+                "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: frozen\nimmutable: true\ndata:\n  value: git\n",
+            ),
+        ],
+        "",
+    )
+    .await;
+    // Two objects exist before the agent ever ran, made by someone else: one it adopts,
+    // one immutable ConfigMap whose data Git changes.
+    let pp = PostParams {
+        field_manager: Some("kubectl-create".into()),
+        ..Default::default()
+    };
+    let existing = |name: &str, immutable: bool| ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        immutable: immutable.then_some(true),
+        data: Some(BTreeMap::from([(
+            "value".to_string(),
+            "hand-made".to_string(),
+        )])),
+        ..Default::default()
+    };
+    f.configmaps()
+        .create(&pp, &existing("old", false))
+        .await
+        .unwrap();
+    f.configmaps()
+        .create(&pp, &existing("frozen", true))
+        .await
+        .unwrap();
+
+    let (o, requests) = f.sync().await;
+    let by_name: BTreeMap<&str, &gitops_agent::change::Change> = o
+        .changes
+        .entries
+        .iter()
+        .map(|c| (c.subject.name.as_str(), c))
+        .collect();
+    assert_eq!(by_name["new"].action, Action::Created, "{}", o.changes);
+    assert_eq!(by_name["old"].action, Action::Configured, "{}", o.changes);
+    assert!(
+        by_name["old"]
+            .message
+            .as_deref()
+            .unwrap_or("")
+            .contains("existed before"),
+        "{:?}",
+        by_name["old"].message
+    );
+    assert_eq!(by_name["frozen"].action, Action::Failed, "{}", o.changes);
+    let msg = by_name["frozen"].message.clone().unwrap_or_default();
+    assert!(
+        msg.contains("immutable") && msg.contains("gitops-agent.io/recreate"),
+        "{msg}"
+    );
+    // Nothing was read before writing: one apply per object, then the failed object's
+    // read (for the recreate decision), and the inventory's read and write.
+    assert_eq!(requests.dry_runs, 0, "{requests:?}");
+    assert!(requests.total <= 3 + 1 + 2, "{requests:?}");
+    assert_eq!(
+        f.configmaps().get("old").await.unwrap().data.unwrap()["value"],
+        "git"
+    );
+    assert_eq!(
+        f.configmaps().get("frozen").await.unwrap().data.unwrap()["value"],
+        "hand-made"
+    );
+
+    // Once in the inventory, an object is compared before it is written: a resync writes
+    // only the inventory's status (the failure is still there), never the objects.
+    let before = f.versions().await;
+    let (again, requests) = f.sync().await;
+    assert!(
+        again
+            .changes
+            .entries
+            .iter()
+            .filter(|c| c.subject.name != "frozen")
+            .all(|c| c.action == Action::Unchanged),
+        "{}",
+        again.changes
+    );
+    assert_eq!(requests.dry_runs, 2, "{requests:?}");
+    let after = f.versions().await;
+    assert_eq!(before.get("new"), after.get("new"));
+    assert_eq!(before.get("old"), after.get("old"));
+}
+
+#[tokio::test]
 async fn health_wait_times_out_naming_the_unhealthy_object() {
     let stuck = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: stuck\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {app: stuck}\n  template:\n    metadata:\n      labels: {app: stuck}\n    spec:\n      nodeSelector: {no-such-node: \"true\"}\n      containers: [{name: c, image: registry.example/c:1}]\n";
     let mut f = Fixture::new("health", &[("deploy/stuck.yaml", stuck)], "").await;
