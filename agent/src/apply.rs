@@ -268,10 +268,11 @@ impl ResourceManager {
         let api = self.api_for(res, id.namespace.as_deref());
         let mut body = d.object.clone();
         add_labels(&mut body, &opts.labels);
-        if let Some(KnownUnchanged(f)) = &opts.known_unchanged
-            && f(id, &body)
-        {
-            return Change::new(id.clone(), Action::Unchanged);
+        if let Some(KnownUnchanged(f)) = &opts.known_unchanged {
+            if f(id, &body) {
+                return Change::new(id.clone(), Action::Unchanged);
+            }
+            tracing::debug!(object = %id, "not known unchanged: compared with the cluster");
         }
 
         if !d.inventoried && !opts.dry_run {

@@ -464,6 +464,7 @@ impl Detector {
             return;
         };
         let subject = target.id.clone();
+        tracing::debug!(object = %subject, "judging drift with a dry-run");
         let mut live = live;
         let mut attempts = 0;
         let drift = loop {

@@ -170,6 +170,16 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
+/// Counters read from the daemon's `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct Counters {
+    pub syncs: u64,
+    pub sync_seconds: f64,
+    pub requests: u64,
+    pub writes: u64,
+    pub dry_runs: u64,
+}
+
 /// A running `gitops-agent run`, killed on drop.
 pub struct Daemon {
     child: Child,
@@ -228,6 +238,89 @@ impl Daemon {
                 self.log.display()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The daemon's own counters: syncs done and their summed duration, API requests.
+    pub async fn counters(&self, http: &reqwest::Client, sync: &str) -> anyhow::Result<Counters> {
+        let text = self.metrics(http).await.context("metrics unreachable")?;
+        let value = |series: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        let synced = format!("{{sync=\"{sync}\",result=\"succeeded\"}}");
+        Ok(Counters {
+            syncs: value(&format!("gitops_agent_sync_duration_seconds_count{synced}")) as u64,
+            sync_seconds: value(&format!("gitops_agent_sync_duration_seconds_sum{synced}")),
+            requests: value("gitops_agent_api_requests_total{kind=\"total\"}") as u64,
+            writes: value("gitops_agent_api_requests_total{kind=\"writes\"}") as u64,
+            dry_runs: value("gitops_agent_api_requests_total{kind=\"dry_runs\"}") as u64,
+        })
+    }
+
+    /// Waits until the request counters stand still for two seconds: the daemon's background
+    /// work after a sync (confirming objects for the watch cache) is over.
+    pub async fn quiet(
+        &self,
+        http: &reqwest::Client,
+        sync: &str,
+        limit: Duration,
+    ) -> anyhow::Result<()> {
+        let started = Instant::now();
+        let mut last = self.counters(http, sync).await?.requests;
+        loop {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let now = self.counters(http, sync).await?.requests;
+            if now == last {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "daemon still busy after {limit:?}"
+            );
+            last = now;
+        }
+    }
+
+    /// Runs `trigger` and waits for the next successful sync; returns its timings and the
+    /// API requests the daemon made meanwhile.
+    pub async fn triggered_sync<F>(
+        &self,
+        http: &reqwest::Client,
+        sync: &str,
+        limit: Duration,
+        trigger: F,
+    ) -> anyhow::Result<SyncRun>
+    where
+        F: std::future::Future<Output = anyhow::Result<()>>,
+    {
+        let before = self.counters(http, sync).await?;
+        let started = Instant::now();
+        trigger.await?;
+        loop {
+            let now = self.counters(http, sync).await?;
+            if now.syncs > before.syncs {
+                let wall = started.elapsed();
+                // The request counters are published just after the sync's own metrics.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let after = self.counters(http, sync).await?;
+                return Ok(SyncRun {
+                    wall,
+                    took: Duration::from_secs_f64(
+                        (after.sync_seconds - before.sync_seconds).max(0.0),
+                    ),
+                    requests: after.requests - before.requests,
+                    writes: after.writes - before.writes,
+                    dry_runs: after.dry_runs - before.dry_runs,
+                });
+            }
+            anyhow::ensure!(
+                started.elapsed() < limit,
+                "no sync within {limit:?}; log {}",
+                self.log.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 

@@ -102,6 +102,33 @@ pub struct Hook<'a> {
     pub secret: &'a [u8],
 }
 
+impl Hook<'_> {
+    /// Posts a signed GitHub push webhook for the corpus repository's main branch.
+    pub async fn post(&self, delivery: &str) -> anyhow::Result<()> {
+        let body = serde_json::to_vec(&json!({
+            "ref": "refs/heads/main",
+            "after": "0000000000000000000000000000000000000000",
+            "repository": {"full_name": "bench/corpus", "clone_url": self.url, "html_url": self.url,
+                           "git_url": self.url, "ssh_url": self.url},
+            "pusher": {"name": "bench"},
+        }))?;
+        let signature = gitops_agent::webhook::signature(self.secret, &body);
+        let r = self
+            .http
+            .post(format!("http://127.0.0.1:{}/hooks/github", self.port))
+            .header("X-GitHub-Event", "push")
+            .header("X-GitHub-Delivery", delivery)
+            .header("Content-Type", "application/json")
+            .header("X-Hub-Signature-256", signature)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| anyhow::anyhow!("webhook failed: {e}"))?;
+        anyhow::ensure!(r.status() == 202, "webhook answered {}", r.status());
+        Ok(())
+    }
+}
+
 /// Pushes a commit changing the hot ConfigMap, posts a signed GitHub push webhook, and
 /// polls (every 10 ms) until the new value is in the cluster.
 pub async fn webhook(
@@ -120,41 +147,14 @@ pub async fn webhook(
             out.missed += 1;
             continue;
         }
-        let body = serde_json::to_vec(&json!({
-            "ref": "refs/heads/main",
-            "after": "0000000000000000000000000000000000000000",
-            "repository": {"full_name": "bench/corpus", "clone_url": hook.url, "html_url": hook.url,
-                           "git_url": hook.url, "ssh_url": hook.url},
-            "pusher": {"name": "bench"},
-        }))
-        .unwrap_or_default();
-        let signature = gitops_agent::webhook::signature(hook.secret, &body);
         let started = Instant::now();
-        let sent = hook
-            .http
-            .post(format!("http://127.0.0.1:{}/hooks/github", hook.port))
-            .header("X-GitHub-Event", "push")
-            .header(
-                "X-GitHub-Delivery",
-                format!("bench-{i}-{}", std::process::id()),
-            )
-            .header("Content-Type", "application/json")
-            .header("X-Hub-Signature-256", signature)
-            .body(body)
-            .send()
-            .await;
-        match sent {
-            Ok(r) if r.status() == 202 => {}
-            Ok(r) => {
-                out.note = Some(format!("webhook answered {}", r.status()));
-                out.missed += 1;
-                continue;
-            }
-            Err(e) => {
-                out.note = Some(format!("webhook failed: {e}"));
-                out.missed += 1;
-                continue;
-            }
+        if let Err(e) = hook
+            .post(&format!("bench-{i}-{}", std::process::id()))
+            .await
+        {
+            out.note = Some(e.to_string());
+            out.missed += 1;
+            continue;
         }
         match wait_value(api, &value, started).await {
             Some(d) => out.times.push(d),

@@ -417,36 +417,76 @@ async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
     // A push webhook for the revision already applied: the daemon resyncs it, and as the
     // watch cache knows every object unchanged on both sides, it sends no dry-run and
     // writes nothing.
-    let body = push_payload(&s.url, "refs/heads/main");
-    let signature = webhook::signature(SECRET.as_bytes(), &body);
-    assert_eq!(
-        agent
-            .push_hook(&s.http, &body, Some(&signature), "application/json")
-            .await,
-        202
-    );
-    let deadline = Instant::now() + WAIT;
-    let after = loop {
-        let now = agent.metrics(&s.http).await;
-        if sample(&now, synced) > sample(&before, synced) {
-            // The request counters are published right after the sync's own metrics.
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            break agent.metrics(&s.http).await;
+    let resync = |delivery: &'static str| {
+        let (s, agent) = (&s, &agent);
+        async move {
+            let before = agent.metrics(&s.http).await;
+            let body = push_payload(&s.url, "refs/heads/main");
+            let signature = webhook::signature(SECRET.as_bytes(), &body);
+            let status = s
+                .http
+                .post(format!("http://127.0.0.1:{}/hooks/github", agent.webhook))
+                .header("X-GitHub-Event", "push")
+                .header("X-GitHub-Delivery", delivery)
+                .header("Content-Type", "application/json")
+                .header("X-Hub-Signature-256", signature)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 202);
+            let deadline = Instant::now() + WAIT;
+            let after = loop {
+                let now = agent.metrics(&s.http).await;
+                if sample(&now, synced) > sample(&before, synced) {
+                    // The request counters are published right after the sync's metrics.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    break agent.metrics(&s.http).await;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no resync:\n{now}\n{}",
+                    agent.log()
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            [total, writes, dry_runs].map(|k| sample(&after, k) - sample(&before, k))
         }
-        assert!(
-            Instant::now() < deadline,
-            "no resync:\n{now}\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert_eq!(sample(&after, writes) - sample(&before, writes), 0.0);
-    assert_eq!(sample(&after, dry_runs) - sample(&before, dry_runs), 0.0);
-    let requests = sample(&after, total) - sample(&before, total);
+    let [requests, w, d] = resync("resync-1").await;
+    assert_eq!((w, d), (0.0, 0.0), "writes, dry-runs");
     assert!(
         requests <= 2.0,
         "a cached resync reads only the inventory; made {requests} requests"
     );
+
+    // Drift healed by the detector leaves the object confirmed again: the next resync
+    // still costs no dry-run.
+    let pp = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    cms.patch(
+        "cm3",
+        &pp,
+        &Patch::Merge(json!({"data": {"value": "edited"}})),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_value(&cms, "cm3", "1", &agent).await;
+    let mut before = agent.metrics(&s.http).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let now = agent.metrics(&s.http).await;
+        if sample(&now, total) == sample(&before, total) {
+            break;
+        }
+        before = now;
+    }
+    let [_, w, d] = resync("resync-2").await;
+    assert_eq!((w, d), (0.0, 0.0), "writes, dry-runs after a heal");
 }
 
 #[tokio::test]
