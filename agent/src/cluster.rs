@@ -156,7 +156,7 @@ impl RequestCounter {
         }
     }
 
-    fn record(&self, method: &http::Method, uri: &http::Uri) {
+    pub(crate) fn record(&self, method: &http::Method, uri: &http::Uri) {
         self.0.total.fetch_add(1, Ordering::Relaxed);
         if matches!(
             *method,

@@ -714,6 +714,7 @@ pub async fn run(
     opts: Options,
 ) -> Result<()> {
     let metrics = Arc::new(Metrics::new());
+    metrics.track_requests(counter.clone());
     let health = Health::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -807,7 +808,6 @@ pub async fn run(
                 }
             }
         }
-        metrics.record_api(counter.snapshot());
         for (sync, n) in agent.detector.drifted() {
             metrics.set_drifted(&sync, n);
         }

@@ -234,6 +234,9 @@ pub struct Metrics {
     /// The revision each sync's series currently carries, so that a new one replaces it.
     revisions: Mutex<HashMap<String, String>>,
     api_requests: Family<ApiLabels, Counter>,
+    /// Read at every scrape, so the request counters are current even while the event
+    /// loop sleeps (drift checks make requests between its passes).
+    requests: std::sync::OnceLock<crate::cluster::RequestCounter>,
     leader: Gauge,
 }
 
@@ -257,6 +260,7 @@ impl Metrics {
             revision: Family::default(),
             revisions: Mutex::new(HashMap::new()),
             api_requests: Family::default(),
+            requests: std::sync::OnceLock::new(),
             leader: Gauge::default(),
         };
         // The registry appends the unit and the counter `_total` suffix itself.
@@ -456,7 +460,7 @@ impl Metrics {
     /// Feeds the API request counters from a snapshot of the agent's
     /// [`RequestCounter`](crate::cluster::RequestCounter). Snapshots are cumulative: each
     /// series moves up to the snapshot's value and never down, whatever order they arrive in.
-    pub fn record_api(&self, counts: RequestCounts) {
+    fn record_api(&self, counts: RequestCounts) {
         for (kind, value) in [
             (ApiKind::Total, counts.total),
             (ApiKind::Writes, counts.writes),
@@ -469,12 +473,20 @@ impl Metrics {
         }
     }
 
+    /// Publishes this counter's values at every scrape from now on.
+    pub fn track_requests(&self, counter: crate::cluster::RequestCounter) {
+        let _ = self.requests.set(counter);
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
 
     /// The OpenMetrics text exposition, `# EOF` included.
     pub fn encode(&self) -> Result<String> {
+        if let Some(counter) = self.requests.get() {
+            self.record_api(counter.snapshot());
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)
@@ -807,6 +819,24 @@ mod tests {
         let body = scrape(&m).await;
         assert!(!body.contains(r#"sync="shop""#), "{body}");
         assert!(body.contains(r#"revision="main@sha1:1111""#), "{body}");
+    }
+
+    #[test]
+    fn a_tracked_request_counter_is_current_at_every_scrape() {
+        let m = Metrics::new();
+        let counter = crate::cluster::RequestCounter::default();
+        m.track_requests(counter.clone());
+        let uri: http::Uri = "/api/v1/namespaces/a/configmaps/b?dryRun=All".parse().unwrap();
+        counter.record(&http::Method::PATCH, &uri);
+        has_line(
+            &m.encode().unwrap(),
+            r#"gitops_agent_api_requests_total{kind="dry_runs"} 1"#,
+        );
+        counter.record(&http::Method::GET, &uri);
+        has_line(
+            &m.encode().unwrap(),
+            r#"gitops_agent_api_requests_total{kind="total"} 2"#,
+        );
     }
 
     #[test]
