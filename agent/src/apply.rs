@@ -11,11 +11,13 @@ use http::StatusCode;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::{Client, Resource as _, ResourceExt};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::change::{Action, Change, ChangeSet};
 use crate::diff;
 use crate::discovery::{self, Discovery, Resource};
 use crate::object::ObjectRef;
+use crate::render;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,11 +32,12 @@ pub const OWNER_LABEL: &str = "gitops-agent.io/sync";
 /// Annotation allowing delete-and-recreate when an immutable field changes.
 pub const RECREATE_ANNOTATION: &str = "gitops-agent.io/recreate";
 
-/// One object to apply: its identity and the manifest as rendered from Git.
+/// One object to apply: its identity and the manifest as rendered from Git (owner labels
+/// included), as compact JSON.
 #[derive(Debug, Clone, Copy)]
 pub struct Desired<'a> {
     pub id: &'a ObjectRef,
-    pub object: &'a Value,
+    pub object: &'a RawValue,
     /// The sync's inventory lists it: it was applied before, so it probably exists and is
     /// compared before any write. An object never applied is applied directly.
     pub inventoried: bool,
@@ -46,7 +49,7 @@ pub struct Desired<'a> {
 pub struct KnownUnchanged(pub std::sync::Arc<UnchangedFn>);
 
 /// The predicate behind [`KnownUnchanged`].
-pub type UnchangedFn = dyn Fn(&ObjectRef, &Value) -> bool + Send + Sync;
+pub type UnchangedFn = dyn Fn(&ObjectRef, &RawValue) -> bool + Send + Sync;
 
 impl std::fmt::Debug for KnownUnchanged {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -57,8 +60,6 @@ impl std::fmt::Debug for KnownUnchanged {
 #[derive(Debug, Clone)]
 pub struct Options {
     pub field_manager: String,
-    /// Labels added to every applied object (the owner label of the sync).
-    pub labels: BTreeMap<String, String>,
     /// Decide and diff, but write nothing.
     pub dry_run: bool,
     /// Requests in flight at once within a stage.
@@ -73,7 +74,6 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             field_manager: crate::FIELD_MANAGER.to_string(),
-            labels: BTreeMap::new(),
             dry_run: false,
             concurrency: 16,
             crd_timeout: Duration::from_secs(60),
@@ -211,7 +211,8 @@ impl ResourceManager {
             .iter()
             .filter(|d| d.id.kind == "CustomResourceDefinition")
             .filter_map(|d| {
-                let spec = d.object.get("spec")?;
+                let crd = render::parse_compact(d.object);
+                let spec = crd.get("spec")?;
                 let group = spec.get("group")?.as_str()?;
                 let kind = spec.pointer("/names/kind")?.as_str()?;
                 Some((group.to_string(), kind.to_string()))
@@ -266,17 +267,16 @@ impl ResourceManager {
             ));
         };
         let api = self.api_for(res, id.namespace.as_deref());
-        let mut body = d.object.clone();
-        add_labels(&mut body, &opts.labels);
+        let body = d.object;
         if let Some(KnownUnchanged(f)) = &opts.known_unchanged {
-            if f(id, &body) {
+            if f(id, body) {
                 return Change::new(id.clone(), Action::Unchanged);
             }
             tracing::debug!(object = %id, "not known unchanged: compared with the cluster");
         }
 
         if !d.inventoried && !opts.dry_run {
-            return self.apply_unseen(&api, res, d, &body, opts).await;
+            return self.apply_unseen(&api, res, d, opts).await;
         }
 
         let live = match api.get_opt(&id.name).await {
@@ -285,9 +285,9 @@ impl ResourceManager {
         };
         let Some(live) = live else {
             // Absent: nothing to compare, so no dry-run first.
-            let diff = diff::unified(&id.to_string(), None, Some(&body));
+            let diff = created_diff(id, body);
             if !opts.dry_run
-                && let Err(e) = self.patch(&api, id, &body, opts, false).await
+                && let Err(e) = self.patch(&api, id, body, opts, false).await
             {
                 return failed(id, "apply", &e);
             }
@@ -301,10 +301,10 @@ impl ResourceManager {
                     .with_message(format!("encode live object: {e}"));
             }
         };
-        let merged = match self.patch(&api, id, &body, opts, true).await {
+        let merged = match self.patch(&api, id, body, opts, true).await {
             Ok(m) => m,
             Err(e) if is_immutable(&e) => {
-                return self.recreate(&api, id, &body, &live, opts, &e).await;
+                return self.recreate(&api, id, body, &live, opts, &e).await;
             }
             Err(e) => return failed(id, "dry-run apply", &e),
         };
@@ -320,7 +320,7 @@ impl ResourceManager {
         }
         let diff = diff::unified(&id.to_string(), Some(&live_json), Some(&merged_json));
         if !opts.dry_run
-            && let Err(e) = self.patch(&api, id, &body, opts, false).await
+            && let Err(e) = self.patch(&api, id, body, opts, false).await
         {
             return failed(id, "apply", &e);
         }
@@ -337,15 +337,15 @@ impl ResourceManager {
         api: &Api<DynamicObject>,
         res: &Resource,
         d: Desired<'_>,
-        body: &Value,
         opts: &Options,
     ) -> Change {
-        let id = d.id;
+        let (id, body) = (d.id, d.object);
         let pp = PatchParams::apply(&opts.field_manager).force();
         let namespace = res.namespaced.then_some(id.namespace.as_deref()).flatten();
         match apply_with_status(&self.client, &res.api, namespace, &id.name, &pp, body).await {
-            Ok(StatusCode::CREATED) => Change::new(id.clone(), Action::Created)
-                .with_diff(diff::unified(&id.to_string(), None, Some(body))),
+            Ok(StatusCode::CREATED) => {
+                Change::new(id.clone(), Action::Created).with_diff(created_diff(id, body))
+            }
             Ok(_) => Change::new(id.clone(), Action::Configured)
                 .with_message("existed before this sync applied it; now managed by it"),
             Err(e) if is_immutable(&e) => match api.get_opt(&id.name).await {
@@ -361,7 +361,7 @@ impl ResourceManager {
         &self,
         api: &Api<DynamicObject>,
         id: &ObjectRef,
-        body: &Value,
+        body: &RawValue,
         opts: &Options,
         dry_run: bool,
     ) -> kube::Result<DynamicObject> {
@@ -378,11 +378,12 @@ impl ResourceManager {
         &self,
         api: &Api<DynamicObject>,
         id: &ObjectRef,
-        body: &Value,
+        raw: &RawValue,
         live: &DynamicObject,
         opts: &Options,
         cause: &kube::Error,
     ) -> Change {
+        let body = &render::parse_compact(raw);
         let allowed = body
             .pointer("/metadata/annotations")
             .and_then(|a| a.get(RECREATE_ANNOTATION))
@@ -424,7 +425,7 @@ impl ResourceManager {
                 Err(e) => return failed(id, "wait for deletion", &e),
             }
         }
-        match self.patch(api, id, body, opts, false).await {
+        match self.patch(api, id, raw, opts, false).await {
             Ok(_) => Change::new(id.clone(), Action::Configured)
                 .with_diff(diff)
                 .with_message("recreated: immutable field changed"),
@@ -526,7 +527,7 @@ async fn apply_with_status(
     namespace: Option<&str>,
     name: &str,
     pp: &PatchParams,
-    body: &Value,
+    body: &RawValue,
 ) -> kube::Result<StatusCode> {
     let request = kube::core::Request::new(DynamicObject::url_path(resource, namespace))
         .patch(name, pp, &Patch::Apply(body))
@@ -553,25 +554,9 @@ fn condition_true(data: &Value, type_: &str) -> bool {
         })
 }
 
-/// Adds labels to an object's metadata, keeping the ones it has.
-pub fn add_labels(obj: &mut Value, labels: &BTreeMap<String, String>) {
-    if labels.is_empty() {
-        return;
-    }
-    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let l = meta
-        .entry("labels")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if !l.is_object() {
-        *l = Value::Object(Default::default());
-    }
-    if let Some(map) = l.as_object_mut() {
-        for (k, v) in labels {
-            map.insert(k.clone(), Value::String(v.clone()));
-        }
-    }
+/// The diff of an object about to be created: every line added.
+fn created_diff(id: &ObjectRef, body: &RawValue) -> Option<String> {
+    diff::unified(&id.to_string(), None, Some(&render::parse_compact(body)))
 }
 
 fn is_immutable(e: &kube::Error) -> bool {
@@ -640,19 +625,6 @@ mod tests {
                 "w",
                 "v"
             ]
-        );
-    }
-
-    #[test]
-    fn labels_are_added_without_dropping_existing() {
-        let mut obj = serde_json::json!({"metadata": {"name": "a", "labels": {"app": "x"}}});
-        add_labels(
-            &mut obj,
-            &BTreeMap::from([(OWNER_LABEL.to_string(), "shop".to_string())]),
-        );
-        assert_eq!(
-            obj["metadata"]["labels"],
-            serde_json::json!({"app": "x", OWNER_LABEL: "shop"})
         );
     }
 

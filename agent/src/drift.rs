@@ -16,6 +16,7 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client};
 use serde_json::Value;
+use serde_json::value::RawValue;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -264,21 +265,16 @@ impl Detector {
     /// Whether applying `desired` for `id` would change nothing, known without a request:
     /// Git's side is what was last applied, and the watch has seen no change on the
     /// cluster's side since the object was last confirmed to match.
-    pub fn known_unchanged(&self, id: &ObjectRef, desired: &Value) -> bool {
+    pub fn known_unchanged(&self, id: &ObjectRef, desired: &RawValue) -> bool {
         let k = key_of(id);
-        let confirmed = {
-            let st = self.lock();
-            if st.dirty.contains(&k) {
-                return false;
-            }
-            match st.entries.get(&k) {
-                Some(e) if e.confirmed() => e.target.object.clone(),
-                _ => return false,
-            }
-        };
-        // Compared as text: serialising `desired` the way the stored one was costs less
-        // than keeping every object as a tree.
-        serde_json::to_string(desired).is_ok_and(|d| d == confirmed.get())
+        let st = self.lock();
+        // Both sides are the renderer's compact JSON of the object, so equal text is an
+        // equal object.
+        !st.dirty.contains(&k)
+            && st
+                .entries
+                .get(&k)
+                .is_some_and(|e| e.confirmed() && e.target.object.get() == desired.get())
     }
 
     /// Forgets a sync that left the configuration.

@@ -826,7 +826,9 @@ mod tests {
         let m = Metrics::new();
         let counter = crate::cluster::RequestCounter::default();
         m.track_requests(counter.clone());
-        let uri: http::Uri = "/api/v1/namespaces/a/configmaps/b?dryRun=All".parse().unwrap();
+        let uri: http::Uri = "/api/v1/namespaces/a/configmaps/b?dryRun=All"
+            .parse()
+            .unwrap();
         counter.record(&http::Method::PATCH, &uri);
         has_line(
             &m.encode().unwrap(),

@@ -2,10 +2,12 @@
 //! with the file and line it came from, before anything is written to the cluster.
 //! The repository is untrusted input, so parsing is bounded and every problem is reported.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::sync::Arc;
 
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::object::ObjectRef;
@@ -14,7 +16,7 @@ use crate::source::File;
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// One validated object of the desired state, with where it was written.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct Manifest {
     pub id: ObjectRef,
     /// Path of the file, relative to the repository root.
@@ -22,8 +24,11 @@ pub struct Manifest {
     /// 1-based line of the first line of the object's document (for a `List` item, of the
     /// `List`'s document).
     pub line: usize,
-    /// The object as written, with `metadata.namespace` defaulted for namespaced kinds.
-    pub object: Value,
+    /// The object as written, with `metadata.namespace` defaulted for namespaced kinds and
+    /// the options' labels added, as compact JSON. Not a `Value` tree: that costs several
+    /// times the memory, for every object of a revision at once, and the object is mostly
+    /// sent to the server or compared whole. Shared, so the drift detector keeps this copy.
+    pub object: Arc<RawValue>,
 }
 
 impl Manifest {
@@ -31,6 +36,22 @@ impl Manifest {
     pub fn subject(&self) -> String {
         self.id.to_string()
     }
+
+    /// The object as a tree, for the few places that look inside it.
+    pub fn value(&self) -> Value {
+        parse_compact(&self.object)
+    }
+}
+
+/// Compact JSON of a tree; a `Value` always serialises, so the fallback is unreachable.
+pub fn compact(value: &Value) -> Box<RawValue> {
+    serde_json::value::to_raw_value(value).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}
+
+/// The tree of compact JSON made by [`compact`]; it always parses, so the fallback
+/// (`null`) is unreachable.
+pub fn parse_compact(raw: &RawValue) -> Value {
+    serde_json::from_str(raw.get()).unwrap_or(Value::Null)
 }
 
 /// How to render a revision.
@@ -38,6 +59,8 @@ impl Manifest {
 pub struct Options {
     /// Namespace given to namespaced objects that do not name one.
     pub default_namespace: String,
+    /// Labels added to every object (a sync's owner label), keeping the ones it has.
+    pub labels: BTreeMap<String, String>,
     pub limits: Limits,
 }
 
@@ -45,6 +68,7 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             default_namespace: "default".into(),
+            labels: BTreeMap::new(),
             limits: Limits::default(),
         }
     }
@@ -58,7 +82,8 @@ pub struct Limits {
     pub max_file_bytes: usize,
     /// Most YAML documents (or JSON values) in one file.
     pub max_documents_per_file: usize,
-    /// Deepest nesting of mappings and sequences (JSON files stop at 127, serde_json's cap).
+    /// Deepest nesting of mappings and sequences, at most 127 (serde_json's cap): objects
+    /// travel to and from the API server as JSON, so a deeper one could never be applied.
     pub max_depth: usize,
     /// Most YAML nodes (scalars, mappings, sequences) in one file.
     pub max_nodes_per_file: usize,
@@ -73,7 +98,7 @@ impl Default for Limits {
         Self {
             max_file_bytes: 16 * 1024 * 1024,
             max_documents_per_file: 10_000,
-            max_depth: 128,
+            max_depth: JSON_MAX_DEPTH,
             max_nodes_per_file: 2_000_000,
             max_alias_replay: 100_000,
             max_objects: 50_000,
@@ -356,6 +381,7 @@ pub fn render(
     files.sort_by(|a, b| a.path.cmp(&b.path));
 
     let mut candidates = Vec::new();
+    let mut crds = HashMap::new();
     'files: for file in files {
         let documents = match parse_file(file, &options.limits) {
             Ok(documents) => documents,
@@ -379,16 +405,29 @@ pub fn render(
                     ));
                     break 'files;
                 }
-                candidates.push(candidate);
+                collect_crd(&candidate, &mut crds, &mut errors);
+                // Kept compact until validated, one at a time: a revision's objects as
+                // trees, all at once, are most of the agent's peak memory.
+                candidates.push(Compact {
+                    file: candidate.file,
+                    line: candidate.line,
+                    item: candidate.item,
+                    json: compact(&candidate.value),
+                });
             }
         }
     }
 
-    let crds = collect_crds(&candidates, &mut errors);
-
     let mut manifests = Vec::with_capacity(candidates.len());
-    for candidate in candidates {
-        let (file, line, item) = (candidate.file.clone(), candidate.line, candidate.item);
+    for c in candidates {
+        let (file, line, item) = (c.file.clone(), c.line, c.item);
+        let candidate = Candidate {
+            file: c.file,
+            line: c.line,
+            item: c.item,
+            value: parse_compact(&c.json),
+        };
+        drop(c.json);
         match validate(candidate, options, scopes, &crds) {
             Ok(m) => manifests.push(m),
             Err((subject, errs)) => errors.extend(errs.into_iter().map(|error| Located {
@@ -431,6 +470,14 @@ struct Document {
     value: Value,
 }
 
+/// A candidate waiting for validation, as compact JSON.
+struct Compact {
+    file: String,
+    line: usize,
+    item: Option<usize>,
+    json: Box<RawValue>,
+}
+
 /// One object to validate: a document, or an item of a `List` document.
 struct Candidate {
     file: String,
@@ -463,12 +510,13 @@ type ParseError = (usize, Option<usize>, Error);
 fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
     let documents = limits.max_documents_per_file;
     let nodes = limits.max_nodes_per_file;
+    let depth = depth_limit(limits);
     serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_documents: documents,
-            max_depth: limits.max_depth,
+            max_depth: depth,
             // The parser caps flow collections (`[[[...`) separately; one limit for both.
-            flow_nesting_limit: limits.max_depth,
+            flow_nesting_limit: depth,
             max_nodes: nodes,
             // Every node has at most one end event, every document a start and an end, so
             // the node limit is the one users meet.
@@ -521,9 +569,10 @@ fn yaml_error(err: &serde_saphyr::Error, limits: &Limits) -> ParseError {
     };
     let error = match original {
         E::Budget { breach, .. } => match breach {
-            B::Depth { .. } => {
-                Error::Limit(format!("nested more than {} levels deep", limits.max_depth))
-            }
+            B::Depth { .. } => Error::Limit(format!(
+                "nested more than {} levels deep",
+                depth_limit(limits)
+            )),
             B::Documents { .. } => Error::Limit(format!(
                 "more than {} documents in one file",
                 limits.max_documents_per_file
@@ -547,7 +596,10 @@ fn yaml_error(err: &serde_saphyr::Error, limits: &Limits) -> ParseError {
             let message = serde_saphyr::DefaultMessageFormatter.format_message(other);
             // The parser's flow-collection cap has no budget variant of its own.
             if message.contains("recursion limit") {
-                Error::Limit(format!("nested more than {} levels deep", limits.max_depth))
+                Error::Limit(format!(
+                    "nested more than {} levels deep",
+                    depth_limit(limits)
+                ))
             } else {
                 Error::Yaml(printable(&message))
             }
@@ -603,7 +655,10 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
                     return Err((
                         line,
                         None,
-                        Error::Limit(format!("nested more than {} levels deep", limits.max_depth)),
+                        Error::Limit(format!(
+                            "nested more than {} levels deep",
+                            depth_limit(limits)
+                        )),
                     ));
                 }
                 if !value.is_null() {
@@ -619,7 +674,7 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
                 let error = if message.contains("recursion limit") {
                     Error::Limit(format!(
                         "nested more than {} levels deep",
-                        limits.max_depth.min(JSON_MAX_DEPTH)
+                        depth_limit(limits)
                     ))
                 } else {
                     Error::Json(message.to_owned())
@@ -633,6 +688,11 @@ fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> 
 
 /// serde_json's own, fixed nesting limit (its recursion limit of 128 admits 127 levels).
 const JSON_MAX_DEPTH: usize = 127;
+
+/// The nesting limit in force: the configured one, never past serde_json's.
+fn depth_limit(limits: &Limits) -> usize {
+    limits.max_depth.min(JSON_MAX_DEPTH)
+}
 
 /// Whether `value` nests deeper than `max` (iterative: the value may be deep).
 fn deeper_than(value: &Value, max: usize) -> bool {
@@ -735,35 +795,33 @@ struct CrdKind {
     versions: Vec<String>,
 }
 
-/// The kinds the revision's CRDs define, keyed by (group, kind). Errors in a CRD's
-/// definition are reported here; its identity is checked like any object's.
-fn collect_crds(
-    candidates: &[Candidate],
+/// Records the kind a CRD candidate defines, keyed by (group, kind); other candidates are
+/// left alone. Errors in a CRD's definition are reported here; its identity is checked
+/// like any object's.
+fn collect_crd(
+    c: &Candidate,
+    crds: &mut HashMap<(String, String), CrdKind>,
     errors: &mut Vec<Located>,
-) -> HashMap<(String, String), CrdKind> {
-    let mut crds = HashMap::new();
-    for c in candidates {
-        let Some(obj) = c.value.as_object() else {
-            continue;
-        };
-        let api_version = str_field(obj, "apiVersion").unwrap_or_default();
-        if ObjectRef::split_api_version(api_version).0 != CRD_GROUP
-            || str_field(obj, "kind") != Some(CRD_KIND)
-        {
-            continue;
-        }
-        match crd_kind(obj) {
-            Ok((key, kind)) => {
-                crds.insert(key, kind);
-            }
-            Err(reason) => errors.push(Located {
-                subject: Some(subject_of(obj)),
-                item: c.item,
-                ..Located::new(&c.file, c.line, Error::InvalidCrd(reason))
-            }),
-        }
+) {
+    let Some(obj) = c.value.as_object() else {
+        return;
+    };
+    let api_version = str_field(obj, "apiVersion").unwrap_or_default();
+    if ObjectRef::split_api_version(api_version).0 != CRD_GROUP
+        || str_field(obj, "kind") != Some(CRD_KIND)
+    {
+        return;
     }
-    crds
+    match crd_kind(obj) {
+        Ok((key, kind)) => {
+            crds.insert(key, kind);
+        }
+        Err(reason) => errors.push(Located {
+            subject: Some(subject_of(obj)),
+            item: c.item,
+            ..Located::new(&c.file, c.line, Error::InvalidCrd(reason))
+        }),
+    }
 }
 
 fn crd_kind(obj: &Map<String, Value>) -> Result<((String, String), CrdKind), String> {
@@ -997,6 +1055,7 @@ fn validate(
     if let (Some(ns), Some(Value::Object(meta))) = (&namespace, obj.get_mut("metadata")) {
         meta.insert("namespace".into(), Value::String(ns.clone()));
     }
+    add_labels(&mut value, &options.labels);
     Ok(Manifest {
         id: ObjectRef {
             group,
@@ -1007,8 +1066,29 @@ fn validate(
         },
         file,
         line,
-        object: value,
+        object: Arc::from(compact(&value)),
     })
+}
+
+/// Adds labels to an object's metadata, keeping the ones it has.
+pub fn add_labels(obj: &mut Value, labels: &BTreeMap<String, String>) {
+    if labels.is_empty() {
+        return;
+    }
+    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let l = meta
+        .entry("labels")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !l.is_object() {
+        *l = Value::Object(Default::default());
+    }
+    if let Some(map) = l.as_object_mut() {
+        for (k, v) in labels {
+            map.insert(k.clone(), Value::String(v.clone()));
+        }
+    }
 }
 
 /// Reports each object defined more than once (version ignored), naming the first.
@@ -1279,7 +1359,7 @@ mod tests {
         );
         // YAML 1.1 octal, as kubectl reads it.
         assert_eq!(
-            manifests[1].object["spec"]["template"]["spec"]["volumes"][0]["configMap"]["defaultMode"],
+            manifests[1].value()["spec"]["template"]["spec"]["volumes"][0]["configMap"]["defaultMode"],
             420
         );
     }
@@ -1298,9 +1378,9 @@ mod tests {
         )];
         let m = render(&files, &options, &BuiltinScopes).unwrap();
         assert_eq!(m[0].id.namespace.as_deref(), Some("team-a"));
-        assert_eq!(m[0].object["metadata"]["namespace"], "team-a");
+        assert_eq!(m[0].value()["metadata"]["namespace"], "team-a");
         assert_eq!(m[1].id.namespace, None);
-        assert!(m[1].object["metadata"].get("namespace").is_none());
+        assert!(m[1].value()["metadata"].get("namespace").is_none());
         assert_eq!(m[2].id.namespace.as_deref(), Some("team-a"));
     }
 
@@ -1415,6 +1495,22 @@ mod tests {
         );
         // The aggregate lists them one per line.
         assert_eq!(e.to_string(), lines.join("\n"));
+    }
+
+    #[test]
+    fn labels_are_added_without_dropping_existing() {
+        let mut obj = serde_json::json!({"metadata": {"name": "a", "labels": {"app": "x"}}});
+        add_labels(
+            &mut obj,
+            &std::collections::BTreeMap::from([(
+                crate::apply::OWNER_LABEL.to_string(),
+                "shop".to_string(),
+            )]),
+        );
+        assert_eq!(
+            obj["metadata"]["labels"],
+            serde_json::json!({"app": "x", crate::apply::OWNER_LABEL: "shop"})
+        );
     }
 
     #[test]
@@ -1772,7 +1868,7 @@ mod tests {
         ok(&[file("fine.yaml", &at_limit)]);
         let over = format!("{CM}x: {}1{}\n", "[".repeat(max), "]".repeat(max));
         assert_limit(&err(&[file("over.yaml", &over)]));
-        // JSON stops one level earlier, at serde_json's fixed limit.
+        // JSON has the same limit, serde_json's.
         let json_at_limit = format!(
             "{{\"apiVersion\": \"v1\", \"kind\": \"ConfigMap\", \"metadata\": {{\"name\": \"a\"}}, \"x\": {}1{}}}",
             "[".repeat(JSON_MAX_DEPTH - 1),

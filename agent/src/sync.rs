@@ -67,23 +67,12 @@ pub struct Outcome {
 
 /// One object of the applied desired state: what drift detection compares the live one with.
 /// Kept for as long as the daemon runs, for every managed object, so it is compact: the
-/// object as JSON text (a `Value` tree costs several times as much and is only ever sent
-/// back to the server or compared whole), and the kind's API resource shared.
+/// rendered manifest's own JSON text, shared, and the kind's API resource, shared.
 #[derive(Debug, Clone)]
 pub struct DesiredObject {
     pub id: ObjectRef,
     pub resource: Arc<kube::api::ApiResource>,
     pub object: Arc<RawValue>,
-}
-
-impl DesiredObject {
-    /// The compact form of an object as applied.
-    pub fn compact(object: &serde_json::Value) -> Arc<RawValue> {
-        // A `Value` always serialises; the fallback is unreachable, not an error path.
-        serde_json::value::to_raw_value(object)
-            .map(Arc::from)
-            .unwrap_or_else(|_| Arc::from(RawValue::NULL.to_owned()))
-    }
 }
 
 impl Outcome {
@@ -162,6 +151,7 @@ impl Engine {
         // 1. Render and validate the whole revision before any write.
         let ropts = render::Options {
             default_namespace: sync.namespace.clone(),
+            labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
             ..Default::default()
         };
         let manifests = match render::render(files, &ropts, self.rm.discovery()) {
@@ -215,7 +205,6 @@ impl Engine {
             })
             .collect();
         let aopts = apply::Options {
-            labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
             dry_run: opts.dry_run,
             known_unchanged: opts.known_unchanged.clone(),
             ..Default::default()
@@ -282,7 +271,6 @@ impl Engine {
             inventory.entries.extend(stale.iter().cloned());
         }
 
-        let labels = BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]);
         let mut resources: HashMap<(&str, &str, &str), Arc<kube::api::ApiResource>> =
             HashMap::new();
         outcome.desired = manifests
@@ -301,12 +289,10 @@ impl Engine {
                         r
                     }
                 };
-                let mut object = m.object.clone();
-                apply::add_labels(&mut object, &labels);
                 Some(DesiredObject {
                     id: id.clone(),
                     resource,
-                    object: DesiredObject::compact(&object),
+                    object: m.object.clone(),
                 })
             })
             .collect();
