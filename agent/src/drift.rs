@@ -88,6 +88,9 @@ impl Default for Options {
 
 type Key = (String, String, Option<String>, String);
 
+/// Objects re-judged at once (each a GET and a dry-run), like a sync's apply concurrency.
+const RECHECK_CONCURRENCY: usize = 16;
+
 fn key_of(id: &ObjectRef) -> Key {
     (
         id.group.clone(),
@@ -395,36 +398,40 @@ impl Detector {
             let mut st = self.lock();
             let paused = match st.entries.get(&k) {
                 None => return, // not ours (any more)
+                // Only status or server-managed metadata changed: nothing to judge, now or
+                // after a pause (a controller's status updates must not make a sync re-read).
+                Some(e) if !deleted && e.seen == Some(fp) => return,
                 Some(e) => st.paused.contains(&e.sync),
             };
             if paused {
                 st.dirty.insert(k);
                 return;
             }
-            let e = st.entries.get_mut(&k).expect("checked above");
-            if !deleted && e.seen == Some(fp) {
-                return; // only status or server-managed metadata changed
+            if let Some(e) = st.entries.get_mut(&k) {
+                e.seen = if deleted { None } else { Some(fp) };
             }
-            e.seen = if deleted { None } else { Some(fp) };
         }
         self.check(&k, if deleted { None } else { Some(live) })
             .await;
     }
 
+    /// Judges these objects afresh, a bounded number at a time: after a restart every
+    /// object is unconfirmed, and one by one that would take minutes at thousands.
     async fn recheck(&self, keys: Vec<Key>) {
-        for k in keys {
-            let target = match self.lock().entries.get(&k) {
-                Some(e) => e.target.clone(),
-                None => continue,
-            };
-            let live = self.get_live(&target).await;
-            if let Ok(live) = live {
-                if let (Some(l), Some(e)) = (&live, self.lock().entries.get_mut(&k)) {
-                    e.seen = Some(fingerprint(l));
+        futures::stream::iter(keys)
+            .for_each_concurrent(RECHECK_CONCURRENCY, |k| async move {
+                let target = match self.lock().entries.get(&k) {
+                    Some(e) => e.target.clone(),
+                    None => return,
+                };
+                if let Ok(live) = self.get_live(&target).await {
+                    if let (Some(l), Some(e)) = (&live, self.lock().entries.get_mut(&k)) {
+                        e.seen = Some(fingerprint(l));
+                    }
+                    self.check(&k, live).await;
                 }
-                self.check(&k, live).await;
-            }
-        }
+            })
+            .await;
     }
 
     fn api(&self, target: &DesiredObject) -> Api<DynamicObject> {

@@ -360,18 +360,16 @@ impl Engine {
                 .map(|(a, n)| (a.to_string(), n))
                 .collect();
         }
-        let record = Record {
-            inventory: inventory.clone(),
-            status: status.clone(),
-        };
-        let mut unchanged_time = record.clone();
-        unchanged_time.status.last_change_time = previous.status.last_change_time.clone();
-        if unchanged_time == *previous {
+        // `status` still carries the previous change time, so equal means nothing changed.
+        if *inventory == previous.inventory && status == previous.status {
             return;
         }
-        let mut record = record;
-        record.status.last_change_time =
+        status.last_change_time =
             Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        let record = Record {
+            inventory: inventory.clone(),
+            status,
+        };
         if let Err(e) = self.store.store(&sync.name, previous, &record).await {
             tracing::error!(sync = %sync.name, error = %e, "recording status");
         }

@@ -325,3 +325,61 @@ async fn the_watch_cache_lets_a_resync_skip_objects_unchanged_on_both_sides() {
         "1"
     );
 }
+
+#[tokio::test]
+async fn a_status_update_while_a_sync_applies_leaves_the_object_known_unchanged() {
+    let (mut f, det, _rx) = detected(
+        "status",
+        &[("deploy/web.yaml", &web(Some(1)))],
+        true,
+        Options::default(),
+    )
+    .await;
+    let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
+    // The deployment controller writes the revision annotation once (metadata, so judged);
+    // confirm the object after that.
+    let deadline = std::time::Instant::now() + WAIT;
+    while deployments
+        .get("web")
+        .await
+        .unwrap()
+        .metadata
+        .annotations
+        .is_none_or(|a| !a.contains_key("deployment.kubernetes.io/revision"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no revision annotation"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    det.recheck_sync("apps").await;
+    let known = {
+        let d = det.clone();
+        KnownUnchanged(Arc::new(move |id, desired| d.known_unchanged(id, desired)))
+    };
+    let opts = sync::Options {
+        dry_run: false,
+        known_unchanged: Some(known),
+    };
+
+    // While the sync is paused (as during an apply), only the status changes.
+    det.pause("apps");
+    let pp = PatchParams {
+        field_manager: Some("status-writer".into()),
+        ..Default::default()
+    };
+    deployments
+        .patch_status(
+            "web",
+            &pp,
+            &Patch::Merge(json!({"status": {"observedGeneration": 99}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (o, requests) = f.sync_with(&opts).await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    assert_eq!(requests.dry_runs, 0, "status is not drift: {requests:?}");
+}
