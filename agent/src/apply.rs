@@ -330,8 +330,8 @@ impl ResourceManager {
     /// An object this sync never applied: there is nothing of ours to compare with, so it is
     /// applied at once, one request instead of a GET that (on a first sync) finds nothing,
     /// then the apply. The status code tells creation (201) from an object that existed
-    /// (200) and is now adopted: adding the owner label is a change in itself, so the
-    /// write is never a no-op.
+    /// (200) and is now adopted. Adoption usually changes the object (the owner label), so
+    /// skipping the read costs at most a no-op write, when an inventory was lost.
     async fn apply_unseen(
         &self,
         api: &Api<DynamicObject>,

@@ -137,7 +137,8 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
         "kubectl is v1.32 against a v1.34 server: two minor versions apart, outside kubectl's supported skew of ±1; server-side apply worked across it here.".to_owned(),
         format!("Drift: `selfHeal: true`; each of {} samples edits a different ConfigMap's data (one object healed more than three times a minute is a fight the agent stops healing) with field manager `bench-drift` (merge patch) and times the `driftDetected` alert at a loopback webhook sink, then waits for `driftResolved`. Webhook: push a commit to the `git daemon` source, POST a signed GitHub push webhook, poll GET every 10 ms until the value is live.", args.samples),
         "Drift samples are 2.5 s apart: each raises two alerts and a sink delivers at most one a second after a burst of ten (the agent's default), so back-to-back samples would time that rate limiter (about 1 s each), not the detection.".to_owned(),
-        "The machine is shared with a CI run; numbers are one run each, not averages.".to_owned(),
+        "Daemon rows: a signed webhook for the unchanged revision, then one after a one-object push, each once the controllers have rolled out the corpus's Deployments and the daemon has made no request for 2 s; timed from the webhook to the sync's end, and counting every request the daemon made meanwhile (from its `/metrics`). The change's 7 are the inventory's read and write, the object's GET, dry-run and apply, and the drift detector's GET and dry-run confirming the new state.".to_owned(),
+        "Numbers are one run each, not averages.".to_owned(),
     ];
     notes.extend(runs.iter().filter_map(where_time_goes));
     let text = report::render(&runs, &machine, &notes);
