@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use git::{GitDaemon, Repo, Upstream};
 use gitops_agent::webhook;
-use harness::{TestNamespace, control_plane};
+use harness::{TestNamespace, borrowed, cm, configmap_files, control_plane};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
@@ -31,12 +31,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn cm(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n"
-    )
 }
 
 /// A running `gitops-agent run`, killed on drop; its log is kept for failure messages.
@@ -379,14 +373,8 @@ fn sample(metrics: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
-    let files: Vec<(String, String)> = (0..12)
-        .map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1")))
-        .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    let s = setup("resync", &refs).await;
+    let files = configmap_files(12);
+    let s = setup("resync", &borrowed(&files)).await;
     let path = s.dir.path().join("config.yaml");
     let (m, w) = (free_port(), free_port());
     // Self-heal: a detect-only sync never re-applies an unchanged revision.
@@ -417,32 +405,22 @@ async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
     // A push webhook for the revision already applied: the daemon resyncs it, and as the
     // watch cache knows every object unchanged on both sides, it sends no dry-run and
     // writes nothing.
-    let resync = |delivery: &'static str| {
+    let resync = || {
         let (s, agent) = (&s, &agent);
         async move {
             let before = agent.metrics(&s.http).await;
             let body = push_payload(&s.url, "refs/heads/main");
             let signature = webhook::signature(SECRET.as_bytes(), &body);
-            let status = s
-                .http
-                .post(format!("http://127.0.0.1:{}/hooks/github", agent.webhook))
-                .header("X-GitHub-Event", "push")
-                .header("X-GitHub-Delivery", delivery)
-                .header("Content-Type", "application/json")
-                .header("X-Hub-Signature-256", signature)
-                .body(body)
-                .send()
-                .await
-                .unwrap()
-                .status();
+            let status = agent
+                .push_hook(&s.http, &body, Some(&signature), "application/json")
+                .await;
             assert_eq!(status, 202);
             let deadline = Instant::now() + WAIT;
             let after = loop {
+                // The request counters are read at the scrape, so they are current.
                 let now = agent.metrics(&s.http).await;
                 if sample(&now, synced) > sample(&before, synced) {
-                    // The request counters are published right after the sync's metrics.
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    break agent.metrics(&s.http).await;
+                    break now;
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -454,7 +432,7 @@ async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
             [total, writes, dry_runs].map(|k| sample(&after, k) - sample(&before, k))
         }
     };
-    let [requests, w, d] = resync("resync-1").await;
+    let [requests, w, d] = resync().await;
     assert_eq!((w, d), (0.0, 0.0), "writes, dry-runs");
     assert!(
         requests <= 2.0,
@@ -485,7 +463,7 @@ async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
         }
         before = now;
     }
-    let [_, w, d] = resync("resync-2").await;
+    let [_, w, d] = resync().await;
     assert_eq!((w, d), (0.0, 0.0), "writes, dry-runs after a heal");
 }
 

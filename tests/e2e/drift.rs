@@ -262,13 +262,8 @@ async fn a_controller_that_keeps_reverting_us_gets_one_fight_report() {
 
 #[tokio::test]
 async fn the_watch_cache_lets_a_resync_skip_objects_unchanged_on_both_sides() {
-    let files: Vec<(String, String)> = (0..20)
-        .map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1")))
-        .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
+    let files = harness::configmap_files(20);
+    let refs = harness::borrowed(&files);
     let (mut f, det, mut rx) = detected("cache", &refs, false, Options::default()).await;
     // The periodic re-check confirms each object once; from then on the cache knows.
     det.recheck_sync("apps").await;

@@ -206,13 +206,8 @@ async fn bad_yaml_commit_changes_nothing_and_reports_file_and_line() {
 
 #[tokio::test]
 async fn mass_deletion_guard_holds_back_the_revision() {
-    let files: Vec<(String, String)> = (0..4)
-        .map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1")))
-        .collect();
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
+    let files = harness::configmap_files(4);
+    let refs = harness::borrowed(&files);
     let mut f = Fixture::new("guard", &refs, "").await;
     assert!(f.sync().await.0.succeeded());
 
@@ -566,11 +561,7 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
             std::fs::read_to_string(&p).unwrap(),
         ));
     }
-    let refs: Vec<(&str, &str)> = files
-        .iter()
-        .map(|(a, b)| (a.as_str(), b.as_str()))
-        .collect();
-    repo.push("main", &refs, &[]);
+    repo.push("main", &harness::borrowed(&files), &[]);
     let state = tempfile::tempdir().unwrap();
     let config = state.path().join("config.yaml");
     std::fs::write(

@@ -25,11 +25,7 @@ pub struct Fixture {
     pub cfg: config::Config,
 }
 
-pub fn cm(name: &str, value: &str) -> String {
-    format!(
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n"
-    )
-}
+pub use crate::harness::cm;
 
 impl Fixture {
     /// A repo with `files` on main, and a config with one sync of its `deploy/` path into a

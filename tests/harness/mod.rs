@@ -179,3 +179,25 @@ pub fn init_logging() {
             .try_init();
     });
 }
+
+/// A ConfigMap manifest with one key, `value`.
+pub fn cm(name: &str, value: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n  value: {value:?}\n"
+    )
+}
+
+/// `n` files `deploy/cm<i>.yaml`, each ConfigMap `cm<i>` with value "1".
+pub fn configmap_files(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("deploy/cm{i}.yaml"), cm(&format!("cm{i}"), "1")))
+        .collect()
+}
+
+/// The (path, text) pairs borrowed, as repositories and fixtures take them.
+pub fn borrowed(files: &[(String, String)]) -> Vec<(&str, &str)> {
+    files
+        .iter()
+        .map(|(a, b)| (a.as_str(), b.as_str()))
+        .collect()
+}
