@@ -11,9 +11,9 @@ use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::AuthInfo;
 use kube::runtime::wait::await_condition;
 use kube::{Api, Client};
@@ -111,6 +111,36 @@ async fn server_side_applied_workloads_run_on_kwok_nodes() {
         .unwrap();
     assert_eq!(d.status.unwrap().available_replicas, Some(2));
     complete.expect("Job/once Complete in time").unwrap();
+
+    // A pod marked not ready, as the node lifecycle controller does when a node's heartbeat
+    // is late, is reported ready again (by our kwok stage, as a kubelet would).
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns.name);
+    let pod = pods
+        .list(&ListParams::default().labels("app=web"))
+        .await
+        .unwrap()
+        .items
+        .remove(0);
+    let name = pod.metadata.name.unwrap();
+    pods.patch_status(
+        &name,
+        &PatchParams::default(),
+        &Patch::Strategic(
+            json!({"status": {"conditions": [{"type": "Ready", "status": "False"}]}}),
+        ),
+    )
+    .await
+    .unwrap();
+    let ready_again = tokio::time::timeout(
+        WAIT,
+        await_condition(pods.clone(), &name, |p: Option<&Pod>| {
+            p.and_then(|p| p.status.as_ref())
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        }),
+    )
+    .await;
+    ready_again.expect("pod Ready again in time").unwrap();
 }
 
 #[tokio::test]
