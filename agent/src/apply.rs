@@ -43,18 +43,16 @@ pub struct Desired<'a> {
     pub inventoried: bool,
 }
 
-/// Answers "would applying this desired object change nothing?" from knowledge that
-/// needs no request (the drift detector's watch cache); `false` when unsure.
-#[derive(Clone)]
-pub struct KnownUnchanged(pub std::sync::Arc<UnchangedFn>);
-
-/// The predicate behind [`KnownUnchanged`].
-pub type UnchangedFn = dyn Fn(&ObjectRef, &RawValue) -> bool + Send + Sync;
-
-impl std::fmt::Debug for KnownUnchanged {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KnownUnchanged(..)")
-    }
+/// What a sync can learn from, and tell, a cache of the live state (the drift detector's
+/// watches): which objects need no request at all, and which it found unchanged by
+/// comparing, so the cache need not compare them again.
+pub trait LiveCache: Send + Sync + std::fmt::Debug {
+    /// Whether applying `desired` would change nothing, known without a request; `false`
+    /// when unsure.
+    fn known_unchanged(&self, id: &ObjectRef, desired: &RawValue) -> bool;
+    /// A dry-run of `desired` against `live` (this exact object, at its resourceVersion)
+    /// changed nothing.
+    fn compared_unchanged(&self, id: &ObjectRef, desired: &RawValue, live: &Value);
 }
 
 #[derive(Debug, Clone)]
@@ -66,8 +64,9 @@ pub struct Options {
     pub concurrency: usize,
     /// How long to wait for applied CRDs to become Established.
     pub crd_timeout: Duration,
-    /// Objects this says are unchanged are reported so without any request.
-    pub known_unchanged: Option<KnownUnchanged>,
+    /// Objects this says are unchanged are reported so without any request, and it hears
+    /// of the objects found unchanged by comparing.
+    pub cache: Option<std::sync::Arc<dyn LiveCache>>,
 }
 
 impl Default for Options {
@@ -77,7 +76,7 @@ impl Default for Options {
             dry_run: false,
             concurrency: 16,
             crd_timeout: Duration::from_secs(60),
-            known_unchanged: None,
+            cache: None,
         }
     }
 }
@@ -268,8 +267,8 @@ impl ResourceManager {
         };
         let api = self.api_for(res, id.namespace.as_deref());
         let body = d.object;
-        if let Some(KnownUnchanged(f)) = &opts.known_unchanged {
-            if f(id, body) {
+        if let Some(cache) = &opts.cache {
+            if cache.known_unchanged(id, body) {
                 return Change::new(id.clone(), Action::Unchanged);
             }
             tracing::debug!(object = %id, "not known unchanged: compared with the cluster");
@@ -316,6 +315,9 @@ impl ResourceManager {
             }
         };
         if diff::normalize(&live_json) == diff::normalize(&merged_json) {
+            if let Some(cache) = &opts.cache {
+                cache.compared_unchanged(id, body, &live_json);
+            }
             return Change::new(id.clone(), Action::Unchanged);
         }
         let diff = diff::unified(&id.to_string(), Some(&live_json), Some(&merged_json));

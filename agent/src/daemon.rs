@@ -16,7 +16,6 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::alert::{self, Dispatcher, Event as Alert};
-use crate::apply;
 use crate::cluster::RequestCounter;
 use crate::leader;
 use crate::metrics::{self, Health, Metrics};
@@ -484,15 +483,12 @@ impl Agent {
         Some(ran)
     }
 
-    /// Real syncs consult the watch cache: objects unchanged on both sides cost nothing.
+    /// Real syncs consult the watch cache: objects unchanged on both sides cost nothing,
+    /// and what a sync finds unchanged by comparing is confirmed in the cache.
     fn sync_options(&self) -> sync::Options {
-        let detector = self.detector.clone();
-        let known = apply::KnownUnchanged(Arc::new(move |id, desired| {
-            detector.known_unchanged(id, desired)
-        }));
         sync::Options {
             dry_run: false,
-            known_unchanged: Some(known),
+            cache: Some(Arc::new(self.detector.clone())),
         }
     }
 

@@ -118,6 +118,10 @@ struct Entry {
 #[derive(Default)]
 struct State {
     entries: HashMap<Key, Entry>,
+    /// What the sync now applying found unchanged by comparing, for objects not yet
+    /// watched: (hash of the desired text, fingerprint of the live object). Taken by the
+    /// next `set_desired`, so a restart need not compare every object twice.
+    compared: HashMap<Key, (u64, u64)>,
     paused: HashSet<String>,
     dirty: HashSet<Key>,
     /// One watch per API resource (group, version, plural).
@@ -188,6 +192,7 @@ impl Detector {
         let dirty = {
             let mut st = self.lock();
             st.paused.remove(sync);
+            st.compared.clear();
             take_dirty(&mut st, sync)
         };
         self.recheck(dirty).await;
@@ -232,8 +237,15 @@ impl Detector {
                         fight_until: None,
                     },
                 };
+                let mut entry = entry;
+                if let Some((text, live)) = st.compared.remove(&k)
+                    && text == text_hash(entry.target.object.get())
+                {
+                    entry.confirm(live);
+                }
                 keep.insert(k, entry);
             }
+            st.compared.clear();
             let mut resources: HashMap<(String, String, String), Arc<ApiResource>> = HashMap::new();
             for e in keep.values() {
                 let ar = &e.target.resource;
@@ -278,6 +290,22 @@ impl Detector {
                 .entries
                 .get(&k)
                 .is_some_and(|e| e.confirmed() && e.target.object.get() == desired.get())
+    }
+
+    /// A sync compared `desired` with `live` and found nothing to change: as good as a
+    /// judgement of the detector's own, so the object is confirmed without another request.
+    pub fn compared_unchanged(&self, id: &ObjectRef, desired: &RawValue, live: &Value) {
+        let k = key_of(id);
+        let fp = fingerprint(live);
+        let mut st = self.lock();
+        match st.entries.get_mut(&k) {
+            Some(e) if e.target.object.get() == desired.get() => e.confirm(fp),
+            // Not watched yet (the daemon's first sync), or about to change: kept for the
+            // `set_desired` that follows this sync.
+            _ => {
+                st.compared.insert(k, (text_hash(desired.get()), fp));
+            }
+        }
     }
 
     /// Forgets a sync that left the configuration.
@@ -614,6 +642,38 @@ impl Entry {
     fn confirmed(&self) -> bool {
         self.active.is_none() && self.seen.is_some() && self.seen == self.checked
     }
+
+    /// Records that the live object with fingerprint `live` matches Git. Only when it is
+    /// what the watch last saw (or the watch has seen nothing yet): an older comparison
+    /// says nothing about a newer object.
+    fn confirm(&mut self, live: u64) {
+        if self.seen.is_none_or(|seen| seen == live) {
+            self.seen = Some(live);
+            self.checked = Some(live);
+        }
+    }
+}
+
+impl apply::LiveCache for Detector {
+    fn known_unchanged(&self, id: &ObjectRef, desired: &RawValue) -> bool {
+        Detector::known_unchanged(self, id, desired)
+    }
+
+    fn compared_unchanged(&self, id: &ObjectRef, desired: &RawValue, live: &Value) {
+        Detector::compared_unchanged(self, id, desired, live)
+    }
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Detector(..)")
+    }
+}
+
+fn text_hash(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
 }
 
 fn take_dirty(st: &mut State, sync: &str) -> Vec<Key> {

@@ -92,7 +92,7 @@ pub struct Options {
     pub dry_run: bool,
     /// Objects known unchanged on both sides skip their GET and dry-run (the daemon passes
     /// the drift detector's watch cache).
-    pub known_unchanged: Option<apply::KnownUnchanged>,
+    pub cache: Option<std::sync::Arc<dyn apply::LiveCache>>,
 }
 
 impl Scopes for Discovery {
@@ -206,7 +206,7 @@ impl Engine {
             .collect();
         let aopts = apply::Options {
             dry_run: opts.dry_run,
-            known_unchanged: opts.known_unchanged.clone(),
+            cache: opts.cache.clone(),
             ..Default::default()
         };
         match self.rm.apply_all_staged(&desired, &aopts).await {

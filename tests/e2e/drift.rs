@@ -15,7 +15,6 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use fixture::{Fixture, cm};
-use gitops_agent::apply::KnownUnchanged;
 use gitops_agent::change::Action;
 use gitops_agent::drift::{Detector, Options, Report};
 use gitops_agent::sync;
@@ -267,13 +266,9 @@ async fn the_watch_cache_lets_a_resync_skip_objects_unchanged_on_both_sides() {
     let (mut f, det, mut rx) = detected("cache", &refs, false, Options::default()).await;
     // The periodic re-check confirms each object once; from then on the cache knows.
     det.recheck_sync("apps").await;
-    let known = {
-        let d = det.clone();
-        KnownUnchanged(Arc::new(move |id, desired| d.known_unchanged(id, desired)))
-    };
     let opts = sync::Options {
         dry_run: false,
-        known_unchanged: Some(known),
+        cache: Some(Arc::new(det.clone())),
     };
     let (o, requests) = f.sync_with(&opts).await;
     assert!(
@@ -350,13 +345,9 @@ async fn a_status_update_while_a_sync_applies_leaves_the_object_known_unchanged(
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     det.recheck_sync("apps").await;
-    let known = {
-        let d = det.clone();
-        KnownUnchanged(Arc::new(move |id, desired| d.known_unchanged(id, desired)))
-    };
     let opts = sync::Options {
         dry_run: false,
-        known_unchanged: Some(known),
+        cache: Some(Arc::new(det.clone())),
     };
 
     // While the sync is paused (as during an apply), only the status changes.
@@ -377,4 +368,29 @@ async fn a_status_update_while_a_sync_applies_leaves_the_object_known_unchanged(
     let (o, requests) = f.sync_with(&opts).await;
     assert!(o.succeeded(), "{:?}", o.failure);
     assert_eq!(requests.dry_runs, 0, "status is not drift: {requests:?}");
+}
+
+#[tokio::test]
+async fn what_a_sync_compares_confirms_objects_for_the_watch_cache() {
+    // As after a restart: the objects exist and are inventoried, the detector knows nothing.
+    let files = harness::configmap_files(6);
+    let mut f = Fixture::new("compared", &harness::borrowed(&files), "").await;
+    assert!(f.sync().await.0.succeeded());
+    let (det, _rx) = Detector::new(harness::control_plane().client().await, Options::default());
+    let opts = sync::Options {
+        dry_run: false,
+        cache: Some(Arc::new(det.clone())),
+    };
+    // The first sync compares every object (a GET and a dry-run each) ...
+    let (o, requests) = f.sync_with(&opts).await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    assert_eq!(requests.dry_runs, 6, "{requests:?}");
+    det.set_desired("apps", true, o.desired).await;
+    assert!(det.wait_ready(WAIT).await, "watches listed");
+    // ... and those comparisons confirm the objects: no re-check, and the next sync skips
+    // them all.
+    let (o, requests) = f.sync_with(&opts).await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    assert_eq!((requests.dry_runs, requests.writes), (0, 0), "{requests:?}");
+    assert!(requests.total <= 2, "{requests:?}");
 }
