@@ -275,7 +275,7 @@ impl ResourceManager {
         }
 
         if !d.inventoried && !opts.dry_run {
-            return self.apply_unseen(&api, res, d, opts).await;
+            return self.apply_unseen(res, d, opts).await;
         }
 
         let live = match api.get_opt(&id.name).await {
@@ -286,7 +286,7 @@ impl ResourceManager {
             // Absent: nothing to compare, so no dry-run first.
             let diff = created_diff(id, body);
             if !opts.dry_run
-                && let Err(e) = self.patch(&api, id, body, opts, false).await
+                && let Err(e) = self.write(res, id, body, opts).await
             {
                 return failed(id, "apply", &e);
             }
@@ -300,10 +300,10 @@ impl ResourceManager {
                     .with_message(format!("encode live object: {e}"));
             }
         };
-        let merged = match self.patch(&api, id, body, opts, true).await {
+        let merged = match self.dry_run(&api, id, body, opts).await {
             Ok(m) => m,
             Err(e) if is_immutable(&e) => {
-                return self.recreate(&api, id, body, &live, opts, &e).await;
+                return self.recreate(res, id, body, &live, opts, &e).await;
             }
             Err(e) => return failed(id, "dry-run apply", &e),
         };
@@ -322,7 +322,7 @@ impl ResourceManager {
         }
         let diff = diff::unified(&id.to_string(), Some(&live_json), Some(&merged_json));
         if !opts.dry_run
-            && let Err(e) = self.patch(&api, id, body, opts, false).await
+            && let Err(e) = self.write(res, id, body, opts).await
         {
             return failed(id, "apply", &e);
         }
@@ -334,24 +334,20 @@ impl ResourceManager {
     /// then the apply. The status code tells creation (201) from an object that existed
     /// (200) and is now adopted. Adoption usually changes the object (the owner label), so
     /// skipping the read costs at most a no-op write, when an inventory was lost.
-    async fn apply_unseen(
-        &self,
-        api: &Api<DynamicObject>,
-        res: &Resource,
-        d: Desired<'_>,
-        opts: &Options,
-    ) -> Change {
+    async fn apply_unseen(&self, res: &Resource, d: Desired<'_>, opts: &Options) -> Change {
         let (id, body) = (d.id, d.object);
-        let pp = PatchParams::apply(&opts.field_manager).force();
-        let namespace = res.namespaced.then_some(id.namespace.as_deref()).flatten();
-        match apply_with_status(&self.client, &res.api, namespace, &id.name, &pp, body).await {
+        match self.write(res, id, body, opts).await {
             Ok(StatusCode::CREATED) => {
                 Change::new(id.clone(), Action::Created).with_diff(created_diff(id, body))
             }
             Ok(_) => Change::new(id.clone(), Action::Configured)
                 .with_message("existed before this sync applied it; now managed by it"),
-            Err(e) if is_immutable(&e) => match api.get_opt(&id.name).await {
-                Ok(Some(live)) => self.recreate(api, id, body, &live, opts, &e).await,
+            Err(e) if is_immutable(&e) => match self
+                .api_for(res, id.namespace.as_deref())
+                .get_opt(&id.name)
+                .await
+            {
+                Ok(Some(live)) => self.recreate(res, id, body, &live, opts, &e).await,
                 Ok(None) => failed(id, "apply", &e),
                 Err(e) => failed(id, "get", &e),
             },
@@ -359,32 +355,44 @@ impl ResourceManager {
         }
     }
 
-    async fn patch(
+    /// The server-side dry-run of applying `body`: the object as it would be.
+    async fn dry_run(
         &self,
         api: &Api<DynamicObject>,
         id: &ObjectRef,
         body: &RawValue,
         opts: &Options,
-        dry_run: bool,
     ) -> kube::Result<DynamicObject> {
-        let mut pp = PatchParams::apply(&opts.field_manager).force();
-        if dry_run {
-            pp = pp.dry_run();
-        }
+        let pp = PatchParams::apply(&opts.field_manager).force().dry_run();
         api.patch(&id.name, &pp, &Patch::Apply(body)).await
+    }
+
+    /// Every real apply: forced, returning only the status code (the response body, the
+    /// whole object, is not decoded, as nothing here reads it).
+    async fn write(
+        &self,
+        res: &Resource,
+        id: &ObjectRef,
+        body: &RawValue,
+        opts: &Options,
+    ) -> kube::Result<StatusCode> {
+        let pp = PatchParams::apply(&opts.field_manager).force();
+        let namespace = res.namespaced.then_some(id.namespace.as_deref()).flatten();
+        apply_with_status(&self.client, &res.api, namespace, &id.name, &pp, body).await
     }
 
     /// An immutable field changed. Only an explicit annotation on the object in Git allows
     /// deleting and recreating it; otherwise the conflict is reported on the object.
     async fn recreate(
         &self,
-        api: &Api<DynamicObject>,
+        res: &Resource,
         id: &ObjectRef,
         raw: &RawValue,
         live: &DynamicObject,
         opts: &Options,
         cause: &kube::Error,
     ) -> Change {
+        let api = self.api_for(res, id.namespace.as_deref());
         let body = &render::parse_compact(raw);
         let allowed = body
             .pointer("/metadata/annotations")
@@ -427,7 +435,7 @@ impl ResourceManager {
                 Err(e) => return failed(id, "wait for deletion", &e),
             }
         }
-        match self.patch(api, id, raw, opts, false).await {
+        match self.write(res, id, raw, opts).await {
             Ok(_) => Change::new(id.clone(), Action::Configured)
                 .with_diff(diff)
                 .with_message("recreated: immutable field changed"),
@@ -521,8 +529,7 @@ impl ResourceManager {
     }
 }
 
-/// A forced server-side apply that returns only its status code: the response body (the
-/// whole object) is not decoded, as nothing here reads it.
+/// A server-side apply that returns only its status code; errors as kube's own.
 async fn apply_with_status(
     client: &Client,
     resource: &kube::api::ApiResource,

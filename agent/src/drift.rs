@@ -216,7 +216,7 @@ impl Detector {
                 .collect();
             for target in desired {
                 let k = key_of(&target.id);
-                let entry = match previous.remove(&k) {
+                let mut entry = match previous.remove(&k) {
                     Some(mut e) => {
                         e.self_heal = self_heal;
                         if e.target.object.get() != target.object.get() {
@@ -237,7 +237,6 @@ impl Detector {
                         fight_until: None,
                     },
                 };
-                let mut entry = entry;
                 if let Some((text, live)) = st.compared.remove(&k)
                     && text == text_hash(entry.target.object.get())
                 {
@@ -275,37 +274,6 @@ impl Detector {
             .map(|(k, _)| k.clone())
             .collect();
         self.recheck(keys).await;
-    }
-
-    /// Whether applying `desired` for `id` would change nothing, known without a request:
-    /// Git's side is what was last applied, and the watch has seen no change on the
-    /// cluster's side since the object was last confirmed to match.
-    pub fn known_unchanged(&self, id: &ObjectRef, desired: &RawValue) -> bool {
-        let k = key_of(id);
-        let st = self.lock();
-        // Both sides are the renderer's compact JSON of the object, so equal text is an
-        // equal object.
-        !st.dirty.contains(&k)
-            && st
-                .entries
-                .get(&k)
-                .is_some_and(|e| e.confirmed() && e.target.object.get() == desired.get())
-    }
-
-    /// A sync compared `desired` with `live` and found nothing to change: as good as a
-    /// judgement of the detector's own, so the object is confirmed without another request.
-    pub fn compared_unchanged(&self, id: &ObjectRef, desired: &RawValue, live: &Value) {
-        let k = key_of(id);
-        let fp = fingerprint(live);
-        let mut st = self.lock();
-        match st.entries.get_mut(&k) {
-            Some(e) if e.target.object.get() == desired.get() => e.confirm(fp),
-            // Not watched yet (the daemon's first sync), or about to change: kept for the
-            // `set_desired` that follows this sync.
-            _ => {
-                st.compared.insert(k, (text_hash(desired.get()), fp));
-            }
-        }
     }
 
     /// Forgets a sync that left the configuration.
@@ -655,12 +623,35 @@ impl Entry {
 }
 
 impl apply::LiveCache for Detector {
+    /// Whether applying `desired` for `id` would change nothing, known without a request:
+    /// Git's side is what was last applied, and the watch has seen no change on the
+    /// cluster's side since the object was last confirmed to match.
     fn known_unchanged(&self, id: &ObjectRef, desired: &RawValue) -> bool {
-        Detector::known_unchanged(self, id, desired)
+        let k = key_of(id);
+        let st = self.lock();
+        // Both sides are the renderer's compact JSON of the object, so equal text is an
+        // equal object.
+        !st.dirty.contains(&k)
+            && st
+                .entries
+                .get(&k)
+                .is_some_and(|e| e.confirmed() && e.target.object.get() == desired.get())
     }
 
+    /// A sync compared `desired` with `live` and found nothing to change: as good as a
+    /// judgement of the detector's own, so the object is confirmed without another request.
     fn compared_unchanged(&self, id: &ObjectRef, desired: &RawValue, live: &Value) {
-        Detector::compared_unchanged(self, id, desired, live)
+        let k = key_of(id);
+        let fp = fingerprint(live);
+        let mut st = self.lock();
+        match st.entries.get_mut(&k) {
+            Some(e) if e.target.object.get() == desired.get() => e.confirm(fp),
+            // Not watched yet (the daemon's first sync), or about to change: kept for the
+            // `set_desired` that follows this sync.
+            _ => {
+                st.compared.insert(k, (text_hash(desired.get()), fp));
+            }
+        }
     }
 }
 
