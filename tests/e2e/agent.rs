@@ -702,14 +702,7 @@ async fn drift_raises_one_signed_alert_and_self_heal_restores() {
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(s.client.clone(), &s.ns.name);
     let changed = Instant::now();
-    let pp = PatchParams {
-        field_manager: Some("kubectl-scale".into()),
-        ..Default::default()
-    };
-    deployments
-        .patch_scale("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 5}})))
-        .await
-        .unwrap();
+    harness::scale(&deployments, "web", "kubectl-scale", 5).await;
     let deadline = Instant::now() + WAIT;
     let detected = loop {
         if let Some(e) = sink

@@ -83,14 +83,7 @@ async fn out_of_band_change_is_reported_once_with_fields_and_manager_detect_only
     )
     .await;
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
-    let pp = PatchParams {
-        field_manager: Some("kubectl-scale".into()),
-        ..Default::default()
-    };
-    deployments
-        .patch_scale("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 5}})))
-        .await
-        .unwrap();
+    harness::scale(&deployments, "web", "kubectl-scale", 5).await;
 
     match next(&mut rx).await {
         Report::Detected {
@@ -202,14 +195,7 @@ async fn autoscaler_owned_replicas_are_not_drift() {
     )
     .await;
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
-    let pp = PatchParams {
-        field_manager: Some("horizontal-pod-autoscaler".into()),
-        ..Default::default()
-    };
-    deployments
-        .patch_scale("web", &pp, &Patch::Merge(json!({"spec": {"replicas": 4}})))
-        .await
-        .unwrap();
+    harness::scale(&deployments, "web", "horizontal-pod-autoscaler", 4).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     // A marker change afterwards: the first report must be about it, not the replicas.
     edit_cm(&f, "kubectl-edit", "marker").await;

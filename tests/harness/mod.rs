@@ -201,3 +201,19 @@ pub fn borrowed(files: &[(String, String)]) -> Vec<(&str, &str)> {
         .map(|(a, b)| (a.as_str(), b.as_str()))
         .collect()
 }
+
+/// Scales a Deployment through its scale subresource as `manager` (as `kubectl scale` or
+/// an autoscaler would), so drift can be told apart by field manager.
+pub async fn scale(
+    api: &Api<k8s_openapi::api::apps::v1::Deployment>,
+    name: &str,
+    manager: &str,
+    replicas: i32,
+) {
+    let pp = kube::api::PatchParams {
+        field_manager: Some(manager.into()),
+        ..Default::default()
+    };
+    let patch = kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}}));
+    api.patch_scale(name, &pp, &patch).await.unwrap();
+}
