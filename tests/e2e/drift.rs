@@ -257,14 +257,7 @@ async fn the_watch_cache_lets_a_resync_skip_objects_unchanged_on_both_sides() {
         cache: Some(Arc::new(det.clone())),
     };
     let (o, requests) = f.sync_with(&opts).await;
-    assert!(
-        o.changes
-            .entries
-            .iter()
-            .all(|c| c.action == Action::Unchanged),
-        "{}",
-        o.changes
-    );
+    fixture::assert_all_unchanged(&o);
     assert_eq!((requests.writes, requests.dry_runs), (0, 0), "{requests:?}");
     assert!(
         requests.total <= 2,

@@ -57,15 +57,7 @@ async fn pushed_change_is_applied_and_nothing_else_is_written() {
     let before = f.versions().await;
     let (resync, requests) = f.sync().await;
     assert!(resync.succeeded(), "{:?}", resync.failure);
-    assert!(
-        resync
-            .changes
-            .entries
-            .iter()
-            .all(|c| c.action == Action::Unchanged),
-        "{}",
-        resync.changes
-    );
+    fixture::assert_all_unchanged(&resync);
     assert_eq!(
         requests.writes, 0,
         "no-change resync made write requests: {requests:?}"
@@ -143,15 +135,7 @@ async fn removed_file_is_pruned_but_prune_disabled_objects_survive() {
     );
     // The survivor is no longer in the inventory: a later sync does not try again.
     let (again, _) = f.sync().await;
-    assert!(
-        again
-            .changes
-            .entries
-            .iter()
-            .all(|c| c.action == Action::Unchanged),
-        "{}",
-        again.changes
-    );
+    fixture::assert_all_unchanged(&again);
 }
 
 #[tokio::test]
@@ -299,15 +283,7 @@ async fn crd_and_its_custom_resources_apply_in_order_in_one_commit() {
     let api: Api<DynamicObject> = Api::namespaced_with(f.client.clone(), &f.ns.name, &ar);
     assert_eq!(api.get("two").await.unwrap().data["spec"]["size"], 2);
     let (again, requests) = f.sync().await;
-    assert!(
-        again
-            .changes
-            .entries
-            .iter()
-            .all(|c| c.action == Action::Unchanged),
-        "{}",
-        again.changes
-    );
+    fixture::assert_all_unchanged(&again);
     assert_eq!(requests.writes, 0);
     // The CRD is cluster-scoped: remove it so test runs do not accumulate.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(f.client.clone());

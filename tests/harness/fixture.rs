@@ -103,3 +103,15 @@ impl Fixture {
             .collect()
     }
 }
+
+/// Asserts that a sync changed nothing, printing its change set if it did.
+pub fn assert_all_unchanged(o: &Outcome) {
+    assert!(
+        o.changes
+            .entries
+            .iter()
+            .all(|c| c.action == gitops_agent::change::Action::Unchanged),
+        "{}",
+        o.changes
+    );
+}
