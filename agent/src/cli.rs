@@ -265,45 +265,71 @@ async fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
     let (client, _) = cli.cluster.client().await?;
     let store = inventory::Store::new(client, &cfg.namespace);
     let records = store.list().await?;
+    let (ours, leftovers): (Vec<_>, Vec<_>) = records
+        .iter()
+        .partition(|(name, _)| cfg.syncs.iter().any(|s| s.name == *name));
     println!(
         "{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  COUNTS",
         "SYNC", "REVISION", "RESULT", "HEALTH", "OBJECTS", "LAST-CHANGE"
     );
     for s in &cfg.syncs {
-        let Some((_, r)) = records.iter().find(|(n, _)| *n == s.name) else {
-            println!("{:<20} {:<12} {:<10}", s.name, "-", "NeverSynced");
-            continue;
-        };
-        let rev = r
-            .status
-            .revision
-            .as_deref()
-            .map(short_revision)
-            .unwrap_or("-");
-        let counts = r
-            .status
-            .last_change_counts
-            .iter()
-            .map(|(a, n)| format!("{a}={n}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        println!(
-            "{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  {}",
-            s.name,
-            rev,
-            r.status.result,
-            r.status.health.as_deref().unwrap_or("-"),
-            r.inventory.entries.len(),
-            r.status.last_change_time.as_deref().unwrap_or("-"),
-            counts
-        );
+        match ours.iter().find(|(n, _)| *n == s.name) {
+            Some((_, r)) => println!("{}", status_row(&s.name, r)),
+            None => println!("{:<20} {:<12} {:<10}", s.name, "-", "NeverSynced"),
+        }
     }
-    for (name, r) in &records {
+    for (name, r) in &ours {
         if let Some(e) = &r.status.error {
             println!("\n{name}: {e}");
         }
     }
+    if !leftovers.is_empty() {
+        println!(
+            "\nInventories in namespace {} of syncs that are not in {} (a removed sync, or another agent's):",
+            cfg.namespace,
+            cli.config.display()
+        );
+        for (name, r) in &leftovers {
+            println!("{}", status_row(name, r));
+        }
+        println!(
+            "Their objects stay as they are, labelled {}=<sync>. To clean up one, delete its objects \
+             (kubectl delete <kinds> -A -l {}=<sync>), then its inventory \
+             (kubectl -n {} delete configmap {}).",
+            crate::apply::OWNER_LABEL,
+            crate::apply::OWNER_LABEL,
+            cfg.namespace,
+            inventory::configmap_name("<sync>")
+        );
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One row of `status`: revision, result, health, object count, last change, counts.
+fn status_row(name: &str, r: &inventory::Record) -> String {
+    let rev = r
+        .status
+        .revision
+        .as_deref()
+        .map(short_revision)
+        .unwrap_or("-");
+    let counts = r
+        .status
+        .last_change_counts
+        .iter()
+        .map(|(a, n)| format!("{a}={n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  {}",
+        name,
+        rev,
+        r.status.result,
+        r.status.health.as_deref().unwrap_or("-"),
+        r.inventory.entries.len(),
+        r.status.last_change_time.as_deref().unwrap_or("-"),
+        counts
+    )
 }
 
 /// `main@sha1:0123abcd...` → `0123abcd`.

@@ -594,6 +594,38 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
         "nothing to change; stdout:\n{out}\nstderr:\n{err}"
     );
 
+    // A config that no longer has the sync: `status` shows its own syncs, and the
+    // inventory the removed one left behind apart from them, with how to clean it up.
+    let other = state.path().join("other.yaml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("  - name: shop\n    source", "  - name: other\n    source");
+    std::fs::write(&other, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
+        .args(["status", "--config"])
+        .arg(&other)
+        .arg("--kubeconfig")
+        .arg(cp.kubeconfig())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let (mine, leftover) = out
+        .split_once("Inventories in namespace")
+        .unwrap_or_else(|| panic!("no leftover section in:\n{out}"));
+    assert!(
+        mine.lines()
+            .any(|l| l.starts_with("other ") && l.contains("NeverSynced")),
+        "{out}"
+    );
+    assert!(!mine.lines().any(|l| l.starts_with("shop ")), "{out}");
+    assert!(
+        leftover
+            .lines()
+            .any(|l| l.starts_with("shop ") && l.contains("Succeeded"))
+            && leftover.contains("delete configmap gitops-agent-<sync>"),
+        "{out}"
+    );
+
     // Someone edits the ConfigMap behind Git's back: diff shows it and exits 1.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "shop");
     let patch = serde_json::json!({"data": {"GREETING": "changed by hand"}});
