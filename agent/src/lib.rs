@@ -1,30 +1,27 @@
 //! gitops-agent: keeps a Kubernetes cluster in step with a Git repository.
 //!
-//! Data flows one way: trigger → source → render → policy → apply → prune → health →
-//! inventory → alerts. Each stage is a module named after what it owns.
+//! Data flows one way: trigger → source → render → apply → prune → health → inventory →
+//! notify. Each stage is a module named after what it owns; `sync` runs them for one
+//! revision, `controller` decides when, and `core` holds what they all share.
 #![forbid(unsafe_code)]
 
-pub mod alert;
 pub mod apply;
-pub mod change;
-pub mod cli;
 pub mod cluster;
 pub mod config;
-pub mod daemon;
+pub mod controller;
+pub mod core;
 pub mod diff;
-pub mod discovery;
 pub mod drift;
-pub mod files;
 pub mod health;
+pub mod http;
 pub mod inventory;
-pub mod leader;
-pub mod logging;
-pub mod metrics;
-pub mod object;
+pub mod notify;
 pub mod prune;
 pub mod render;
+pub mod secrets;
 pub mod source;
 pub mod sync;
+pub mod telemetry;
 pub mod webhook;
 
 /// The agent's version, as built.

@@ -1,13 +1,15 @@
 //! The `gitops-agent` binary: parse the command line, set up logging, run the command.
 #![deny(unsafe_code)]
 
+mod cli;
+
 use clap::Parser;
-use gitops_agent::cli::Cli;
+use cli::Cli;
 
 fn main() -> std::process::ExitCode {
     one_malloc_arena();
     let cli = Cli::parse();
-    if let Err(err) = gitops_agent::logging::init(&cli.log) {
+    if let Err(err) = gitops_agent::telemetry::logging::init(&cli.log) {
         eprintln!("gitops-agent: {err}");
         return std::process::ExitCode::from(2);
     }

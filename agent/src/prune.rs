@@ -3,14 +3,11 @@
 //! `gitops-agent.io/prune: disabled`; in reverse apply order. A guard holds back
 //! revisions that would delete too much.
 
-use kube::api::{Api, DeleteParams, DynamicObject, PropagationPolicy};
+use kube::api::{DeleteParams, PropagationPolicy};
 
-use crate::apply::{self, OWNER_LABEL, ResourceManager};
-use crate::change::{Action, Change, ChangeSet};
+use crate::apply::{self, ResourceManager};
 use crate::config::PruneGuard;
-use crate::object::ObjectRef;
-
-pub const PRUNE_ANNOTATION: &str = "gitops-agent.io/prune";
+use crate::core::{Action, Change, ChangeSet, OWNER_LABEL, ObjectKey, PRUNE_ANNOTATION};
 
 #[derive(Debug, Clone, Default)]
 pub struct Options {
@@ -46,8 +43,8 @@ pub fn held_back(
 }
 
 /// Deletes the stale objects that are still ours, in reverse apply order.
-pub async fn prune(rm: &ResourceManager, stale: &[ObjectRef], opts: &Options) -> ChangeSet {
-    let mut order: Vec<&ObjectRef> = stale.iter().collect();
+pub async fn prune(rm: &ResourceManager, stale: &[ObjectKey], opts: &Options) -> ChangeSet {
+    let mut order: Vec<&ObjectKey> = stale.iter().collect();
     order.sort_by_key(|id| std::cmp::Reverse(apply::order_key(id)));
     let mut changes = ChangeSet::default();
     for id in order {
@@ -58,7 +55,7 @@ pub async fn prune(rm: &ResourceManager, stale: &[ObjectRef], opts: &Options) ->
     changes
 }
 
-async fn prune_one(rm: &ResourceManager, id: &ObjectRef, opts: &Options) -> Option<Change> {
+async fn prune_one(rm: &ResourceManager, id: &ObjectKey, opts: &Options) -> Option<Change> {
     let d = rm.discovery();
     let res = d
         .resolve(&id.group, &id.version, &id.kind)
@@ -70,17 +67,15 @@ async fn prune_one(rm: &ResourceManager, id: &ObjectRef, opts: &Options) -> Opti
                 .with_message("kind no longer served by the cluster"),
         );
     };
-    let api: Api<DynamicObject> = match (&id.namespace, res.namespaced) {
-        (Some(ns), true) => Api::namespaced_with(rm.client().clone(), ns, &res.api),
-        _ => Api::all_with(rm.client().clone(), &res.api),
-    };
+    let namespace = res.namespaced.then_some(id.namespace.as_deref()).flatten();
+    let api = crate::cluster::api_for(rm.client(), &res.api, namespace);
     let live = match api.get_opt(&id.name).await {
         Ok(Some(l)) => l,
         Ok(None) => return None, // already gone
         Err(e) => {
             return Some(
                 Change::new(id.clone(), Action::Failed)
-                    .with_message(format!("get: {}", apply::api_message(&e))),
+                    .with_message(format!("get: {}", crate::cluster::api_message(&e))),
             );
         }
     };
@@ -122,7 +117,7 @@ async fn prune_one(rm: &ResourceManager, id: &ObjectRef, opts: &Options) -> Opti
         {
             return Some(
                 Change::new(id.clone(), Action::Failed)
-                    .with_message(format!("delete: {}", apply::api_message(&e))),
+                    .with_message(format!("delete: {}", crate::cluster::api_message(&e))),
             );
         }
     }

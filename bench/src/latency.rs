@@ -112,7 +112,7 @@ impl Hook<'_> {
                            "git_url": self.url, "ssh_url": self.url},
             "pusher": {"name": "bench"},
         }))?;
-        let signature = gitops_agent::webhook::signature(self.secret, &body);
+        let signature = gitops_agent::http::signature::signature(self.secret, &body);
         let r = self
             .http
             .post(format!("http://127.0.0.1:{}/hooks/github", self.port))

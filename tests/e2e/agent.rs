@@ -15,7 +15,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use git::{GitDaemon, Repo, Upstream};
-use gitops_agent::webhook;
 use harness::{TestNamespace, borrowed, cm, configmap_files, control_plane};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams};
@@ -237,6 +236,13 @@ async fn setup(prefix: &str, files: &[(&str, &str)]) -> Setup {
     }
 }
 
+impl Setup {
+    /// Another repository on the same Git server.
+    fn repo_named(&self, name: &str) -> Repo {
+        self._upstream.create(name)
+    }
+}
+
 /// A config with one Git source (polled hourly, so only webhooks trigger) and one sync.
 fn config(s: &Setup, state: &str, metrics: u16, webhook: u16, extra: &str) -> String {
     format!(
@@ -262,7 +268,7 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
     wait_value(&cms, "a", "1", &agent).await;
 
     let body = push_payload(&s.url, "refs/heads/main");
-    let good = webhook::signature(SECRET.as_bytes(), &body);
+    let good = gitops_agent::http::signature::signature(SECRET.as_bytes(), &body);
     // Every bad input gets its 4xx and triggers nothing.
     s.repo
         .push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
@@ -283,7 +289,7 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
             .push_hook(
                 &s.http,
                 &body,
-                Some(&webhook::signature(b"wrong", &body)),
+                Some(&gitops_agent::http::signature::signature(b"wrong", &body)),
                 "application/json"
             )
             .await,
@@ -301,7 +307,10 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
             .push_hook(
                 &s.http,
                 &broken,
-                Some(&webhook::signature(SECRET.as_bytes(), &broken)),
+                Some(&gitops_agent::http::signature::signature(
+                    SECRET.as_bytes(),
+                    &broken
+                )),
                 "application/json"
             )
             .await,
@@ -313,7 +322,7 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
     assert_eq!(
         oversized_status(
             agent.webhook,
-            &webhook::signature(SECRET.as_bytes(), &big),
+            &gitops_agent::http::signature::signature(SECRET.as_bytes(), &big),
             big.len()
         )
         .await,
@@ -325,7 +334,10 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
             .push_hook(
                 &s.http,
                 &other,
-                Some(&webhook::signature(SECRET.as_bytes(), &other)),
+                Some(&gitops_agent::http::signature::signature(
+                    SECRET.as_bytes(),
+                    &other
+                )),
                 "application/json"
             )
             .await,
@@ -410,7 +422,7 @@ async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
         async move {
             let before = agent.metrics(&s.http).await;
             let body = push_payload(&s.url, "refs/heads/main");
-            let signature = webhook::signature(SECRET.as_bytes(), &body);
+            let signature = gitops_agent::http::signature::signature(SECRET.as_bytes(), &body);
             let status = agent
                 .push_hook(&s.http, &body, Some(&signature), "application/json")
                 .await;
@@ -577,7 +589,7 @@ async fn the_survivor_takes_over_when_the_leader_dies() {
     s.repo
         .push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
     let body = push_payload(&s.url, "refs/heads/main");
-    let sig = webhook::signature(SECRET.as_bytes(), &body);
+    let sig = gitops_agent::http::signature::signature(SECRET.as_bytes(), &body);
     assert_eq!(
         agents[follower]
             .push_hook(&s.http, &body, Some(&sig), "application/json")
@@ -765,6 +777,164 @@ async fn drift_raises_one_signed_alert_and_self_heal_restores() {
     );
     // Every alert is signed with the configured key over its exact body.
     for (_, sig, body) in sink.0.lock().unwrap().iter() {
-        assert_eq!(sig, &gitops_agent::alert::sign(b"alert-signing-key", body));
+        assert_eq!(
+            sig,
+            &gitops_agent::http::signature::signature(b"alert-signing-key", body)
+        );
     }
+}
+
+/// A Deployment that never becomes available: its pods fit no node.
+fn stuck_deployment(name: &str) -> String {
+    format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      nodeSelector: {{gitops-agent.io/no-such-node: \"true\"}}\n      containers: [{{name: c, image: registry.example/c:1}}]\n"
+    )
+}
+
+/// Syncs run at once: while one waits minutes on its health timeout, a webhook for another
+/// sync is applied, and the waiting one is still waiting when it is.
+#[tokio::test]
+async fn a_sync_waiting_on_health_does_not_delay_a_webhook_for_another() {
+    let s = setup("concurrent", &[("deploy/a.yaml", &cm("a", "1"))]).await;
+    let slow = s.repo_named("slow");
+    slow.push(
+        "main",
+        &[("deploy/stuck.yaml", &stuck_deployment("stuck"))],
+        &[],
+    );
+    let slow_url = s._daemon.url("slow");
+    let path = s.dir.path().join("config.yaml");
+    let (m, w) = (free_port(), free_port());
+    let text = config(&s, "state", m, w, "").replace(
+        "syncs:\n",
+        &format!(
+            "  - name: slow\n    url: {slow_url}\n    interval: 1h\nsyncs:\n  - name: slow\n    source: slow\n    path: deploy\n    namespace: {ns}\n    health: {{timeout: 10m}}\n",
+            ns = s.ns.name
+        ),
+    );
+    std::fs::write(&path, text).unwrap();
+    let agent = AgentProcess::start(s.dir.path(), "solo", &path, m, w);
+    agent.ready(&s.http).await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    wait_value(&cms, "a", "1", &agent).await;
+    // The slow sync has applied its Deployment and waits for it to become healthy.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(s.client.clone(), &s.ns.name);
+    let started = Instant::now();
+    while deployments.get_opt("stuck").await.unwrap().is_none() {
+        assert!(
+            started.elapsed() < WAIT,
+            "slow sync never applied:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    s.repo
+        .push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
+    let body = push_payload(&s.url, "refs/heads/main");
+    let sig = gitops_agent::http::signature::signature(SECRET.as_bytes(), &body);
+    assert_eq!(
+        agent
+            .push_hook(&s.http, &body, Some(&sig), "application/json")
+            .await,
+        202
+    );
+    let took = wait_value(&cms, "a", "2", &agent).await;
+    let metrics = agent.metrics(&s.http).await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "gitops_agent_sync_duration_seconds_count{sync=\"slow\",result=\"failed\"}"
+        ),
+        0.0,
+        "the slow sync is still waiting on health"
+    );
+    assert!(
+        !metrics.contains("gitops_agent_sync_duration_seconds_count{sync=\"slow\""),
+        "the slow sync has not finished:\n{metrics}"
+    );
+    eprintln!(
+        "webhook to applied while another sync waits on health: {} ms",
+        took.as_millis()
+    );
+}
+
+/// Three syncs of one repository: one fetch serves them all, and they apply the same commit.
+#[tokio::test]
+async fn three_syncs_of_one_repository_share_one_fetch_per_pass() {
+    let files = [
+        ("a/cm.yaml", cm("a", "1")),
+        ("b/cm.yaml", cm("b", "1")),
+        ("c/cm.yaml", cm("c", "1")),
+    ];
+    let files: Vec<(&str, &str)> = files.iter().map(|(p, t)| (*p, t.as_str())).collect();
+    let s = setup("monorepo", &files).await;
+    let path = s.dir.path().join("config.yaml");
+    let (m, w) = (free_port(), free_port());
+    let mut syncs = String::from("syncs:\n");
+    for name in ["a", "b", "c"] {
+        syncs.push_str(&format!(
+            "  - name: {name}\n    source: apps\n    path: {name}\n    namespace: {ns}\n    health: {{wait: false}}\n",
+            ns = s.ns.name
+        ));
+    }
+    let text = config(&s, "state", m, w, "");
+    let text = format!("{}{syncs}", &text[..text.find("syncs:\n").unwrap()]);
+    std::fs::write(&path, text).unwrap();
+    let agent = AgentProcess::start(s.dir.path(), "solo", &path, m, w);
+    agent.ready(&s.http).await;
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    for name in ["a", "b", "c"] {
+        wait_value(&cms, name, "1", &agent).await;
+    }
+    let fetches = "gitops_agent_git_fetch_duration_seconds_count{source=\"apps\"}";
+    let metrics = agent.metrics(&s.http).await;
+    assert_eq!(sample(&metrics, fetches), 1.0, "{metrics}");
+
+    let head = s.repo.push(
+        "main",
+        &[
+            ("a/cm.yaml", &cm("a", "2")),
+            ("b/cm.yaml", &cm("b", "2")),
+            ("c/cm.yaml", &cm("c", "2")),
+        ],
+        &[],
+    );
+    let body = push_payload(&s.url, "refs/heads/main");
+    let sig = gitops_agent::http::signature::signature(SECRET.as_bytes(), &body);
+    assert_eq!(
+        agent
+            .push_hook(&s.http, &body, Some(&sig), "application/json")
+            .await,
+        202
+    );
+    for name in ["a", "b", "c"] {
+        wait_value(&cms, name, "2", &agent).await;
+    }
+    // Wait for all three syncs to be recorded, then count.
+    let started = Instant::now();
+    let metrics = loop {
+        let metrics = agent.metrics(&s.http).await;
+        let revision = format!("revision=\"refs/heads/main@sha1:{head}\"}} 1");
+        let applied = metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("gitops_agent_last_applied_revision{") && l.ends_with(&revision)
+            })
+            .count();
+        if applied == 3 {
+            break metrics;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "not all three at {head}:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        sample(&metrics, fetches),
+        2.0,
+        "one fetch per pass:\n{metrics}"
+    );
 }

@@ -8,11 +8,13 @@ mod harness;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gitops_agent::alert::{
-    self, AgentInfo, AlertsConfig, DeliveryOptions, DeliveryResult, Dispatcher, Event, FieldDrift,
-    OnResult, RetryPolicy, SecretKeyRef, SinkResources,
+use gitops_agent::core::ObjectKey;
+use gitops_agent::http::signature::signature;
+use gitops_agent::notify::{
+    AgentInfo, AlertsConfig, DeliveryOptions, DeliveryResult, Dispatcher, Event, FieldDrift,
+    OnResult, RetryPolicy, SecretKeyRef, SinkResources, sinks,
 };
-use gitops_agent::object::ObjectRef;
+use gitops_agent::secrets::SecretResolver;
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::authentication::v1::TokenRequest;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent, Secret, ServiceAccount};
@@ -49,14 +51,16 @@ fn dispatcher(
     )
     .unwrap();
     assert!(cfg.problems().is_empty());
-    let sink = cfg.sinks[0]
-        .build(SinkResources {
+    let sink = sinks::build(
+        &cfg.sinks[0],
+        SinkResources {
             client: Some(client.clone()),
             agent: AgentInfo::new(ns, "agent-0"),
             secret: None,
             http: Default::default(),
-        })
-        .unwrap();
+        },
+    )
+    .unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let on_result: OnResult = Arc::new(move |s: &str, r: DeliveryResult| {
         let _ = tx.send((s.to_string(), r));
@@ -115,7 +119,7 @@ async fn drift_is_recorded_on_the_object_and_on_the_agent() {
     let agent = config_map(&client, &ns.name, "gitops-agent").await;
     let (d, mut results) = dispatcher(&client, &ns.name);
 
-    let subject = ObjectRef {
+    let subject = ObjectKey {
         group: String::new(),
         version: "v1".into(),
         kind: "ConfigMap".into(),
@@ -253,18 +257,19 @@ async fn sinks_read_their_secrets_by_reference() {
         key: key.into(),
         namespace: None,
     };
-    let value = alert::read_secret(&client, &ns.name, &r("alert-hmac", "secret"))
-        .await
-        .unwrap();
+    let secrets = SecretResolver::new(Some(client.clone()), &ns.name);
+    let value = secrets.key(&r("alert-hmac", "secret")).await.unwrap();
     assert_eq!(value.expose(), b"hmac-key-value");
 
-    let e = alert::read_secret(&client, &ns.name, &r("alert-hmac", "url"))
+    let e = secrets
+        .key(&r("alert-hmac", "url"))
         .await
         .unwrap_err()
         .to_string();
     assert_eq!(e, format!("Secret/{}/alert-hmac: no key \"url\"", ns.name));
     assert!(!e.contains("hmac-key-value"));
-    let e = alert::read_secret(&client, &ns.name, &r("missing", "k"))
+    let e = secrets
+        .key(&r("missing", "k"))
         .await
         .unwrap_err()
         .to_string();
@@ -311,11 +316,10 @@ sinks:
     ))
     .unwrap();
     let agent = AgentInfo::new(&ns.name, "agent-0");
-    let sinks = cfg
-        .build(&client, &agent, &Default::default())
+    let built = sinks::build_all(&cfg, &client, &agent, &Default::default())
         .await
         .unwrap();
-    let d = Dispatcher::new(sinks, DeliveryOptions::default());
+    let d = Dispatcher::new(built, DeliveryOptions::default());
     d.send(Event::PruneHeldBack {
         sync: "shop".into(),
         revision: "v3".into(),
@@ -332,7 +336,7 @@ sinks:
     let (headers, body) = &got["/hook"];
     assert_eq!(
         headers["x-signature-256"].to_str().unwrap(),
-        alert::sign(b"hmac-key-value", body)
+        signature(b"hmac-key-value", body)
     );
     let (_, body) = &got["/services/T0/B0/XYZ"];
     let body: serde_json::Value = serde_json::from_slice(body).unwrap();
@@ -346,8 +350,7 @@ sinks:
         "sinks:\n  - {{type: webhook, name: ops, url: 'http://{addr}/', secretRef: {{name: gone, key: k}}}}\n"
     ))
     .unwrap();
-    let e = cfg
-        .build(&client, &agent, &Default::default())
+    let e = sinks::build_all(&cfg, &client, &agent, &Default::default())
         .await
         .err()
         .expect("no Secret")

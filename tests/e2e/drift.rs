@@ -15,7 +15,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use fixture::{Fixture, cm};
-use gitops_agent::change::Action;
+use gitops_agent::core::change::Action;
 use gitops_agent::drift::{Detector, Options, Report};
 use gitops_agent::sync;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -101,7 +101,7 @@ async fn out_of_band_change_is_reported_once_with_fields_and_manager_detect_only
                 .find(|x| x.path == "spec.replicas")
                 .unwrap_or_else(|| panic!("{fields:?}"));
             assert_eq!(
-                (replicas.git.clone(), replicas.live.clone()),
+                (replicas.before.clone(), replicas.after.clone()),
                 (json!(2), json!(5))
             );
         }

@@ -7,8 +7,8 @@ mod harness;
 
 use std::time::Duration;
 
+use gitops_agent::core::ObjectKey;
 use gitops_agent::health::{self, Assessment, Error, Status, WaitOptions};
-use gitops_agent::object::ObjectRef;
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
@@ -19,9 +19,9 @@ use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
 
 /// A target for `wait`: the object's identity and how to reach it.
-fn target<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> (ObjectRef, ApiResource) {
+fn target<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> (ObjectKey, ApiResource) {
     let ar = ApiResource::erase::<K>(&());
-    let r = ObjectRef {
+    let r = ObjectKey {
         group: ar.group.clone(),
         version: ar.version.clone(),
         kind: ar.kind.clone(),
@@ -31,7 +31,7 @@ fn target<K: Resource<DynamicType = ()>>(ns: &str, name: &str) -> (ObjectRef, Ap
     (r, ar)
 }
 
-async fn apply(client: &Client, (r, ar): &(ObjectRef, ApiResource), mut body: Value) {
+async fn apply(client: &Client, (r, ar): &(ObjectKey, ApiResource), mut body: Value) {
     body["apiVersion"] = json!(ar.api_version);
     body["kind"] = json!(ar.kind);
     body["metadata"]["name"] = json!(r.name);
@@ -47,7 +47,7 @@ async fn apply(client: &Client, (r, ar): &(ObjectRef, ApiResource), mut body: Va
 }
 
 /// What a single GET shows right now.
-async fn assess_now(client: &Client, (r, ar): &(ObjectRef, ApiResource)) -> Assessment {
+async fn assess_now(client: &Client, (r, ar): &(ObjectKey, ApiResource)) -> Assessment {
     let api: Api<DynamicObject> =
         Api::namespaced_with(client.clone(), r.namespace.as_deref().unwrap(), ar);
     let obj = api.get_opt(&r.name).await.unwrap();

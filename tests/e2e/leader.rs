@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use gitops_agent::leader::{self, Handle, Options};
+use gitops_agent::controller::leader::{self, Handle, Options};
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Api;

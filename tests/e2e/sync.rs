@@ -15,8 +15,8 @@ use std::process::Command;
 
 use fixture::{Fixture, cm};
 use git::{HttpGit, Upstream};
-use gitops_agent::change::Action;
 use gitops_agent::config;
+use gitops_agent::core::change::Action;
 use gitops_agent::sync::{Failure, Outcome};
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -392,7 +392,7 @@ async fn a_first_sync_applies_unseen_objects_in_one_request_and_tells_created_fr
         .unwrap();
 
     let (o, requests) = f.sync().await;
-    let by_name: BTreeMap<&str, &gitops_agent::change::Change> = o
+    let by_name: BTreeMap<&str, &gitops_agent::core::change::Change> = o
         .changes
         .entries
         .iter()

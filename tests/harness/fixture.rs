@@ -9,7 +9,7 @@ use crate::git::{Repo, Upstream};
 use crate::harness::{self, TestNamespace, control_plane};
 use gitops_agent::cluster::{RequestCounter, RequestCounts, counted_client};
 use gitops_agent::config;
-use gitops_agent::daemon;
+use gitops_agent::controller;
 use gitops_agent::sync::{self, Engine, Outcome};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client, ResourceExt};
@@ -85,7 +85,7 @@ impl Fixture {
         let before = self.counter.snapshot();
         let s = self.cfg.syncs[0].clone();
         let outcome =
-            daemon::sync_one(&mut self.engine, Some(&self.client), &self.cfg, &s, opts).await;
+            controller::sync_once(&self.engine, Some(&self.client), &self.cfg, &s, opts).await;
         (outcome, self.counter.snapshot() - before)
     }
 
@@ -110,7 +110,7 @@ pub fn assert_all_unchanged(o: &Outcome) {
         o.changes
             .entries
             .iter()
-            .all(|c| c.action == gitops_agent::change::Action::Unchanged),
+            .all(|c| c.action == gitops_agent::core::change::Action::Unchanged),
         "{}",
         o.changes
     );

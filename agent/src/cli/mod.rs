@@ -1,0 +1,354 @@
+//! The command line (the binary's edge, where errors become `anyhow`): global flags and
+//! the subcommands, each a thin call into the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use gitops_agent::core::Action;
+use gitops_agent::telemetry::logging;
+use gitops_agent::{cluster, config, controller, health, inventory, render, source, sync};
+
+#[derive(Debug, Parser)]
+#[command(name = "gitops-agent", version = gitops_agent::VERSION, about = "Keeps a Kubernetes cluster in step with Git: server-side apply, prune, drift alerts.", long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub log: logging::Options,
+    #[command(flatten)]
+    pub cluster: cluster::Options,
+    /// Agent configuration file (sources and syncs).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "GITOPS_AGENT_CONFIG",
+        default_value = "/etc/gitops-agent/config.yaml"
+    )]
+    pub config: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print the agent's version.
+    Version,
+    /// Connect to the cluster and report its version and who the agent is to it.
+    Check,
+    /// Parse and validate manifests offline (no cluster): a directory of the repository.
+    Validate {
+        /// Directory to validate (as a sync path would be read).
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Namespace given to namespaced objects that name none.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    /// Show what a sync would change, as a unified diff per object. Exit code 1 when
+    /// something would change, 0 when nothing would, 2 on error (like kubectl diff).
+    Diff {
+        /// Only this sync (default: all).
+        #[arg(long)]
+        sync: Option<String>,
+    },
+    /// Sync now and print the change set; non-zero exit code on failure.
+    Sync {
+        /// Sync once and exit (the only mode; the daemon is `run`).
+        #[arg(long, required = true)]
+        once: bool,
+        /// Only this sync (default: all).
+        #[arg(long)]
+        sync: Option<String>,
+        /// Print the diff of every changed object.
+        #[arg(long)]
+        show_diff: bool,
+    },
+    /// Run the agent: poll sources on their intervals and sync new revisions.
+    Run,
+    /// Show each sync's last revision, time, counts per action, health and last error.
+    Status,
+}
+
+impl Cli {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        match self.command {
+            Command::Version => {
+                println!("gitops-agent {}", gitops_agent::VERSION);
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Check => {
+                let (client, origin) = self.cluster.client().await?;
+                tracing::info!(%origin, "connecting");
+                let id = cluster::identify(&client).await?;
+                println!("server:   {}", id.server_version);
+                println!("user:     {}", id.username);
+                println!("groups:   {}", id.groups.join(", "));
+                println!("via:      {origin}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Validate { dir, namespace } => validate(&dir, &namespace),
+            Command::Diff { ref sync } => {
+                let code = match diff(&self, sync.as_deref()).await {
+                    Ok(true) => 1,
+                    Ok(false) => 0,
+                    Err(e) => {
+                        eprintln!("gitops-agent: {e:#}");
+                        2
+                    }
+                };
+                Ok(ExitCode::from(code))
+            }
+            Command::Sync {
+                ref sync,
+                show_diff,
+                ..
+            } => sync_once(&self, sync.as_deref(), show_diff).await,
+            Command::Run => {
+                let path = controller::absolute(&self.config);
+                let config = config::load(&path)?;
+                let counter = cluster::RequestCounter::default();
+                let (client, origin) = self.cluster.counted_client(&counter).await?;
+                tracing::info!(%origin, config = %path.display(), "starting");
+                let opts = controller::Options::for_config(&config);
+                controller::run(client, counter, path, config, opts).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Status => status(&self).await,
+        }
+    }
+}
+
+fn validate(dir: &std::path::Path, namespace: &str) -> anyhow::Result<ExitCode> {
+    let files = source::read_dir(dir, &source::Limits::default())?;
+    let opts = render::Options {
+        default_namespace: namespace.to_string(),
+        ..Default::default()
+    };
+    match render::render(&files, &opts, &render::BuiltinScopes) {
+        Ok(manifests) => {
+            println!("{}: {} objects valid", dir.display(), manifests.len());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(errors) => {
+            println!("{errors}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The syncs selected by `--sync`, or all of them.
+fn selected<'a>(
+    cfg: &'a config::Config,
+    only: Option<&str>,
+) -> anyhow::Result<Vec<&'a config::Sync>> {
+    let syncs: Vec<&config::Sync> = cfg
+        .syncs
+        .iter()
+        .filter(|s| only.is_none_or(|o| o == s.name))
+        .collect();
+    if let Some(o) = only
+        && syncs.is_empty()
+    {
+        anyhow::bail!("no sync named {o:?} in the configuration");
+    }
+    Ok(syncs)
+}
+
+async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
+    let cfg = config::load(&cli.config)?;
+    let (client, _) = cli.cluster.client().await?;
+    let engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
+    let mut changed = false;
+    for s in selected(&cfg, only)? {
+        let outcome = controller::sync_once(
+            &engine,
+            Some(&client),
+            &cfg,
+            s,
+            &sync::Options {
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .await;
+        for c in &outcome.changes.entries {
+            match (&c.action, &c.diff) {
+                (Action::Created | Action::Configured, Some(d)) => print!("{d}"),
+                (Action::Deleted, _) => {
+                    println!("--- live/{}\n+++ /dev/null\n(would be deleted)", c.subject)
+                }
+                (Action::Failed, _) => eprintln!(
+                    "{} failed: {}",
+                    c.subject,
+                    c.message.as_deref().unwrap_or("")
+                ),
+                _ => {}
+            }
+        }
+        changed |= outcome.changes.has_writes();
+        if let Some(f) = outcome.failure {
+            anyhow::bail!("sync {}: {f}", s.name);
+        }
+    }
+    Ok(changed)
+}
+
+async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Result<ExitCode> {
+    let cfg = config::load(&cli.config)?;
+    let counter = cluster::RequestCounter::default();
+    let (client, _) = cli.cluster.counted_client(&counter).await?;
+    let engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
+    let mut ok = true;
+    for s in selected(&cfg, only)? {
+        if s.suspend {
+            println!("sync {}: suspended", s.name);
+            continue;
+        }
+        let before = counter.snapshot();
+        let started = std::time::Instant::now();
+        let outcome =
+            controller::sync_once(&engine, Some(&client), &cfg, s, &sync::Options::default()).await;
+        let requests = counter.snapshot() - before;
+        println!("sync {}: revision {}", s.name, outcome.revision);
+        for c in &outcome.changes.entries {
+            print!("  {} {}", c.subject, c.action);
+            if let Some(m) = &c.message {
+                print!(": {m}");
+            }
+            println!();
+            if show_diff && let Some(d) = &c.diff {
+                for line in d.lines() {
+                    println!("    {line}");
+                }
+            }
+        }
+        println!("  summary: {}", outcome.changes.summary());
+        println!(
+            "  took {:.2}s, {} API requests ({} writes, {} dry-runs)",
+            started.elapsed().as_secs_f64(),
+            requests.total,
+            requests.writes,
+            requests.dry_runs
+        );
+        if let Some(h) = outcome.overall_health() {
+            println!("  health: {h}");
+            for (id, a) in outcome
+                .health
+                .iter()
+                .filter(|(_, a)| a.status != health::Status::Healthy)
+            {
+                println!("    {id}: {a}");
+            }
+        }
+        if let Some(f) = &outcome.failure {
+            ok = false;
+            println!("  error: {f}");
+        }
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+async fn status(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let cfg = config::load(&cli.config)?;
+    let (client, _) = cli.cluster.client().await?;
+    let store = inventory::Store::new(client, &cfg.namespace);
+    let records = store.list().await?;
+    let (ours, leftovers): (Vec<_>, Vec<_>) = records
+        .iter()
+        .partition(|(name, _)| cfg.syncs.iter().any(|s| s.name == *name));
+    println!(
+        "{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  COUNTS",
+        "SYNC", "REVISION", "RESULT", "HEALTH", "OBJECTS", "LAST-CHANGE"
+    );
+    for s in &cfg.syncs {
+        match ours.iter().find(|(n, _)| *n == s.name) {
+            Some((_, r)) => println!("{}", status_row(&s.name, r)),
+            None => println!("{:<20} {:<12} {:<10}", s.name, "-", "NeverSynced"),
+        }
+    }
+    for (name, r) in &ours {
+        if let Some(e) = &r.status.error {
+            println!("\n{name}: {e}");
+        }
+    }
+    if !leftovers.is_empty() {
+        println!(
+            "\nInventories in namespace {} of syncs that are not in {} (a removed sync, or another agent's):",
+            cfg.namespace,
+            cli.config.display()
+        );
+        for (name, r) in &leftovers {
+            println!("{}", status_row(name, r));
+        }
+        println!(
+            "Their objects stay as they are, labelled {}=<sync>. To clean up one, delete its objects \
+             (kubectl delete <kinds> -A -l {}=<sync>), then its inventory \
+             (kubectl -n {} delete configmap {}).",
+            gitops_agent::core::OWNER_LABEL,
+            gitops_agent::core::OWNER_LABEL,
+            cfg.namespace,
+            inventory::configmap_name("<sync>")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One row of `status`: revision, result, health, object count, last change, counts.
+fn status_row(name: &str, r: &inventory::Record) -> String {
+    let rev = r
+        .status
+        .revision
+        .as_deref()
+        .map(short_revision)
+        .unwrap_or("-");
+    let counts = r
+        .status
+        .last_change_counts
+        .iter()
+        .map(|(a, n)| format!("{a}={n}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    format!(
+        "{:<20} {:<12} {:<10} {:<12} {:>7}  {:<20}  {}",
+        name,
+        rev,
+        r.status.result,
+        r.status.health.as_deref().unwrap_or("-"),
+        r.inventory.entries.len(),
+        r.status.last_change_time.as_deref().unwrap_or("-"),
+        counts
+    )
+}
+
+/// `main@sha1:0123abcd...` → `0123abcd`.
+fn short_revision(rev: &str) -> &str {
+    let sha = rev.rsplit(':').next().unwrap_or(rev);
+    &sha[..sha.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn log_format_json_parses() {
+        let cli = Cli::try_parse_from(["gitops-agent", "--log-format", "json", "version"]).unwrap();
+        assert_eq!(cli.log.log_format, logging::Format::Json);
+    }
+
+    #[test]
+    fn unknown_log_format_is_rejected() {
+        assert!(Cli::try_parse_from(["gitops-agent", "--log-format", "xml", "version"]).is_err());
+    }
+}

@@ -1,0 +1,163 @@
+//! The `alerts:` section of the configuration: which sinks alerts go to. Only the schema
+//! and its validation; the sinks themselves are built in `notify`.
+
+use std::collections::HashSet;
+
+use serde::{Deserialize, Serialize};
+
+/// A key of a Kubernetes Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    pub name: String,
+    pub key: String,
+    /// Defaults to the agent's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// The object the agent's own Events are recorded on (its Pod, Deployment, a Lease…).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AgentRef {
+    pub api_version: String,
+    pub kind: String,
+    pub name: String,
+    /// Defaults to the agent's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// The `alerts:` section of the agent configuration.
+///
+/// ```yaml
+/// alerts:
+///   sinks:
+///     - type: events
+///       name: cluster
+///       agentRef: {apiVersion: apps/v1, kind: Deployment, name: gitops-agent}
+///     - type: webhook
+///       name: ops
+///       url: https://alerts.example.com/gitops
+///       secretRef: {name: alert-hmac, key: secret}
+///     - type: slack
+///       name: team
+///       secretRef: {name: slack, key: url}   # the incoming-webhook URL is the secret
+///       blocks: true
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AlertsConfig {
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+}
+
+impl AlertsConfig {
+    /// Every problem of the section, one message each (empty when valid).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for s in &self.sinks {
+            if !crate::core::names::is_dns_label(s.name()) {
+                out.push(format!(
+                    "alert sink {}: name must be a DNS label (lowercase letters, digits, '-')",
+                    s.id()
+                ));
+            }
+            if !seen.insert(s.name()) {
+                out.push(format!(
+                    "alert sink {}: name {:?} is already used by another sink",
+                    s.id(),
+                    s.name()
+                ));
+            }
+            if let SinkConfig::Webhook { url, .. } = s
+                && let Err(why) = crate::http::client::parse_url(url)
+            {
+                out.push(format!(
+                    "alert sink {}: url {}: {why}",
+                    s.id(),
+                    crate::http::client::redact(url, false)
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// One sink, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(
+    tag = "type",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase",
+    deny_unknown_fields
+)]
+pub enum SinkConfig {
+    /// Kubernetes Events (events.k8s.io/v1) on the subject and on `agentRef`.
+    Events {
+        name: String,
+        agent_ref: AgentRef,
+        /// `reportingController` of the Events.
+        #[serde(default = "default_controller")]
+        reporting_controller: String,
+    },
+    /// JSON POST signed with HMAC-SHA256 (`X-Signature-256: sha256=<hex>`).
+    Webhook {
+        name: String,
+        /// `https://`; `http://` only to a loopback address.
+        url: String,
+        /// The HMAC key.
+        secret_ref: SecretKeyRef,
+    },
+    /// A Slack-compatible incoming webhook.
+    Slack {
+        name: String,
+        /// The incoming-webhook URL (it is the credential).
+        secret_ref: SecretKeyRef,
+        /// Add Block Kit `blocks` beside the plain `text`.
+        #[serde(default = "yes")]
+        blocks: bool,
+    },
+}
+
+fn default_controller() -> String {
+    crate::FIELD_MANAGER.to_string()
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl SinkConfig {
+    pub fn name(&self) -> &str {
+        match self {
+            SinkConfig::Events { name, .. }
+            | SinkConfig::Webhook { name, .. }
+            | SinkConfig::Slack { name, .. } => name,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Events { .. } => "events",
+            SinkConfig::Webhook { .. } => "webhook",
+            SinkConfig::Slack { .. } => "slack",
+        }
+    }
+
+    /// `type/name`, how errors and metrics name the sink.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.kind(), self.name())
+    }
+
+    /// The Secret whose value the caller resolves into [`SinkResources::secret`].
+    pub fn secret_ref(&self) -> Option<&SecretKeyRef> {
+        match self {
+            SinkConfig::Events { .. } => None,
+            SinkConfig::Webhook { secret_ref, .. } | SinkConfig::Slack { secret_ref, .. } => {
+                Some(secret_ref)
+            }
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! The configuration file as written: serde structs, strict (unknown fields are errors),
+//! with the places of values kept for messages. Validation turns them into [`super::Config`].
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::{LeaderElection, SecretRef, Webhook};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    pub(super) state_dir: Option<String>,
+    #[serde(default)]
+    pub(super) namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) sources: Vec<RawSource>,
+    #[serde(default)]
+    pub(super) syncs: Vec<RawSync>,
+    #[serde(default)]
+    pub(super) webhook: Option<Webhook>,
+    #[serde(default)]
+    pub(super) metrics: Option<RawMetrics>,
+    #[serde(default)]
+    pub(super) leader_election: Option<LeaderElection>,
+    #[serde(default)]
+    pub(super) resync: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) alerts: Option<Spanned<super::alerts::AlertsConfig>>,
+    #[serde(default)]
+    pub(super) concurrency: Option<Spanned<usize>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub(super) listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawSource {
+    pub(super) name: Spanned<String>,
+    #[serde(default)]
+    pub(super) url: Option<Spanned<String>>,
+    /// A local directory instead of Git (development: edit a file, the cluster follows).
+    #[serde(default)]
+    pub(super) directory: Option<Spanned<String>>,
+    #[serde(rename = "ref", default)]
+    pub(super) reference: Option<Spanned<RawRef>>,
+    #[serde(default)]
+    pub(super) interval: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) secret_ref: Option<SecretRef>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRef {
+    #[serde(default)]
+    pub(super) branch: Option<String>,
+    #[serde(default)]
+    pub(super) tag: Option<String>,
+    #[serde(default)]
+    pub(super) commit: Option<String>,
+    #[serde(default)]
+    pub(super) semver: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawSync {
+    pub(super) name: Spanned<String>,
+    pub(super) source: Spanned<String>,
+    #[serde(default)]
+    pub(super) path: Option<Spanned<String>>,
+    pub(super) namespace: Spanned<String>,
+    #[serde(default = "yes")]
+    pub(super) prune: bool,
+    #[serde(default)]
+    pub(super) self_heal: bool,
+    #[serde(default)]
+    pub(super) health: Option<RawHealth>,
+    #[serde(default)]
+    pub(super) suspend: bool,
+    #[serde(default)]
+    pub(super) prune_guard: Option<RawPruneGuard>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHealth {
+    #[serde(default = "yes")]
+    pub(super) wait: bool,
+    #[serde(default)]
+    pub(super) timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawPruneGuard {
+    #[serde(default)]
+    pub(super) max_ratio: Option<Spanned<f64>>,
+    #[serde(default)]
+    pub(super) allow_mass_deletion: bool,
+}
+
+pub(super) fn yes() -> bool {
+    true
+}

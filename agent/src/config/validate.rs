@@ -1,0 +1,343 @@
+//! Validation of the whole file at once: every problem is collected with its line and
+//! column, so a user fixes them all in one go.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_saphyr::Spanned;
+
+use super::raw::{RawConfig, RawSource, RawSync};
+use super::*;
+
+#[derive(Default)]
+pub(super) struct Validator {
+    pub(super) problems: Vec<Problem>,
+    /// Relative local directories are relative to the config file's folder.
+    pub(super) base: PathBuf,
+}
+
+impl Validator {
+    fn at<T>(&mut self, s: &Spanned<T>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: s.referenced.line(),
+            column: s.referenced.column(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig) -> Config {
+        let resync = self.duration(
+            raw.resync.as_ref(),
+            DEFAULT_RESYNC,
+            Duration::from_secs(10),
+            "resync",
+        );
+        let namespace = match &raw.namespace {
+            Some(ns) => {
+                self.dns_label(ns, "namespace");
+                ns.value.clone()
+            }
+            None => DEFAULT_NAMESPACE.to_string(),
+        };
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        let mut sources = Vec::new();
+        for s in raw.sources {
+            if let Some(first) = seen.insert(s.name.value.clone(), s.name.referenced.line()) {
+                self.at(
+                    &s.name,
+                    format!(
+                        "source {:?} is already defined at line {first}",
+                        s.name.value
+                    ),
+                );
+            }
+            if let Some(src) = self.source(s) {
+                sources.push(src);
+            }
+        }
+        let mut seen_syncs: BTreeMap<String, u64> = BTreeMap::new();
+        let mut syncs = Vec::new();
+        for s in raw.syncs {
+            if let Some(first) = seen_syncs.insert(s.name.value.clone(), s.name.referenced.line()) {
+                self.at(
+                    &s.name,
+                    format!("sync {:?} is already defined at line {first}", s.name.value),
+                );
+            }
+            if !seen.contains_key(&s.source.value) {
+                self.at(
+                    &s.source,
+                    format!(
+                        "sync {:?}: no source named {:?}",
+                        s.name.value, s.source.value
+                    ),
+                );
+            }
+            syncs.push(self.sync(s));
+        }
+        Config {
+            state_dir: PathBuf::from(
+                raw.state_dir
+                    .unwrap_or_else(|| DEFAULT_STATE_DIR.to_string()),
+            ),
+            namespace,
+            sources,
+            syncs,
+            webhook: raw.webhook.map(|mut w| {
+                w.secrets_dir = self.base.join(&w.secrets_dir);
+                w
+            }),
+            metrics_listen: raw.metrics.map(|m| m.listen),
+            leader_election: raw.leader_election.unwrap_or_default(),
+            resync,
+            concurrency: match &raw.concurrency {
+                Some(c) if !(1..=64).contains(&c.value) => {
+                    self.at(c, "concurrency: must be between 1 and 64");
+                    DEFAULT_CONCURRENCY
+                }
+                Some(c) => c.value,
+                None => DEFAULT_CONCURRENCY,
+            },
+            alerts: match raw.alerts {
+                Some(a) => {
+                    for p in a.value.problems() {
+                        self.at(&a, p);
+                    }
+                    a.value
+                }
+                None => Default::default(),
+            },
+        }
+    }
+
+    fn source(&mut self, s: RawSource) -> Option<Source> {
+        self.dns_label(&s.name, "source name");
+        let url_span = match (&s.url, &s.directory) {
+            (Some(u), None) => u,
+            (None, Some(d)) => {
+                let dir = self.base.join(d.value.trim());
+                let interval = self.duration(
+                    s.interval.as_ref(),
+                    DEFAULT_INTERVAL,
+                    Duration::from_secs(1),
+                    "interval",
+                );
+                return Some(Source {
+                    name: s.name.value,
+                    url: String::new(),
+                    reference: GitRef::Branch(String::new()),
+                    interval,
+                    secret_ref: None,
+                    directory: Some(dir),
+                });
+            }
+            (Some(u), Some(_)) => {
+                self.at(
+                    u,
+                    format!("source {:?}: set url or directory, not both", s.name.value),
+                );
+                return None;
+            }
+            (None, None) => {
+                self.at(
+                    &s.name,
+                    format!(
+                        "source {:?}: needs url (Git) or directory (local)",
+                        s.name.value
+                    ),
+                );
+                return None;
+            }
+        };
+        let url = url_span.value.trim().to_string();
+        if !crate::core::url::is_supported(&url) {
+            self.at(url_span, format!(
+                "source {:?}: url must be https://, http://, ssh://, git://, file:// or user@host:path",
+                s.name.value
+            ));
+        }
+        if crate::core::url::has_password(&url) {
+            self.at(
+                url_span,
+                format!(
+                    "source {:?}: url must not embed credentials; use secretRef",
+                    s.name.value
+                ),
+            );
+        }
+        if crate::core::url::is_ssh(&url) && s.secret_ref.is_none() {
+            // Without known_hosts there is no host key verification; we refuse to connect blind.
+            self.at(url_span, format!(
+                "source {:?}: SSH needs secretRef to a Secret with identity and known_hosts (host keys are always verified)",
+                s.name.value
+            ));
+        }
+        let reference = match &s.reference {
+            None => GitRef::Branch("main".into()),
+            Some(r) => {
+                let set: Vec<GitRef> = [
+                    r.value.branch.clone().map(GitRef::Branch),
+                    r.value.tag.clone().map(GitRef::Tag),
+                    r.value.commit.clone().map(GitRef::Commit),
+                    r.value.semver.clone().map(GitRef::Semver),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                match set.as_slice() {
+                    [one] => {
+                        if let GitRef::Commit(c) = one
+                            && !(c.len() >= 7
+                                && c.len() <= 40
+                                && c.chars().all(|ch| ch.is_ascii_hexdigit()))
+                        {
+                            self.at(
+                                r,
+                                format!(
+                                    "source {:?}: ref.commit must be a full 40-hex-digit commit id",
+                                    s.name.value
+                                ),
+                            );
+                        }
+                        one.clone()
+                    }
+                    _ => {
+                        self.at(r, format!(
+                            "source {:?}: ref must name exactly one of branch, tag, commit, semver",
+                            s.name.value
+                        ));
+                        GitRef::Branch("main".into())
+                    }
+                }
+            }
+        };
+        let interval = self.duration(
+            s.interval.as_ref(),
+            DEFAULT_INTERVAL,
+            Duration::from_secs(1),
+            "interval",
+        );
+        Some(Source {
+            name: s.name.value,
+            url,
+            reference,
+            interval,
+            secret_ref: s.secret_ref,
+            directory: None,
+        })
+    }
+
+    fn sync(&mut self, s: RawSync) -> Sync {
+        self.dns_label(&s.name, "sync name");
+        self.dns_label(&s.namespace, "namespace");
+        let path = match &s.path {
+            None => String::new(),
+            Some(p) => {
+                let cleaned = p.value.trim_matches('/').to_string();
+                let cleaned = if cleaned == "." {
+                    String::new()
+                } else {
+                    cleaned
+                };
+                if p.value.starts_with('/') || cleaned.split('/').any(|c| c == "..") {
+                    self.at(
+                        p,
+                        format!(
+                            "sync {:?}: path must be relative to the repository root, without ..",
+                            s.name.value
+                        ),
+                    );
+                }
+                cleaned.trim_start_matches("./").to_string()
+            }
+        };
+        let health = match &s.health {
+            None => HealthWait {
+                wait: true,
+                timeout: DEFAULT_HEALTH_TIMEOUT,
+            },
+            Some(h) => HealthWait {
+                wait: h.wait,
+                timeout: self.duration(
+                    h.timeout.as_ref(),
+                    DEFAULT_HEALTH_TIMEOUT,
+                    Duration::from_secs(1),
+                    "health.timeout",
+                ),
+            },
+        };
+        let mut prune_guard = PruneGuard::default();
+        if let Some(g) = &s.prune_guard {
+            prune_guard.allow_mass_deletion = g.allow_mass_deletion;
+            if let Some(r) = &g.max_ratio {
+                if !(0.0..=1.0).contains(&r.value) {
+                    self.at(
+                        r,
+                        format!(
+                            "sync {:?}: pruneGuard.maxRatio must be between 0 and 1",
+                            s.name.value
+                        ),
+                    );
+                }
+                prune_guard.max_ratio = r.value;
+            }
+        }
+        Sync {
+            name: s.name.value,
+            source: s.source.value,
+            path,
+            namespace: s.namespace.value,
+            prune: s.prune,
+            self_heal: s.self_heal,
+            health,
+            suspend: s.suspend,
+            prune_guard,
+        }
+    }
+
+    fn duration(
+        &mut self,
+        s: Option<&Spanned<String>>,
+        default: Duration,
+        min: Duration,
+        what: &str,
+    ) -> Duration {
+        let Some(s) = s else { return default };
+        match humantime::parse_duration(s.value.trim()) {
+            Ok(d) if d >= min => d,
+            Ok(_) => {
+                self.at(
+                    s,
+                    format!(
+                        "{what}: must be at least {}",
+                        humantime::format_duration(min)
+                    ),
+                );
+                default
+            }
+            Err(e) => {
+                self.at(
+                    s,
+                    format!(
+                        "{what}: {:?} is not a duration like 30s or 5m: {e}",
+                        s.value
+                    ),
+                );
+                default
+            }
+        }
+    }
+
+    fn dns_label(&mut self, s: &Spanned<String>, what: &str) {
+        if !crate::core::names::is_dns_label(&s.value) {
+            self.at(
+                s,
+                format!(
+                    "{what} {:?}: must be a DNS label (lowercase letters, digits, '-', at most 63)",
+                    s.value
+                ),
+            );
+        }
+    }
+}

@@ -1,0 +1,111 @@
+//! The alerts the controller raises, derived from results (drift reports and sync
+//! outcomes), and the dispatcher that delivers them, with a metric per delivery.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use kube::Client;
+
+use crate::config::{AlertsConfig, Config};
+use crate::drift::Report;
+use crate::notify::{self, Dispatcher, Event as Alert};
+use crate::sync::{Failure, Outcome};
+use crate::telemetry::metrics::{self, Metrics};
+
+/// Builds the alert sinks one by one: a sink that cannot be built (its Secret is missing,
+/// say) is logged and left out, and the others still deliver.
+pub async fn dispatcher(client: &Client, cfg: &Config, metrics: Arc<Metrics>) -> Dispatcher {
+    let info = notify::AgentInfo::new(&cfg.namespace, super::identity());
+    let mut sinks = Vec::new();
+    for s in &cfg.alerts.sinks {
+        let one = AlertsConfig {
+            sinks: vec![s.clone()],
+        };
+        match notify::sinks::build_all(&one, client, &info, &Default::default()).await {
+            Ok(mut built) => sinks.append(&mut built),
+            Err(e) => tracing::error!(error = %e, "alert sink left out"),
+        }
+    }
+    let on_result: notify::OnResult = Arc::new(move |sink, r| {
+        let result = match r {
+            notify::DeliveryResult::Delivered { .. } => metrics::AlertResult::Delivered,
+            notify::DeliveryResult::Failed { .. } => metrics::AlertResult::Failed,
+            notify::DeliveryResult::Dropped => metrics::AlertResult::Dropped,
+        };
+        metrics.alert_delivery(sink, result);
+    });
+    Dispatcher::new(
+        sinks,
+        notify::DeliveryOptions {
+            on_result: Some(on_result),
+            ..Default::default()
+        },
+    )
+}
+
+/// The alert a drift report raises (a heal is logged, not alerted).
+pub fn drift_alert(r: Report) -> Option<Alert> {
+    match r {
+        Report::Detected {
+            sync,
+            subject,
+            fields,
+            manager,
+            deleted,
+        } => {
+            let mut fields = fields;
+            if deleted {
+                fields = vec![notify::FieldDrift::new(
+                    "(object)",
+                    serde_json::json!("present in Git"),
+                    serde_json::Value::Null,
+                )];
+            }
+            Some(Alert::drift_detected(sync, subject, fields, manager))
+        }
+        Report::Resolved { sync, subject } => Some(Alert::DriftResolved { sync, subject }),
+        Report::Fight {
+            sync,
+            subject,
+            manager,
+            count,
+        } => Some(Alert::Fight {
+            sync,
+            subject,
+            manager,
+            count,
+        }),
+        Report::Healed { .. } => None,
+    }
+}
+
+/// The alert a sync outcome raises, once per distinct failure: `alerted` remembers, per
+/// sync, what was last alerted, so a failing revision retried every few seconds alerts once.
+pub fn sync_alert(alerted: &mut HashMap<String, String>, o: &Outcome) -> Option<Alert> {
+    let sync = o.sync.clone();
+    let revision = o.revision.clone();
+    match &o.failure {
+        None => alerted
+            .remove(&sync)
+            .map(|_| Alert::SyncRecovered { sync, revision }),
+        Some(f) => {
+            let text = f.to_string();
+            if alerted.get(&sync) == Some(&text) {
+                return None;
+            }
+            alerted.insert(sync.clone(), text.clone());
+            Some(match f {
+                Failure::HeldBack { reason, .. } => Alert::PruneHeldBack {
+                    sync,
+                    revision,
+                    reason: reason.clone(),
+                },
+                _ => Alert::SyncFailed {
+                    sync,
+                    revision,
+                    error: text,
+                },
+            })
+        }
+    }
+}

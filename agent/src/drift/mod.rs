@@ -1,0 +1,731 @@
+//! Live drift detection: one watch per kind over objects carrying the owner label. A change
+//! that touches more than status is checked with a server-side dry-run of the desired
+//! object: if applying Git again would change nothing, the change was to fields Git does not
+//! declare (an HPA's replicas, controller annotations) and is not drift. Otherwise the
+//! report names the fields, Git's and the live values (Secrets masked) and the field
+//! manager that wrote last. With self-heal the object is re-applied; a controller that keeps
+//! reverting us gets one "fight" report and a back-off instead of a loop.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::api::{ApiResource, DynamicObject, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client};
+use serde_json::Value;
+use serde_json::value::RawValue;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::apply;
+use crate::cluster::to_json;
+use crate::core::{OWNER_LABEL, ObjectKey};
+use crate::diff;
+use crate::sync::DesiredObject;
+
+/// What the detector reports, as data; alerts and metrics are derived from it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Report {
+    /// A distinct drift (reported once until resolved). `deleted` when the object is gone.
+    Detected {
+        sync: String,
+        subject: ObjectKey,
+        fields: Vec<diff::FieldDrift>,
+        manager: Option<String>,
+        deleted: bool,
+    },
+    Resolved {
+        sync: String,
+        subject: ObjectKey,
+    },
+    /// Self-heal gave up for a while: something keeps changing the object back.
+    Fight {
+        sync: String,
+        subject: ObjectKey,
+        manager: Option<String>,
+        count: u32,
+    },
+    /// Self-heal re-applied the object (or failed to).
+    Healed {
+        sync: String,
+        subject: ObjectKey,
+        error: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub field_manager: String,
+    /// This many heals of one object within `fight_window` is a fight.
+    pub fight_threshold: u32,
+    pub fight_window: Duration,
+    /// How long self-heal leaves a fought-over object alone.
+    pub fight_backoff: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            field_manager: crate::FIELD_MANAGER.to_string(),
+            fight_threshold: 3,
+            fight_window: Duration::from_secs(60),
+            fight_backoff: Duration::from_secs(300),
+        }
+    }
+}
+
+type Key = ObjectKey;
+
+/// Objects re-judged at once (each a GET and a dry-run), like a sync's apply concurrency.
+const RECHECK_CONCURRENCY: usize = 16;
+
+struct Entry {
+    sync: String,
+    self_heal: bool,
+    target: DesiredObject,
+    /// Hash of the last live object seen (normalised, status excluded).
+    seen: Option<u64>,
+    /// Hash of the live object when it was last found to match Git: while `seen` equals
+    /// it, nothing changed on the cluster's side and no request is needed to know that.
+    checked: Option<u64>,
+    /// Hash of the drift currently reported, if any.
+    active: Option<u64>,
+    heals: VecDeque<Instant>,
+    fight_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<Key, Entry>,
+    /// What the sync now applying found unchanged by comparing, for objects not yet
+    /// watched: (hash of the desired text, fingerprint of the live object). Taken by the
+    /// next `set_desired`, so a restart need not compare every object twice.
+    compared: HashMap<Key, (u64, u64)>,
+    paused: HashSet<String>,
+    dirty: HashSet<Key>,
+    /// One watch per API resource (group, version, plural).
+    watches: HashMap<(String, String, String), tokio::task::JoinHandle<()>>,
+    /// Watches whose initial list is done.
+    listed: HashSet<(String, String, String)>,
+}
+
+/// Watches managed objects and reports drift. Cheap to clone.
+#[derive(Clone)]
+pub struct Detector {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    opts: Options,
+    /// Only the leader judges and heals; a follower keeps its watches warm.
+    active: std::sync::atomic::AtomicBool,
+    state: Mutex<State>,
+    reports: mpsc::Sender<Report>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(state) = self.state.lock() {
+            for w in state.watches.values() {
+                w.abort();
+            }
+        }
+    }
+}
+
+impl Detector {
+    /// A detector and the channel its reports arrive on.
+    pub fn new(client: Client, opts: Options) -> (Detector, mpsc::Receiver<Report>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let inner = Inner {
+            client,
+            opts,
+            active: std::sync::atomic::AtomicBool::new(true),
+            state: Mutex::new(State::default()),
+            reports: tx,
+        };
+        (
+            Detector {
+                inner: Arc::new(inner),
+            },
+            rx,
+        )
+    }
+
+    /// Turns judging and healing on (the leader) or off (a follower: watches stay warm, and
+    /// changes are only recorded as seen, so two replicas never alert or heal twice).
+    pub fn set_active(&self, active: bool) {
+        self.inner
+            .active
+            .store(active, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Stops judging a sync's objects while it applies: its own writes are not drift.
+    pub fn pause(&self, sync: &str) {
+        self.lock().paused.insert(sync.to_string());
+    }
+
+    /// Resumes a paused sync without changing what it wants (its revision failed).
+    pub async fn resume(&self, sync: &str) {
+        let dirty = {
+            let mut st = self.lock();
+            st.paused.remove(sync);
+            st.compared.clear();
+            take_dirty(&mut st, sync)
+        };
+        self.recheck(dirty).await;
+    }
+
+    /// Sets what a sync wants after it applied a revision, starts watches for new kinds,
+    /// and checks the objects that changed while it was paused.
+    pub async fn set_desired(&self, sync: &str, self_heal: bool, desired: Vec<DesiredObject>) {
+        let dirty = {
+            let mut st = self.lock();
+            let mut keep: HashMap<Key, Entry> = HashMap::new();
+            let old: Vec<Key> = st
+                .entries
+                .iter()
+                .filter(|(_, e)| e.sync == sync)
+                .map(|(k, _)| k.clone())
+                .collect();
+            let mut previous: HashMap<Key, Entry> = old
+                .into_iter()
+                .filter_map(|k| st.entries.remove_entry(&k))
+                .collect();
+            for target in desired {
+                let k = target.id.clone();
+                let mut entry = match previous.remove(&k) {
+                    Some(mut e) => {
+                        e.self_heal = self_heal;
+                        if e.target.object.get() != target.object.get() {
+                            // Git changed: the last confirmation no longer holds.
+                            e.checked = None;
+                        }
+                        e.target = target;
+                        e
+                    }
+                    None => Entry {
+                        sync: sync.to_string(),
+                        self_heal,
+                        target,
+                        seen: None,
+                        checked: None,
+                        active: None,
+                        heals: VecDeque::new(),
+                        fight_until: None,
+                    },
+                };
+                if let Some((text, live)) = st.compared.remove(&k)
+                    && text == text_hash(entry.target.object.get())
+                {
+                    entry.confirm(live);
+                }
+                keep.insert(k, entry);
+            }
+            st.compared.clear();
+            let mut resources: HashMap<(String, String, String), Arc<ApiResource>> = HashMap::new();
+            for e in keep.values() {
+                let ar = &e.target.resource;
+                let wk = (ar.group.clone(), ar.version.clone(), ar.plural.clone());
+                resources.entry(wk).or_insert_with(|| ar.clone());
+            }
+            st.entries.extend(keep);
+            st.paused.remove(sync);
+            for (wk, ar) in resources {
+                st.watches
+                    .entry(wk)
+                    .or_insert_with(|| self.spawn_watch((*ar).clone()));
+            }
+            take_dirty(&mut st, sync)
+        };
+        self.recheck(dirty).await;
+    }
+
+    /// Judges every object of a sync afresh (the periodic full resync: catches whatever a
+    /// watch missed, and drift that happened while the agent was down).
+    pub async fn recheck_sync(&self, sync: &str) {
+        let keys: Vec<Key> = self
+            .lock()
+            .entries
+            .iter()
+            .filter(|(_, e)| e.sync == sync && !e.confirmed())
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.recheck(keys).await;
+    }
+
+    /// Forgets a sync that left the configuration.
+    pub fn forget(&self, sync: &str) {
+        let mut st = self.lock();
+        st.entries.retain(|_, e| e.sync != sync);
+        st.paused.remove(sync);
+    }
+
+    /// Whether every watch has listed its objects: before that, a change can go unjudged.
+    pub fn is_ready(&self) -> bool {
+        let st = self.lock();
+        st.watches.keys().all(|k| st.listed.contains(k))
+    }
+
+    /// Waits (polling) until [`Detector::is_ready`], up to `timeout`; returns whether it is.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while !self.is_ready() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// Objects currently drifted, per sync (for the drifted-objects gauge).
+    pub fn drifted(&self) -> HashMap<String, usize> {
+        let st = self.lock();
+        let mut out: HashMap<String, usize> = HashMap::new();
+        for e in st.entries.values() {
+            *out.entry(e.sync.clone()).or_default() += usize::from(e.active.is_some());
+        }
+        out
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave State half-updated in a way that
+        // matters more than losing drift reports, so recover the guard.
+        self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn spawn_watch(&self, ar: ApiResource) -> tokio::task::JoinHandle<()> {
+        let me = self.clone();
+        let span = tracing::info_span!("drift_watch", kind = %ar.kind, group = %ar.group);
+        tokio::spawn(
+            async move {
+                let api: Api<DynamicObject> = Api::all_with(me.inner.client.clone(), &ar);
+                let cfg = watcher::Config::default().labels(OWNER_LABEL);
+                let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
+                while let Some(ev) = stream.next().await {
+                    match ev {
+                        Ok(watcher::Event::Apply(o)) => me.observe(&ar, o, false).await,
+                        Ok(watcher::Event::Delete(o)) => me.observe(&ar, o, true).await,
+                        // The initial list only records what is there; a full resync judges it.
+                        Ok(watcher::Event::InitApply(o)) => me.observe_listed(&ar, o).await,
+                        Ok(watcher::Event::InitDone) => {
+                            me.lock().listed.insert((
+                                ar.group.clone(),
+                                ar.version.clone(),
+                                ar.plural.clone(),
+                            ));
+                        }
+                        Ok(watcher::Event::Init) => {}
+                        Err(e) => tracing::warn!(error = %e, "drift watch"),
+                    }
+                }
+            }
+            .instrument(span),
+        )
+    }
+
+    fn live_key(ar: &ApiResource, o: &DynamicObject) -> Key {
+        ObjectKey {
+            group: ar.group.clone(),
+            kind: ar.kind.clone(),
+            namespace: o.metadata.namespace.clone(),
+            name: o.metadata.name.clone().unwrap_or_default(),
+            version: ar.version.clone(),
+        }
+    }
+
+    fn record_seen(&self, ar: &ApiResource, o: DynamicObject) {
+        let k = Self::live_key(ar, &o);
+        let fp = fingerprint(&to_json(o, ar));
+        if let Some(e) = self.lock().entries.get_mut(&k) {
+            e.seen = Some(fp);
+        }
+    }
+
+    /// An object from a (re)list: the first sighting is only recorded; after a watch gap,
+    /// one that changed meanwhile is judged like any change.
+    async fn observe_listed(&self, ar: &ApiResource, o: DynamicObject) {
+        let k = Self::live_key(ar, &o);
+        let known = self
+            .lock()
+            .entries
+            .get(&k)
+            .is_some_and(|e| e.seen.is_some());
+        if known {
+            self.observe(ar, o, false).await;
+        } else {
+            self.record_seen(ar, o);
+        }
+    }
+
+    async fn observe(&self, ar: &ApiResource, o: DynamicObject, deleted: bool) {
+        if !self.inner.active.load(std::sync::atomic::Ordering::Relaxed) {
+            if !deleted {
+                self.record_seen(ar, o);
+            }
+            return;
+        }
+        let k = Self::live_key(ar, &o);
+        let live = to_json(o, ar);
+        let fp = fingerprint(&live);
+        {
+            let mut st = self.lock();
+            let paused = match st.entries.get(&k) {
+                None => return, // not ours (any more)
+                // Only status or server-managed metadata changed: nothing to judge, now or
+                // after a pause (a controller's status updates must not make a sync re-read).
+                Some(e) if !deleted && e.seen == Some(fp) => return,
+                Some(e) => st.paused.contains(&e.sync),
+            };
+            if paused {
+                st.dirty.insert(k);
+                return;
+            }
+            if let Some(e) = st.entries.get_mut(&k) {
+                e.seen = if deleted { None } else { Some(fp) };
+            }
+        }
+        self.check(&k, if deleted { None } else { Some(live) })
+            .await;
+    }
+
+    /// Judges these objects afresh, a bounded number at a time: after a restart every
+    /// object is unconfirmed, and one by one that would take minutes at thousands.
+    async fn recheck(&self, keys: Vec<Key>) {
+        futures::stream::iter(keys)
+            .for_each_concurrent(RECHECK_CONCURRENCY, |k| async move {
+                let target = match self.lock().entries.get(&k) {
+                    Some(e) => e.target.clone(),
+                    None => return,
+                };
+                if let Ok(live) = self.get_live(&target).await {
+                    if let (Some(l), Some(e)) = (&live, self.lock().entries.get_mut(&k)) {
+                        e.seen = Some(fingerprint(l));
+                    }
+                    self.check(&k, live).await;
+                }
+            })
+            .await;
+    }
+
+    fn api(&self, target: &DesiredObject) -> Api<DynamicObject> {
+        crate::cluster::api_for(
+            &self.inner.client,
+            &target.resource,
+            target.id.namespace.as_deref(),
+        )
+    }
+
+    async fn get_live(&self, target: &DesiredObject) -> kube::Result<Option<Value>> {
+        let o = self.api(target).get_opt(&target.id.name).await?;
+        Ok(o.map(|o| to_json(o, &target.resource)))
+    }
+
+    /// Judges one object and reports, heals or backs off.
+    async fn check(&self, k: &Key, live: Option<Value>) {
+        let Some((target, sync)) = ({
+            let mut st = self.lock();
+            match st
+                .entries
+                .get(k)
+                .map(|e| (e.target.clone(), e.sync.clone()))
+            {
+                // Mid-apply, the live object may already be the next revision's: judging it
+                // against this one would report drift that is not there. Judge it after.
+                Some((_, sync)) if st.paused.contains(&sync) => {
+                    st.dirty.insert(k.clone());
+                    None
+                }
+                other => other,
+            }
+        }) else {
+            return;
+        };
+        let subject = target.id.clone();
+        tracing::debug!(object = %subject, "judging drift with a dry-run");
+        let mut live = live;
+        let mut attempts = 0;
+        let drift = loop {
+            let Some(current) = &live else {
+                break Some((Vec::new(), None, true));
+            };
+            let pp = PatchParams::apply(&self.inner.opts.field_manager)
+                .force()
+                .dry_run();
+            let merged = match self
+                .api(&target)
+                .patch(&target.id.name, &pp, &Patch::Apply(&*target.object))
+                .await
+            {
+                Ok(m) => to_json(m, &target.resource),
+                Err(e) => {
+                    tracing::warn!(object = %subject, error = %crate::cluster::api_message(&e), "drift check dry-run");
+                    return;
+                }
+            };
+            // A dry-run works on the current object, an event may carry an older one: judge
+            // only a pair at the same resourceVersion, re-reading the object when they differ
+            // (else a change racing this check, say an autoscaler's, would look like drift).
+            let rv = |v: &Value| v.pointer("/metadata/resourceVersion").cloned();
+            if rv(&merged) != rv(current) {
+                attempts += 1;
+                if attempts > 5 {
+                    tracing::debug!(object = %subject, "object keeps changing; judged on a later event");
+                    return;
+                }
+                match self.get_live(&target).await {
+                    Ok(l) => live = l,
+                    Err(e) => {
+                        tracing::warn!(object = %subject, error = %crate::cluster::api_message(&e), "drift check get");
+                        return;
+                    }
+                }
+                continue;
+            }
+            let (g, l) = (diff::normalize(&merged), diff::normalize(current));
+            if g == l {
+                break None;
+            }
+            let mut fields = Vec::new();
+            diff::field_diffs(&g, &l, "", &mut fields);
+            let fields = fields
+                .into_iter()
+                .map(|f| diff::mask_field(&subject.kind, f))
+                .collect();
+            break Some((
+                fields,
+                last_manager(current, &self.inner.opts.field_manager),
+                false,
+            ));
+        };
+
+        let Some((fields, manager, deleted)) = drift else {
+            let fp = live.as_ref().map(fingerprint);
+            let resolved = self.lock().entries.get_mut(k).is_some_and(|e| {
+                e.checked = fp;
+                e.seen = fp;
+                e.active.take().is_some()
+            });
+            if resolved {
+                self.report(Report::Resolved { sync, subject }).await;
+            }
+            return;
+        };
+
+        let h = drift_hash(&fields, deleted);
+        let (new_drift, heal, fight) = {
+            let mut st = self.lock();
+            let Some(e) = st.entries.get_mut(k) else {
+                return;
+            };
+            let new_drift = e.active != Some(h);
+            e.active = Some(h);
+            let now = Instant::now();
+            let mut heal = e.self_heal && e.fight_until.is_none_or(|t| now >= t);
+            let mut fight = None;
+            if heal {
+                while e
+                    .heals
+                    .front()
+                    .is_some_and(|t| now.duration_since(*t) > self.inner.opts.fight_window)
+                {
+                    e.heals.pop_front();
+                }
+                e.heals.push_back(now);
+                if e.heals.len() as u32 > self.inner.opts.fight_threshold {
+                    fight = Some(e.heals.len() as u32);
+                    e.heals.clear();
+                    e.fight_until = Some(now + self.inner.opts.fight_backoff);
+                    heal = false;
+                }
+            }
+            (new_drift, heal, fight)
+        };
+        if new_drift {
+            self.report(Report::Detected {
+                sync: sync.clone(),
+                subject: subject.clone(),
+                fields,
+                manager: manager.clone(),
+                deleted,
+            })
+            .await;
+        }
+        if let Some(count) = fight {
+            self.report(Report::Fight {
+                sync,
+                subject,
+                manager,
+                count,
+            })
+            .await;
+            return;
+        }
+        if heal {
+            let pp = PatchParams::apply(&self.inner.opts.field_manager).force();
+            let error = self
+                .api(&target)
+                .patch(&target.id.name, &pp, &Patch::Apply(&*target.object))
+                .await
+                .err()
+                .map(|e| crate::cluster::api_message(&e));
+            self.report(Report::Healed {
+                sync,
+                subject,
+                error,
+            })
+            .await;
+        }
+    }
+
+    async fn report(&self, r: Report) {
+        // Bounded: a stuck consumer costs reports, never the watches.
+        if self.inner.reports.try_send(r).is_err() {
+            tracing::warn!("drift report dropped: consumer is behind");
+        }
+    }
+}
+
+impl Entry {
+    fn confirmed(&self) -> bool {
+        self.active.is_none() && self.seen.is_some() && self.seen == self.checked
+    }
+
+    /// Records that the live object with fingerprint `live` matches Git. Only when it is
+    /// what the watch last saw (or the watch has seen nothing yet): an older comparison
+    /// says nothing about a newer object.
+    fn confirm(&mut self, live: u64) {
+        if self.seen.is_none_or(|seen| seen == live) {
+            self.seen = Some(live);
+            self.checked = Some(live);
+        }
+    }
+}
+
+impl apply::LiveCache for Detector {
+    /// Whether applying `desired` for `id` would change nothing, known without a request:
+    /// Git's side is what was last applied, and the watch has seen no change on the
+    /// cluster's side since the object was last confirmed to match.
+    fn known_unchanged(&self, id: &ObjectKey, desired: &RawValue) -> bool {
+        let k = id.clone();
+        let st = self.lock();
+        // Both sides are the renderer's compact JSON of the object, so equal text is an
+        // equal object.
+        !st.dirty.contains(&k)
+            && st
+                .entries
+                .get(&k)
+                .is_some_and(|e| e.confirmed() && e.target.object.get() == desired.get())
+    }
+
+    /// A sync compared `desired` with `live` and found nothing to change: as good as a
+    /// judgement of the detector's own, so the object is confirmed without another request.
+    fn compared_unchanged(&self, id: &ObjectKey, desired: &RawValue, live: &Value) {
+        let k = id.clone();
+        let fp = fingerprint(live);
+        let mut st = self.lock();
+        match st.entries.get_mut(&k) {
+            Some(e) if e.target.object.get() == desired.get() => e.confirm(fp),
+            // Not watched yet (the daemon's first sync), or about to change: kept for the
+            // `set_desired` that follows this sync.
+            _ => {
+                st.compared.insert(k, (text_hash(desired.get()), fp));
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Detector(..)")
+    }
+}
+
+fn text_hash(text: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+fn take_dirty(st: &mut State, sync: &str) -> Vec<Key> {
+    let mine: Vec<Key> = st
+        .dirty
+        .iter()
+        .filter(|k| st.entries.get(*k).is_some_and(|e| e.sync == sync))
+        .cloned()
+        .collect();
+    for k in &mine {
+        st.dirty.remove(k);
+    }
+    mine
+}
+
+fn fingerprint(live: &Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    // serde_json maps are ordered, so the text is canonical.
+    diff::normalize(live).to_string().hash(&mut h);
+    h.finish()
+}
+
+fn drift_hash(fields: &[diff::FieldDrift], deleted: bool) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    deleted.hash(&mut h);
+    for f in fields {
+        f.path.hash(&mut h);
+        f.before.to_string().hash(&mut h);
+        f.after.to_string().hash(&mut h);
+    }
+    h.finish()
+}
+
+/// The field manager that wrote last, other than us and status writers.
+fn last_manager(live: &Value, us: &str) -> Option<String> {
+    live.pointer("/metadata/managedFields")?
+        .as_array()?
+        .iter()
+        .filter(|m| {
+            m["manager"].as_str() != Some(us) && m["subresource"].as_str() != Some("status")
+        })
+        .max_by(|a, b| {
+            a["time"]
+                .as_str()
+                .unwrap_or("")
+                .cmp(b["time"].as_str().unwrap_or(""))
+        })
+        .and_then(|m| m["manager"].as_str().map(String::from))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn last_manager_skips_us_and_status_writers() {
+        let live = json!({"metadata": {"managedFields": [
+            {"manager": "gitops-agent", "operation": "Apply", "time": "2026-01-01T00:00:09Z"},
+            {"manager": "kubectl-edit", "operation": "Update", "time": "2026-01-01T00:00:05Z"},
+            {"manager": "kube-controller-manager", "operation": "Update", "subresource": "status", "time": "2026-01-01T00:00:08Z"},
+            {"manager": "kubectl-scale", "operation": "Update", "subresource": "scale", "time": "2026-01-01T00:00:07Z"}
+        ]}});
+        assert_eq!(
+            last_manager(&live, "gitops-agent").as_deref(),
+            Some("kubectl-scale")
+        );
+    }
+
+    #[test]
+    fn fingerprint_ignores_status_and_server_metadata() {
+        let a = json!({"metadata": {"name": "a", "resourceVersion": "1"}, "spec": {"x": 1}, "status": {"ready": 1}});
+        let b = json!({"metadata": {"name": "a", "resourceVersion": "2"}, "spec": {"x": 1}, "status": {"ready": 2}});
+        let c = json!({"metadata": {"name": "a", "resourceVersion": "3"}, "spec": {"x": 2}});
+        assert_eq!(fingerprint(&a), fingerprint(&b));
+        assert_ne!(fingerprint(&a), fingerprint(&c));
+    }
+}

@@ -1,0 +1,191 @@
+//! The places alerts go: one [`Sink`] per configured sink, built from its configuration
+//! and its secret. Each delivers one alert per call; the dispatcher retries.
+
+pub mod events;
+pub mod slack;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use serde::{Deserialize, Serialize};
+
+use super::{Error, Event, Result};
+use crate::config::alerts::{AlertsConfig, SinkConfig};
+use crate::core::ObjectKey;
+use crate::http::client;
+use crate::secrets::{SecretBytes, SecretResolver};
+
+pub use events::EventsSink;
+pub use slack::SlackSink;
+pub use webhook::{SIGNATURE_HEADER, WebhookSink};
+
+/// Who sends the alerts, as webhook bodies name it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentInfo {
+    pub name: String,
+    pub version: String,
+    /// The Pod name (or host name) of this replica.
+    pub instance: String,
+    /// The agent's namespace; the default for `secretRef` and `agentRef`.
+    pub namespace: String,
+}
+
+impl AgentInfo {
+    pub fn new(namespace: impl Into<String>, instance: impl Into<String>) -> Self {
+        AgentInfo {
+            name: crate::FIELD_MANAGER.to_string(),
+            version: crate::VERSION.to_string(),
+            instance: instance.into(),
+            namespace: namespace.into(),
+        }
+    }
+}
+
+/// What building a sink needs besides its configuration.
+#[derive(Clone)]
+pub struct SinkResources {
+    /// Required by `events` sinks.
+    pub client: Option<Client>,
+    pub agent: AgentInfo,
+    /// The value behind the sink's [`SinkConfig::secret_ref`], resolved by the caller.
+    pub secret: Option<SecretBytes>,
+    pub http: client::Options,
+}
+
+/// An event stamped with the time it was raised (not delivered: retries keep it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Alert {
+    pub event: Event,
+    pub time: Timestamp,
+}
+
+/// Somewhere alerts go. One delivery attempt per call; the [`Dispatcher`] retries.
+pub trait Sink: Send + Sync {
+    /// `type/name`.
+    fn name(&self) -> &str;
+    fn deliver<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<()>>;
+}
+
+/// POSTs `body` and maps the outcome to our errors (body of an error response cut short:
+/// it helps, e.g. Slack's `invalid_payload`, but must not flood logs).
+pub(crate) async fn post(sink: &str, shown_url: &str, req: reqwest::RequestBuilder) -> Result<()> {
+    let resp = req.send().await.map_err(|e| Error::Request {
+        sink: sink.to_string(),
+        url: shown_url.to_string(),
+        source: e.without_url(),
+    })?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(());
+    }
+    let retry_after = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(Duration::from_secs);
+    let body = resp.text().await.unwrap_or_default();
+    let body = crate::core::truncate(body.trim().lines().next().unwrap_or(""), 200);
+    Err(Error::Status {
+        sink: sink.to_string(),
+        url: shown_url.to_string(),
+        status,
+        body,
+        retry_after,
+    })
+}
+
+/// Builds one sink from its configuration and what it needs.
+pub fn build(cfg: &SinkConfig, res: SinkResources) -> Result<Arc<dyn Sink>> {
+    let id = cfg.id();
+    let missing = |what: &str| Error::Config {
+        sink: id.clone(),
+        message: format!("{what} is required"),
+    };
+    Ok(match cfg {
+        SinkConfig::Events {
+            agent_ref,
+            reporting_controller,
+            ..
+        } => {
+            let client = res.client.ok_or_else(|| missing("a Kubernetes client"))?;
+            let (group, version) = ObjectKey::split_api_version(&agent_ref.api_version);
+            let agent_ref = ObjectKey {
+                group: group.into(),
+                version: version.into(),
+                kind: agent_ref.kind.clone(),
+                namespace: Some(
+                    agent_ref
+                        .namespace
+                        .clone()
+                        .unwrap_or_else(|| res.agent.namespace.clone()),
+                ),
+                name: agent_ref.name.clone(),
+            };
+            Arc::new(EventsSink::new(
+                id,
+                client,
+                agent_ref,
+                reporting_controller.clone(),
+                res.agent.instance,
+            ))
+        }
+        SinkConfig::Webhook { url, .. } => {
+            let secret = res.secret.ok_or_else(|| missing("the secretRef value"))?;
+            Arc::new(WebhookSink::new(id, url, secret, res.agent, &res.http)?)
+        }
+        SinkConfig::Slack { blocks, .. } => {
+            let secret = res.secret.ok_or_else(|| missing("the secretRef value"))?;
+            Arc::new(SlackSink::new(id, &secret, *blocks, res.agent, &res.http)?)
+        }
+    })
+}
+
+/// Builds every sink, reading each `secretRef` from the cluster (`agent.namespace` by
+/// default). The first sink that cannot be built fails the whole set, naming the sink.
+pub async fn build_all(
+    cfg: &AlertsConfig,
+    client: &Client,
+    agent: &AgentInfo,
+    http: &client::Options,
+) -> Result<Vec<Arc<dyn Sink>>> {
+    let secrets = SecretResolver::new(Some(client.clone()), &agent.namespace);
+    let mut sinks = Vec::with_capacity(cfg.sinks.len());
+    for s in &cfg.sinks {
+        let secret = match s.secret_ref() {
+            Some(r) => Some(secrets.key(r).await.map_err(|e| Error::Config {
+                sink: s.id(),
+                message: e.to_string(),
+            })?),
+            None => None,
+        };
+        sinks.push(build(
+            s,
+            SinkResources {
+                client: Some(client.clone()),
+                agent: agent.clone(),
+                secret,
+                http: http.clone(),
+            },
+        )?);
+    }
+    Ok(sinks)
+}
+
+/// The URL rule of [`client::parse_url`], as this module's error naming the sink; a URL
+/// that came from a Secret (Slack's) is never shown.
+pub(crate) fn parse_url(sink: &str, raw: &str, secret: bool) -> Result<reqwest::Url> {
+    client::parse_url(raw).map_err(|why| Error::Config {
+        sink: sink.to_string(),
+        message: if secret {
+            format!("URL from the Secret: {why}")
+        } else {
+            format!("url {}: {why}", client::redact(raw, false))
+        },
+    })
+}

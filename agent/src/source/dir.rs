@@ -1,0 +1,275 @@
+//! A local directory as a source (development: edit a file, the cluster follows), read with
+//! the same rules as a Git tree. A fetch reads the whole directory once, so every sync of
+//! the source sees the same snapshot; its revision is a hash of the contents.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+
+use super::git::tree::resolve_link;
+use super::{Error, File, Limits, Result, Revision, Source};
+
+/// Reads every file under the local directory `dir`, with the rules of [`read_tree`];
+/// paths are relative to `dir`. `.git` directories are skipped: a checkout's metadata is
+/// not part of its content.
+pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
+    let io = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| Error::Io { path, source }
+    };
+    let root = dir.canonicalize().map_err(io(dir))?;
+    let mut files = Vec::new();
+    let mut stack = vec![(root.clone(), String::new())];
+    while let Some((abs, rel)) = stack.pop() {
+        for entry in std::fs::read_dir(&abs).map_err(io(&abs))? {
+            let entry = entry.map_err(io(&abs))?;
+            let name = entry.file_name();
+            let name = name.to_str().ok_or_else(|| Error::BadPath {
+                path: entry.path().display().to_string(),
+                reason: "file name is not UTF-8",
+            })?;
+            let rel = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            let path = entry.path();
+            let kind = entry.file_type().map_err(io(&path))?;
+            if kind.is_dir() {
+                if name != ".git" {
+                    stack.push((path, rel));
+                }
+                continue;
+            }
+            let target = if kind.is_symlink() {
+                let link = std::fs::read_link(&path).map_err(io(&path))?;
+                let shown = link.display().to_string();
+                let escape = || Error::SymlinkEscape {
+                    path: rel.clone(),
+                    target: shown.clone(),
+                    root: dir.display().to_string(),
+                };
+                // Lexically first (names the problem the way the author wrote it), then on the
+                // real filesystem, where a directory link on the way could still lead out.
+                let lexical = link.to_str().and_then(|t| resolve_link(&rel, t));
+                if lexical.is_none() {
+                    return Err(escape());
+                }
+                let broken = |reason| Error::Symlink {
+                    path: rel.clone(),
+                    target: shown.clone(),
+                    reason,
+                };
+                let real = path
+                    .canonicalize()
+                    .map_err(|_| broken("the target does not exist"))?;
+                if !real.starts_with(&root) {
+                    return Err(escape());
+                }
+                if real.is_dir() {
+                    return Err(broken("links to directories are not followed"));
+                }
+                if !real.is_file() {
+                    return Err(broken("the target is not a regular file"));
+                }
+                real
+            } else if kind.is_file() {
+                path
+            } else {
+                // A FIFO or a socket would block or fail on read.
+                return Err(Error::BadPath {
+                    path: rel,
+                    reason: "not a regular file",
+                });
+            };
+            if files.len() >= limits.max_files {
+                return Err(Error::TooManyFiles {
+                    path: dir.display().to_string(),
+                    max: limits.max_files,
+                });
+            }
+            let size = std::fs::metadata(&target).map_err(io(&target))?.len();
+            if size > limits.max_file_size {
+                return Err(Error::FileTooLarge {
+                    path: rel,
+                    size,
+                    max: limits.max_file_size,
+                });
+            }
+            let content = std::fs::read(&target).map_err(io(&target))?;
+            files.push(File { path: rel, content });
+        }
+    }
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(files)
+}
+
+/// A local directory, watched rather than fetched.
+#[derive(Debug, Clone)]
+pub struct DirSource {
+    name: String,
+    dir: PathBuf,
+    limits: Limits,
+}
+
+impl DirSource {
+    pub fn new(name: impl Into<String>, dir: impl Into<PathBuf>) -> Self {
+        DirSource {
+            name: name.into(),
+            dir: dir.into(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Source for DirSource {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn is_remote(&self) -> bool {
+        false
+    }
+
+    fn fetch(&self) -> BoxFuture<'_, Result<Revision>> {
+        Box::pin(async move {
+            let (dir, limits) = (self.dir.clone(), self.limits.clone());
+            let files = tokio::task::spawn_blocking(move || read_dir(&dir, &limits))
+                .await
+                .map_err(|source| Error::Task {
+                    name: self.name.clone(),
+                    source,
+                })??;
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for f in &files {
+                f.path.hash(&mut h);
+                f.content.hash(&mut h);
+            }
+            Ok(Revision::new(
+                format!("directory@{:016x}", h.finish()),
+                Arc::new(files),
+            ))
+        })
+    }
+
+    fn read<'a>(
+        &'a self,
+        revision: &'a Revision,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<File>>> {
+        Box::pin(async move {
+            let files = revision
+                .data::<Arc<Vec<File>>>()
+                .ok_or_else(|| Error::Invalid {
+                    name: self.name.clone(),
+                    reason: format!("revision {revision} is not one of this directory"),
+                })?;
+            let path = super::git::tree::normalize(path)?;
+            if path.is_empty() {
+                return Ok(files.as_ref().clone());
+            }
+            let under: Vec<File> = files
+                .iter()
+                .filter(|f| {
+                    f.path
+                        .strip_prefix(path.as_str())
+                        .is_some_and(|rest| rest.starts_with('/'))
+                })
+                .cloned()
+                .collect();
+            if under.is_empty() && !self.dir.join(&path).is_dir() {
+                return Err(Error::BadPath {
+                    path: format!("{}/{path}", self.dir.display()),
+                    reason: "no such directory",
+                });
+            }
+            Ok(under)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn paths(files: &[File]) -> Vec<&str> {
+        files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[test]
+    fn read_dir_applies_the_same_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("repo");
+        std::fs::create_dir_all(root.join("apps/sub")).unwrap();
+        std::fs::create_dir_all(root.join(".git")).unwrap();
+        std::fs::write(root.join(".git/config"), "x").unwrap();
+        std::fs::write(root.join("apps/b.yaml"), "b").unwrap();
+        std::fs::write(root.join("apps/sub/a.yaml"), "a").unwrap();
+        std::fs::write(root.join("apps/a.yaml"), "a").unwrap();
+        std::os::unix::fs::symlink("a.yaml", root.join("apps/link.yaml")).unwrap();
+        let limits = Limits::default();
+        let files = read_dir(&root, &limits).unwrap();
+        assert_eq!(
+            paths(&files),
+            [
+                "apps/a.yaml",
+                "apps/b.yaml",
+                "apps/link.yaml",
+                "apps/sub/a.yaml"
+            ]
+        );
+        assert_eq!(files[2].content, b"a");
+
+        std::fs::write(dir.path().join("secret"), "s").unwrap();
+        std::os::unix::fs::symlink("../../secret", root.join("apps/escape")).unwrap();
+        let err = read_dir(&root, &limits).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "apps/escape: symlink to ../../secret leaves {}",
+                root.display()
+            )
+        );
+        std::fs::remove_file(root.join("apps/escape")).unwrap();
+        // Through a directory link that itself leads out.
+        std::os::unix::fs::symlink(dir.path(), root.join("apps/out")).unwrap();
+        let err = read_dir(&root, &limits).unwrap_err();
+        assert!(err.to_string().starts_with("apps/out: symlink to"), "{err}");
+        std::fs::remove_file(root.join("apps/out")).unwrap();
+        std::os::unix::fs::symlink("sub", root.join("apps/dir")).unwrap();
+        let err = read_dir(&root, &limits).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "apps/dir: symlink to sub: links to directories are not followed"
+        );
+        std::fs::remove_file(root.join("apps/dir")).unwrap();
+
+        let small = Limits {
+            max_file_size: 0,
+            ..Limits::default()
+        };
+        let err = read_dir(&root, &small).unwrap_err();
+        assert!(
+            err.to_string()
+                .ends_with(".yaml: 1 bytes is over the 0-byte file size limit"),
+            "{err}"
+        );
+        let few = Limits {
+            max_files: 2,
+            ..Limits::default()
+        };
+        let err = read_dir(&root, &few).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("{}: more than 2 files", root.display())
+        );
+        let err = read_dir(&dir.path().join("nope"), &limits).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with(&format!("{}/nope: ", dir.path().display())),
+            "{err}"
+        );
+    }
+}

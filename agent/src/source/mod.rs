@@ -1,0 +1,199 @@
+//! Sources: where a sync's files come from. A [`Source`] fetches (brings itself up to date
+//! and names the revision it now points at) and reads the files under a path of a revision;
+//! every source applies the same path, size, symlink and file-count rules. Git (`git/`) and
+//! a local directory (`dir`) are the sources today; OCI DevOps and Object Storage plug in
+//! as more implementations of the trait.
+
+pub mod dir;
+pub mod git;
+
+use std::any::Any;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use git2::Oid;
+
+pub use dir::{DirSource, read_dir};
+pub use git::{Credentials, Fetched, GitSource, Reference, SourceSpec, read_tree};
+
+/// One file of a revision, as read from Git (or a local directory): its path relative to
+/// the repository root, with `/` separators, and its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct File {
+    pub path: String,
+    pub content: Vec<u8>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("source {name}: {reason}")]
+    Invalid { name: String, reason: String },
+    #[error("source {name}: mirror {path}: {source}")]
+    Mirror {
+        name: String,
+        path: PathBuf,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("source {name}: fetch {url}: {reason}")]
+    Fetch {
+        name: String,
+        url: String,
+        /// libgit2's message, scrubbed of URL credentials and configured secrets.
+        reason: String,
+    },
+    #[error("source {name}: fetch {url}: authentication failed: {reason}")]
+    Auth {
+        name: String,
+        url: String,
+        reason: String,
+    },
+    #[error("source {name}: fetch {url}: host key verification failed: {reason}")]
+    HostKey {
+        name: String,
+        url: String,
+        reason: String,
+    },
+    #[error("source {name}: fetch {url}: timed out after {}", humantime::format_duration(*.after))]
+    Timeout {
+        name: String,
+        url: String,
+        after: Duration,
+    },
+    #[error("source {name}: {reference}: not found at {url}")]
+    RefNotFound {
+        name: String,
+        url: String,
+        reference: String,
+    },
+    #[error("source {name}: commit {commit}: {source}")]
+    Commit {
+        name: String,
+        commit: Oid,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("{path}: not found in commit {commit}")]
+    MissingPath { path: String, commit: Oid },
+    #[error("{path}: symlink to {target} leaves {root}")]
+    SymlinkEscape {
+        path: String,
+        target: String,
+        root: String,
+    },
+    #[error("{path}: symlink to {target}: {reason}")]
+    Symlink {
+        path: String,
+        target: String,
+        reason: &'static str,
+    },
+    #[error("{path}: submodule (gitlink to {commit}) is not supported")]
+    Submodule { path: String, commit: Oid },
+    #[error("{path}: {size} bytes is over the {max}-byte file size limit")]
+    FileTooLarge { path: String, size: u64, max: u64 },
+    #[error("{path}: more than {max} files")]
+    TooManyFiles { path: String, max: usize },
+    #[error("{path}: {reason}")]
+    BadPath { path: String, reason: &'static str },
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Git {
+        path: String,
+        #[source]
+        source: git2::Error,
+    },
+    #[error("source {name}: background task: {source}")]
+    Task {
+        name: String,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Bounds on what one source may cost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest single file, in bytes.
+    pub max_file_size: u64,
+    /// Most files under the synced path.
+    pub max_files: usize,
+    /// Longest a fetch may take, connection included.
+    pub fetch_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 4 * 1024 * 1024,
+            max_files: 10_000,
+            fetch_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A revision of a source as the stages see it: an id to record and compare
+/// (`main@sha1:<commit>`, `directory@<hash>`), and what the source needs to read it again.
+#[derive(Clone)]
+pub struct Revision {
+    pub id: String,
+    data: Arc<dyn Any + Send + Sync>,
+}
+
+impl Revision {
+    pub fn new(id: impl Into<String>, data: impl Any + Send + Sync) -> Self {
+        Revision {
+            id: id.into(),
+            data: Arc::new(data),
+        }
+    }
+
+    /// The source's own data for this revision, if it is of type `T`.
+    pub fn data<T: Any>(&self) -> Option<&T> {
+        self.data.downcast_ref()
+    }
+}
+
+impl fmt::Debug for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+impl fmt::Display for Revision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.id)
+    }
+}
+
+impl PartialEq for Revision {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+/// Where a sync's files come from.
+pub trait Source: Send + Sync {
+    /// The source's configured name.
+    fn name(&self) -> &str;
+    /// Whether fetching crosses the network (a Git fetch), for the fetch metrics.
+    fn is_remote(&self) -> bool;
+    /// Brings the source up to date and returns the revision it now points at.
+    fn fetch(&self) -> BoxFuture<'_, Result<Revision>>;
+    /// Every file under `path` (`""` for all) of `revision`, sorted, with paths from the
+    /// source's root.
+    fn read<'a>(
+        &'a self,
+        revision: &'a Revision,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<File>>>;
+}

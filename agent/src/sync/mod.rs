@@ -1,0 +1,430 @@
+//! One sync of one revision, end to end: render and validate everything first, check the
+//! prune guard, apply in stages, prune, wait for health, then record inventory and status.
+//! A revision that fails to render changes nothing in the cluster; the last good
+//! revision stays applied and the error is recorded.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use kube::Client;
+use serde_json::value::RawValue;
+
+use crate::apply::{self, Desired, ResourceManager};
+use crate::cluster::discovery::Discovery;
+use crate::config;
+use crate::core::{Action, ChangeSet, OWNER_LABEL, ObjectKey};
+use crate::health::{self, Assessment};
+use crate::inventory::{self, Inventory, Record, Status};
+use crate::prune;
+use crate::render::{self, Scopes};
+use crate::source;
+
+/// Why a sync did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    #[error("{0}")]
+    Source(String),
+    #[error("revision {revision} is invalid; nothing was applied:\n{errors}")]
+    Render {
+        revision: String,
+        errors: render::Errors,
+    },
+    #[error("revision {revision} held back; nothing was applied: {reason}")]
+    HeldBack { revision: String, reason: String },
+    #[error("{count} object(s) failed: {first}")]
+    Apply { count: usize, first: String },
+    #[error("{0}")]
+    Health(String),
+    #[error("{0}")]
+    Store(String),
+}
+
+impl Failure {
+    fn result(&self) -> &'static str {
+        match self {
+            Failure::HeldBack { .. } => "HeldBack",
+            _ => "Failed",
+        }
+    }
+}
+
+/// What one sync did, as data.
+#[derive(Debug)]
+pub struct Outcome {
+    pub sync: String,
+    pub revision: String,
+    pub changes: ChangeSet,
+    /// Per-object health after the apply (empty when not waited for).
+    pub health: Vec<(ObjectKey, Assessment)>,
+    pub failure: Option<Failure>,
+    /// The objects as applied (owner labels included), for drift detection; empty when the
+    /// revision was not applied.
+    pub desired: Vec<DesiredObject>,
+}
+
+/// One object of the applied desired state: what drift detection compares the live one with.
+/// Kept for as long as the daemon runs, for every managed object, so it is compact: the
+/// rendered manifest's own JSON text, shared, and the kind's API resource, shared.
+#[derive(Debug, Clone)]
+pub struct DesiredObject {
+    pub id: ObjectKey,
+    pub resource: Arc<kube::api::ApiResource>,
+    pub object: Arc<RawValue>,
+}
+
+impl Outcome {
+    /// An outcome with nothing done yet.
+    pub fn new(sync: &str, revision: &str) -> Self {
+        Outcome {
+            sync: sync.to_string(),
+            revision: revision.to_string(),
+            changes: ChangeSet::default(),
+            health: Vec::new(),
+            failure: None,
+            desired: Vec::new(),
+        }
+    }
+
+    /// The outcome, failed for `failure`.
+    pub fn failed(mut self, failure: Failure) -> Self {
+        self.failure = Some(failure);
+        self
+    }
+
+    pub fn succeeded(&self) -> bool {
+        self.failure.is_none()
+    }
+
+    /// The sync's health: the worst of its objects', when it was assessed.
+    pub fn overall_health(&self) -> Option<health::Status> {
+        (!self.health.is_empty()).then(|| health::worst(self.health.iter().map(|(_, a)| a.status)))
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Decide and diff only: nothing is written, health is not waited for, nothing recorded.
+    pub dry_run: bool,
+    /// Objects known unchanged on both sides skip their GET and dry-run (the daemon passes
+    /// the drift detector's watch cache).
+    pub cache: Option<std::sync::Arc<dyn apply::LiveCache>>,
+}
+
+impl Scopes for Discovery {
+    fn namespaced(&self, group: &str, kind: &str) -> Option<bool> {
+        Discovery::namespaced(self, group, kind)
+    }
+}
+
+/// Applies revisions for the syncs of one agent.
+pub struct Engine {
+    rm: ResourceManager,
+    store: inventory::Store,
+}
+
+impl Engine {
+    pub async fn new(client: Client, agent_namespace: &str) -> Result<Self, apply::Error> {
+        let store = inventory::Store::new(client.clone(), agent_namespace);
+        Ok(Engine {
+            rm: ResourceManager::new(client).await?,
+            store,
+        })
+    }
+
+    pub fn client(&self) -> &Client {
+        self.rm.client()
+    }
+
+    pub fn store(&self) -> &inventory::Store {
+        &self.store
+    }
+
+    /// Syncs one revision's files (already limited to the sync's path).
+    pub async fn sync_revision(
+        &self,
+        sync: &config::Sync,
+        revision: &str,
+        files: &[source::File],
+        opts: &Options,
+    ) -> Outcome {
+        let mut outcome = Outcome::new(&sync.name, revision);
+        let previous = match self.store.load(&sync.name).await {
+            Ok(r) => r,
+            Err(e) => return outcome.failed(Failure::Store(e.to_string())),
+        };
+        let discovery = self.rm.discovery();
+        // 1. Render and validate the whole revision before any write.
+        let manifests = match render_revision(sync, files, &discovery) {
+            Ok(m) => m,
+            Err(errors) => {
+                outcome.failure = Some(Failure::Render {
+                    revision: revision.to_string(),
+                    errors,
+                });
+                self.record(sync, &previous, &previous.inventory, &outcome, opts)
+                    .await;
+                return outcome;
+            }
+        };
+        // 2. What would be pruned, and whether the guard allows it.
+        let stale = stale_objects(&previous.inventory, &manifests);
+        if let Some(reason) = held_back(sync, &previous.inventory, &stale, manifests.len()) {
+            outcome.failure = Some(Failure::HeldBack {
+                revision: revision.to_string(),
+                reason,
+            });
+            self.record(sync, &previous, &previous.inventory, &outcome, opts)
+                .await;
+            return outcome;
+        }
+        // 3. Apply in stages.
+        outcome.changes = match self.apply(&manifests, &previous.inventory, opts).await {
+            Ok(changes) => changes,
+            Err(e) => return outcome.failed(Failure::Source(e.to_string())),
+        };
+        let mut inventory = applied_inventory(revision, &outcome.changes);
+        if let Some(failure) = apply_failure(&outcome.changes) {
+            // Keep tracking everything we managed before; prune waits for a clean apply.
+            inventory.keep_missing(&previous.inventory);
+            inventory.revision = previous.inventory.revision.clone();
+            outcome.failure = Some(failure);
+            self.record(sync, &previous, &inventory, &outcome, opts)
+                .await;
+            return outcome;
+        }
+        // 4. Prune.
+        self.prune(sync, &stale, &mut inventory, &mut outcome, opts)
+            .await;
+        outcome.desired = desired_objects(&manifests, &discovery);
+        // 5. Health.
+        if sync.health.wait && !opts.dry_run {
+            match self.wait_healthy(sync, &manifests, &discovery).await {
+                Ok(h) => outcome.health = h,
+                Err(e) => outcome.failure = Some(Failure::Health(e.to_string())),
+            }
+        }
+        if outcome.failure.is_none() {
+            outcome.failure = apply_failure(&outcome.changes);
+        }
+        self.record(sync, &previous, &inventory, &outcome, opts)
+            .await;
+        outcome
+    }
+
+    async fn apply(
+        &self,
+        manifests: &[render::Manifest],
+        previous: &Inventory,
+        opts: &Options,
+    ) -> Result<ChangeSet, apply::Error> {
+        let desired: Vec<Desired<'_>> = manifests
+            .iter()
+            .map(|m| Desired {
+                id: &m.id,
+                object: &m.object,
+                inventoried: previous.entries.contains(&m.id),
+            })
+            .collect();
+        let aopts = apply::Options {
+            dry_run: opts.dry_run,
+            cache: opts.cache.clone(),
+            ..Default::default()
+        };
+        self.rm.apply_all_staged(&desired, &aopts).await
+    }
+
+    /// Deletes what left Git (when the sync prunes), keeping in the inventory what could
+    /// not be deleted; with pruning off, what left Git stays tracked.
+    async fn prune(
+        &self,
+        sync: &config::Sync,
+        stale: &[ObjectKey],
+        inventory: &mut Inventory,
+        outcome: &mut Outcome,
+        opts: &Options,
+    ) {
+        if stale.is_empty() {
+            return;
+        }
+        if !sync.prune {
+            inventory.entries.extend(stale.iter().cloned());
+            return;
+        }
+        let popts = prune::Options {
+            sync: sync.name.clone(),
+            dry_run: opts.dry_run,
+        };
+        let pruned = prune::prune(&self.rm, stale, &popts).await;
+        for c in &pruned.entries {
+            if c.action == Action::Failed {
+                inventory.entries.insert(c.subject.clone());
+            }
+        }
+        outcome.changes.extend(pruned);
+    }
+
+    async fn wait_healthy(
+        &self,
+        sync: &config::Sync,
+        manifests: &[render::Manifest],
+        discovery: &Discovery,
+    ) -> health::Result<Vec<(ObjectKey, Assessment)>> {
+        let targets: Vec<(ObjectKey, kube::api::ApiResource)> = manifests
+            .iter()
+            .filter_map(|m| {
+                discovery
+                    .resolve(&m.id.group, &m.id.version, &m.id.kind)
+                    .map(|r| (m.id.clone(), r.api.clone()))
+            })
+            .collect();
+        let wopts = health::WaitOptions {
+            timeout: sync.health.timeout,
+            poll_interval: std::time::Duration::from_millis(500),
+            ..Default::default()
+        };
+        health::wait(self.rm.client(), &targets, &wopts).await
+    }
+
+    /// Stores inventory and status, writing only when either changed.
+    async fn record(
+        &self,
+        sync: &config::Sync,
+        previous: &Record,
+        inventory: &Inventory,
+        outcome: &Outcome,
+        opts: &Options,
+    ) {
+        if opts.dry_run {
+            return;
+        }
+        let mut status = Status {
+            revision: Some(outcome.revision.clone()),
+            result: outcome
+                .failure
+                .as_ref()
+                .map(Failure::result)
+                .unwrap_or("Succeeded")
+                .to_string(),
+            health: outcome.overall_health().map(|h| h.to_string()),
+            error: outcome.failure.as_ref().map(|f| f.to_string()),
+            last_change_time: previous.status.last_change_time.clone(),
+            last_change_counts: previous.status.last_change_counts.clone(),
+        };
+        if outcome.changes.has_writes() {
+            status.last_change_counts = outcome
+                .changes
+                .counts()
+                .into_iter()
+                .map(|(a, n)| (a.to_string(), n))
+                .collect();
+        }
+        // `status` still carries the previous change time, so equal means nothing changed.
+        if *inventory == previous.inventory && status == previous.status {
+            return;
+        }
+        status.last_change_time =
+            Some(humantime::format_rfc3339_seconds(SystemTime::now()).to_string());
+        let record = Record {
+            inventory: inventory.clone(),
+            status,
+        };
+        if let Err(e) = self.store.store(&sync.name, previous, &record).await {
+            tracing::error!(sync = %sync.name, error = %e, "recording status");
+        }
+    }
+}
+
+/// The revision rendered with the sync's namespace and owner label.
+fn render_revision(
+    sync: &config::Sync,
+    files: &[source::File],
+    discovery: &Discovery,
+) -> Result<Vec<render::Manifest>, render::Errors> {
+    let ropts = render::Options {
+        default_namespace: sync.namespace.clone(),
+        labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
+        ..Default::default()
+    };
+    render::render(files, &ropts, discovery)
+}
+
+/// The objects of the previous inventory that the revision no longer has.
+fn stale_objects(previous: &Inventory, manifests: &[render::Manifest]) -> Vec<ObjectKey> {
+    let desired: HashSet<&ObjectKey> = manifests.iter().map(|m| &m.id).collect();
+    previous
+        .entries
+        .iter()
+        .filter(|e| !desired.contains(e))
+        .cloned()
+        .collect()
+}
+
+/// Why the prune guard holds the revision back, when the sync prunes and it does.
+fn held_back(
+    sync: &config::Sync,
+    previous: &Inventory,
+    stale: &[ObjectKey],
+    desired: usize,
+) -> Option<String> {
+    if !sync.prune {
+        return None;
+    }
+    prune::held_back(
+        previous.entries.len(),
+        stale.len(),
+        desired,
+        &sync.prune_guard,
+    )
+}
+
+/// What was applied (anything but a failure), as the revision's inventory.
+fn applied_inventory(revision: &str, changes: &ChangeSet) -> Inventory {
+    Inventory {
+        revision: Some(revision.to_string()),
+        entries: changes
+            .entries
+            .iter()
+            .filter(|c| c.action != Action::Failed)
+            .map(|c| c.subject.clone())
+            .collect(),
+    }
+}
+
+/// The applied objects as drift detection keeps them, sharing one API resource per kind.
+fn desired_objects(manifests: &[render::Manifest], discovery: &Discovery) -> Vec<DesiredObject> {
+    let mut resources: HashMap<(&str, &str, &str), Arc<kube::api::ApiResource>> = HashMap::new();
+    manifests
+        .iter()
+        .filter_map(|m| {
+            let id = &m.id;
+            let key = (id.group.as_str(), id.version.as_str(), id.kind.as_str());
+            let resource = match resources.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let r = Arc::new(discovery.resolve(key.0, key.1, key.2)?.api.clone());
+                    resources.insert(key, r.clone());
+                    r
+                }
+            };
+            Some(DesiredObject {
+                id: id.clone(),
+                resource,
+                object: m.object.clone(),
+            })
+        })
+        .collect()
+}
+
+/// How many objects failed, naming the first: the sync's failure, if any.
+fn apply_failure(changes: &ChangeSet) -> Option<Failure> {
+    let first = changes.failed().next()?;
+    Some(Failure::Apply {
+        count: changes.failed().count(),
+        first: format!(
+            "{}: {}",
+            first.subject,
+            first.message.as_deref().unwrap_or("")
+        ),
+    })
+}
