@@ -30,6 +30,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{Instrument, info_span};
 
+use crate::http::backoff::{Backoff, Policy};
+
 /// client-go's defaults (and the kube-controller-manager's).
 pub const DEFAULT_LEASE_DURATION: Duration = Duration::from_secs(15);
 pub const DEFAULT_RENEW_DEADLINE: Duration = Duration::from_secs(10);
@@ -202,13 +204,23 @@ fn released(old: &LeaseSpec, now: Timestamp) -> LeaseSpec {
     }
 }
 
-/// Full jitter over an exponential bound: `retry_period · 2^(failures-1)`, at most 30 s.
+/// The shared backoff, shaped so that the wait after `n` failures lies in the upper half of
+/// `retry_period · 2^(n-1)` (at most 30 s): never in the same breath, and spread out.
+fn retries(retry_period: Duration) -> Backoff {
+    Backoff::new(Policy {
+        min: retry_period / 2,
+        max: MAX_BACKOFF.max(retry_period) / 2,
+    })
+}
+
+/// The wait after `failures` failures, from a fresh [`retries`].
+#[cfg(test)]
 fn backoff(retry_period: Duration, failures: u32) -> Duration {
-    let cap = retry_period
-        .saturating_mul(2u32.saturating_pow(failures.saturating_sub(1).min(16)))
-        .min(MAX_BACKOFF.max(retry_period));
-    // A floor, so that a failing API server is not asked again in the same breath.
-    cap.mul_f64(random_fraction()).max(cap / 10)
+    let mut b = retries(retry_period);
+    (1..failures).for_each(|_| {
+        b.next_delay();
+    });
+    b.next_delay()
 }
 
 /// Up to 20 % more than `d`, so that followers started together do not poll in step.
@@ -393,6 +405,7 @@ async fn run(
     // When the last successful acquire or renewal was *sent*; `Some` while leading.
     let mut renewed_at: Option<Instant> = None;
     let mut failures = 0u32;
+    let mut retry = retries(opts.retry_period);
     let mut wait = Duration::ZERO;
     loop {
         let started = tokio::select! {
@@ -434,6 +447,7 @@ async fn run(
                 }
                 renewed_at = Some(started);
                 failures = 0;
+                retry.reset();
                 leadership.set(true);
                 wait = opts.retry_period;
             }
@@ -445,6 +459,7 @@ async fn run(
                 }
                 leadership.set(false);
                 failures = 0;
+                retry.reset();
                 wait = jittered(opts.retry_period);
             }
             Err(e) => {
@@ -454,7 +469,7 @@ async fn run(
                         tracing::error!(error = %e, "could not renew the lease in time; stepping down");
                         renewed_at = None;
                         leadership.set(false);
-                        wait = backoff(opts.retry_period, failures);
+                        wait = retry.next_delay();
                     }
                     Some(t) => {
                         tracing::warn!(error = %e, "renewing the lease; retrying");
@@ -470,7 +485,7 @@ async fn run(
                         } else {
                             tracing::warn!(error = %e, "acquiring the lease");
                         }
-                        wait = backoff(opts.retry_period, failures);
+                        wait = retry.next_delay();
                     }
                 }
             }

@@ -83,6 +83,13 @@ type Key = ObjectKey;
 /// Objects re-judged at once (each a GET and a dry-run), like a sync's apply concurrency.
 const RECHECK_CONCURRENCY: usize = 16;
 
+/// How the live object differs from Git: the fields, or that it is gone.
+struct Drift {
+    fields: Vec<diff::FieldDrift>,
+    manager: Option<String>,
+    deleted: bool,
+}
+
 struct Entry {
     sync: String,
     self_heal: bool,
@@ -429,83 +436,15 @@ impl Detector {
 
     /// Judges one object and reports, heals or backs off.
     async fn check(&self, k: &Key, live: Option<Value>) {
-        let Some((target, sync)) = ({
-            let mut st = self.lock();
-            match st
-                .entries
-                .get(k)
-                .map(|e| (e.target.clone(), e.sync.clone()))
-            {
-                // Mid-apply, the live object may already be the next revision's: judging it
-                // against this one would report drift that is not there. Judge it after.
-                Some((_, sync)) if st.paused.contains(&sync) => {
-                    st.dirty.insert(k.clone());
-                    None
-                }
-                other => other,
-            }
-        }) else {
+        let Some((target, sync)) = self.target_to_judge(k) else {
+            return;
+        };
+        tracing::debug!(object = %target.id, "judging drift with a dry-run");
+        let Some((verdict, live)) = self.judge(&target, live).await else {
             return;
         };
         let subject = target.id.clone();
-        tracing::debug!(object = %subject, "judging drift with a dry-run");
-        let mut live = live;
-        let mut attempts = 0;
-        let drift = loop {
-            let Some(current) = &live else {
-                break Some((Vec::new(), None, true));
-            };
-            let pp = PatchParams::apply(&self.inner.opts.field_manager)
-                .force()
-                .dry_run();
-            let merged = match self
-                .api(&target)
-                .patch(&target.id.name, &pp, &Patch::Apply(&*target.object))
-                .await
-            {
-                Ok(m) => to_json(m, &target.resource),
-                Err(e) => {
-                    tracing::warn!(object = %subject, error = %crate::cluster::api_message(&e), "drift check dry-run");
-                    return;
-                }
-            };
-            // A dry-run works on the current object, an event may carry an older one: judge
-            // only a pair at the same resourceVersion, re-reading the object when they differ
-            // (else a change racing this check, say an autoscaler's, would look like drift).
-            let rv = |v: &Value| v.pointer("/metadata/resourceVersion").cloned();
-            if rv(&merged) != rv(current) {
-                attempts += 1;
-                if attempts > 5 {
-                    tracing::debug!(object = %subject, "object keeps changing; judged on a later event");
-                    return;
-                }
-                match self.get_live(&target).await {
-                    Ok(l) => live = l,
-                    Err(e) => {
-                        tracing::warn!(object = %subject, error = %crate::cluster::api_message(&e), "drift check get");
-                        return;
-                    }
-                }
-                continue;
-            }
-            let (g, l) = (diff::normalize(&merged), diff::normalize(current));
-            if g == l {
-                break None;
-            }
-            let mut fields = Vec::new();
-            diff::field_diffs(&g, &l, "", &mut fields);
-            let fields = fields
-                .into_iter()
-                .map(|f| diff::mask_field(&subject.kind, f))
-                .collect();
-            break Some((
-                fields,
-                last_manager(current, &self.inner.opts.field_manager),
-                false,
-            ));
-        };
-
-        let Some((fields, manager, deleted)) = drift else {
+        let Some(drift) = verdict else {
             let fp = live.as_ref().map(fingerprint);
             let resolved = self.lock().entries.get_mut(k).is_some_and(|e| {
                 e.checked = fp;
@@ -517,42 +456,21 @@ impl Detector {
             }
             return;
         };
-
-        let h = drift_hash(&fields, deleted);
-        let (new_drift, heal, fight) = {
-            let mut st = self.lock();
-            let Some(e) = st.entries.get_mut(k) else {
-                return;
-            };
-            let new_drift = e.active != Some(h);
-            e.active = Some(h);
-            let now = Instant::now();
-            let mut heal = e.self_heal && e.fight_until.is_none_or(|t| now >= t);
-            let mut fight = None;
-            if heal {
-                while e
-                    .heals
-                    .front()
-                    .is_some_and(|t| now.duration_since(*t) > self.inner.opts.fight_window)
-                {
-                    e.heals.pop_front();
-                }
-                e.heals.push_back(now);
-                if e.heals.len() as u32 > self.inner.opts.fight_threshold {
-                    fight = Some(e.heals.len() as u32);
-                    e.heals.clear();
-                    e.fight_until = Some(now + self.inner.opts.fight_backoff);
-                    heal = false;
-                }
-            }
-            (new_drift, heal, fight)
+        let Some((new_drift, heal, fight)) = self.record_drift(k, &drift) else {
+            return;
         };
+        let Drift {
+            fields,
+            manager,
+            deleted,
+        } = drift;
         if new_drift {
+            let (sync, subject, manager) = (sync.clone(), subject.clone(), manager.clone());
             self.report(Report::Detected {
-                sync: sync.clone(),
-                subject: subject.clone(),
+                sync,
+                subject,
                 fields,
-                manager: manager.clone(),
+                manager,
                 deleted,
             })
             .await;
@@ -568,20 +486,140 @@ impl Detector {
             return;
         }
         if heal {
-            let pp = PatchParams::apply(&self.inner.opts.field_manager).force();
-            let error = self
-                .api(&target)
+            self.heal(&target, sync).await;
+        }
+    }
+
+    /// The object's target and sync, unless its sync is applying (judged after, then).
+    fn target_to_judge(&self, k: &Key) -> Option<(DesiredObject, String)> {
+        let mut st = self.lock();
+        let (target, sync) = st
+            .entries
+            .get(k)
+            .map(|e| (e.target.clone(), e.sync.clone()))?;
+        // Mid-apply, the live object may already be the next revision's: judging it
+        // against this one would report drift that is not there. Judge it after.
+        if st.paused.contains(&sync) {
+            st.dirty.insert(k.clone());
+            return None;
+        }
+        Some((target, sync))
+    }
+
+    /// Whether applying Git again would change the live object, and how: `None` when it
+    /// could not be judged now (an error, or an object that keeps changing). The live
+    /// object it was judged against comes back with the verdict.
+    async fn judge(
+        &self,
+        target: &DesiredObject,
+        mut live: Option<Value>,
+    ) -> Option<(Option<Drift>, Option<Value>)> {
+        let subject = &target.id;
+        for _ in 0..=5 {
+            let Some(current) = &live else {
+                let deleted = Drift {
+                    fields: Vec::new(),
+                    manager: None,
+                    deleted: true,
+                };
+                return Some((Some(deleted), None));
+            };
+            let pp = PatchParams::apply(&self.inner.opts.field_manager)
+                .force()
+                .dry_run();
+            let merged = match self
+                .api(target)
                 .patch(&target.id.name, &pp, &Patch::Apply(&*target.object))
                 .await
-                .err()
-                .map(|e| crate::cluster::api_message(&e));
-            self.report(Report::Healed {
-                sync,
-                subject,
-                error,
-            })
-            .await;
+            {
+                Ok(m) => to_json(m, &target.resource),
+                Err(e) => {
+                    tracing::warn!(object = %subject, error = %crate::cluster::api_message(&e), "drift check dry-run");
+                    return None;
+                }
+            };
+            // A dry-run works on the current object, an event may carry an older one: judge
+            // only a pair at the same resourceVersion, re-reading the object when they differ
+            // (else a change racing this check, say an autoscaler's, would look like drift).
+            let rv = |v: &Value| v.pointer("/metadata/resourceVersion").cloned();
+            if rv(&merged) != rv(current) {
+                match self.get_live(target).await {
+                    Ok(l) => live = l,
+                    Err(e) => {
+                        tracing::warn!(object = %subject, error = %crate::cluster::api_message(&e), "drift check get");
+                        return None;
+                    }
+                }
+                continue;
+            }
+            let (g, l) = (diff::normalize(&merged), diff::normalize(current));
+            if g == l {
+                return Some((None, live));
+            }
+            let mut fields = Vec::new();
+            diff::field_diffs(&g, &l, "", &mut fields);
+            let fields = fields
+                .into_iter()
+                .map(|f| diff::mask_field(&subject.kind, f))
+                .collect();
+            let manager = last_manager(current, &self.inner.opts.field_manager);
+            let drift = Drift {
+                fields,
+                manager,
+                deleted: false,
+            };
+            return Some((Some(drift), live));
         }
+        tracing::debug!(object = %subject, "object keeps changing; judged on a later event");
+        None
+    }
+
+    /// Records an open drift: whether it is new, whether to heal it, and whether healing
+    /// has turned into a fight (how many heals, then self-heal backs off).
+    fn record_drift(&self, k: &Key, drift: &Drift) -> Option<(bool, bool, Option<u32>)> {
+        let h = drift_hash(&drift.fields, drift.deleted);
+        let mut st = self.lock();
+        let e = st.entries.get_mut(k)?;
+        let new_drift = e.active != Some(h);
+        e.active = Some(h);
+        let now = Instant::now();
+        let mut heal = e.self_heal && e.fight_until.is_none_or(|t| now >= t);
+        let mut fight = None;
+        if heal {
+            let window = self.inner.opts.fight_window;
+            while e
+                .heals
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > window)
+            {
+                e.heals.pop_front();
+            }
+            e.heals.push_back(now);
+            if e.heals.len() as u32 > self.inner.opts.fight_threshold {
+                fight = Some(e.heals.len() as u32);
+                e.heals.clear();
+                e.fight_until = Some(now + self.inner.opts.fight_backoff);
+                heal = false;
+            }
+        }
+        Some((new_drift, heal, fight))
+    }
+
+    /// Applies Git's object again.
+    async fn heal(&self, target: &DesiredObject, sync: String) {
+        let pp = PatchParams::apply(&self.inner.opts.field_manager).force();
+        let error = self
+            .api(target)
+            .patch(&target.id.name, &pp, &Patch::Apply(&*target.object))
+            .await
+            .err()
+            .map(|e| crate::cluster::api_message(&e));
+        self.report(Report::Healed {
+            sync,
+            subject: target.id.clone(),
+            error,
+        })
+        .await;
     }
 
     async fn report(&self, r: Report) {

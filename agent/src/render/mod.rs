@@ -880,6 +880,17 @@ fn subject_of(obj: &Map<String, Value>) -> String {
 
 type Invalid = (Option<String>, Vec<Error>);
 
+/// An object's identity fields as written, before their rules are checked.
+struct Identity {
+    api_version: String,
+    group: String,
+    version: String,
+    kind: String,
+    name: String,
+    namespace: Option<String>,
+}
+
+/// Validates one object and gives it its namespace and the sync's labels.
 fn validate(
     candidate: Candidate,
     options: &Options,
@@ -893,18 +904,57 @@ fn validate(
         ..
     } = candidate;
     let Some(obj) = value.as_object_mut() else {
-        return Err((
-            None,
-            vec![Error::NotAnObject {
-                found: type_name(&value),
-            }],
-        ));
+        let found = type_name(&value);
+        return Err((None, vec![Error::NotAnObject { found }]));
     };
     let subject = subject_of(obj);
     let mut errors = Vec::new();
+    let Some(id) = identity(obj, &mut errors) else {
+        return Err((Some(subject), errors));
+    };
+    check_names(&id, &mut errors);
+    let namespaced = scope(&id, scopes, crds, &mut errors);
+    let namespace = match (namespaced, id.namespace.clone()) {
+        (Some(true), None) => Some(options.default_namespace.clone()),
+        (Some(false), Some(ns)) => {
+            errors.push(Error::NamespaceOnClusterScoped {
+                kind: id.kind.clone(),
+                namespace: ns,
+            });
+            None
+        }
+        (_, ns) => ns,
+    };
+    check_kind_data(&id, obj, &mut errors);
+    if !errors.is_empty() {
+        return Err((Some(subject), errors));
+    }
+    if let (Some(ns), Some(Value::Object(meta))) = (&namespace, obj.get_mut("metadata")) {
+        meta.insert("namespace".into(), Value::String(ns.clone()));
+    }
+    add_labels(&mut value, &options.labels);
+    Ok(Manifest {
+        id: ObjectKey {
+            group: id.group,
+            kind: id.kind,
+            namespace,
+            name: id.name,
+            version: id.version,
+        },
+        file,
+        line,
+        object: Arc::from(compact(&value)),
+    })
+}
 
-    let mut required = |map: &Map<String, Value>, key: &str, field: &'static str| match map.get(key)
-    {
+/// A required string field: absent, null, empty or not a string is an error.
+fn required(
+    map: &Map<String, Value>,
+    key: &str,
+    field: &'static str,
+    errors: &mut Vec<Error>,
+) -> Option<String> {
+    match map.get(key) {
         None | Some(Value::Null) => {
             errors.push(Error::MissingField { field });
             None
@@ -914,9 +964,14 @@ fn validate(
             errors.push(Error::NotAString { field });
             None
         }
-    };
-    let api_version = required(obj, "apiVersion", "apiVersion");
-    let kind = required(obj, "kind", "kind");
+    }
+}
+
+/// apiVersion, kind, metadata.name and metadata.namespace, or `None` when one that is
+/// required is missing or the apiVersion is malformed (the errors say which).
+fn identity(obj: &Map<String, Value>, errors: &mut Vec<Error>) -> Option<Identity> {
+    let api_version = required(obj, "apiVersion", "apiVersion", errors);
+    let kind = required(obj, "kind", "kind", errors);
     let (name, namespace) = match obj.get("metadata") {
         None | Some(Value::Null) => {
             errors.push(Error::MissingField {
@@ -925,7 +980,7 @@ fn validate(
             (None, None)
         }
         Some(Value::Object(meta)) => {
-            let name = required(meta, "name", "metadata.name");
+            let name = required(meta, "name", "metadata.name", errors);
             let namespace = match meta.get("namespace") {
                 None | Some(Value::Null) => None,
                 // An empty namespace means "not set", as with kubectl.
@@ -945,10 +1000,7 @@ fn validate(
             (None, None)
         }
     };
-    let (Some(api_version), Some(kind), Some(name)) = (api_version, kind, name) else {
-        return Err((Some(subject), errors));
-    };
-
+    let (api_version, kind, name) = (api_version?, kind?, name?);
     let (group, version) = ObjectKey::split_api_version(&api_version);
     if version.is_empty()
         || version.contains('/')
@@ -956,18 +1008,28 @@ fn validate(
     {
         // Scope questions about a malformed group would only add noise.
         errors.push(Error::InvalidApiVersion(api_version.clone()));
-        return Err((Some(subject), errors));
+        return None;
     }
-    let (group, version) = (group.to_owned(), version.to_owned());
+    Some(Identity {
+        group: group.to_owned(),
+        version: version.to_owned(),
+        api_version,
+        kind,
+        name,
+        namespace,
+    })
+}
 
-    if let Err(reason) = names::rule(&group, &kind)(&name) {
+/// The API server's rules for the object's name and namespace.
+fn check_names(id: &Identity, errors: &mut Vec<Error>) {
+    if let Err(reason) = names::rule(&id.group, &id.kind)(&id.name) {
         errors.push(Error::InvalidName {
             field: "metadata.name",
-            value: name.clone(),
+            value: id.name.clone(),
             reason,
         });
     }
-    if let Some(ns) = &namespace
+    if let Some(ns) = &id.namespace
         && let Err(reason) = names::dns1123_label(ns)
     {
         errors.push(Error::InvalidName {
@@ -976,87 +1038,55 @@ fn validate(
             reason,
         });
     }
+}
 
-    let crd = crds.get(&(group.clone(), kind.clone()));
-    // The scopes (built-in kinds, or the cluster's discovery) are authoritative; a CRD in
-    // the revision covers kinds the cluster does not serve yet.
-    let namespaced = match scopes.namespaced(&group, &kind) {
-        Some(namespaced) => Some(namespaced),
-        None => match crd {
-            Some(crd) => {
-                if !crd.versions.is_empty() && !crd.versions.contains(&version) {
-                    errors.push(Error::UnknownVersion {
-                        version: version.clone(),
-                        kind: kind.clone(),
-                        defined: crd.versions.join(", "),
-                    });
-                }
-                Some(crd.namespaced)
-            }
-            None => {
-                errors.push(Error::UnknownKind {
-                    api_version: api_version.clone(),
-                    kind: kind.clone(),
-                });
-                None
-            }
-        },
+/// Whether the kind is namespaced: the scopes (built-in kinds, or the cluster's discovery)
+/// are authoritative; a CRD in the revision covers kinds the cluster does not serve yet.
+fn scope(
+    id: &Identity,
+    scopes: &dyn Scopes,
+    crds: &HashMap<(String, String), CrdKind>,
+    errors: &mut Vec<Error>,
+) -> Option<bool> {
+    if let Some(namespaced) = scopes.namespaced(&id.group, &id.kind) {
+        return Some(namespaced);
+    }
+    let Some(crd) = crds.get(&(id.group.clone(), id.kind.clone())) else {
+        errors.push(Error::UnknownKind {
+            api_version: id.api_version.clone(),
+            kind: id.kind.clone(),
+        });
+        return None;
     };
-    let namespace = match (namespaced, namespace) {
-        (Some(true), None) => Some(options.default_namespace.clone()),
-        (Some(false), Some(ns)) => {
-            errors.push(Error::NamespaceOnClusterScoped {
-                kind: kind.clone(),
-                namespace: ns,
-            });
-            None
-        }
-        (_, ns) => ns,
-    };
+    if !crd.versions.is_empty() && !crd.versions.contains(&id.version) {
+        errors.push(Error::UnknownVersion {
+            version: id.version.clone(),
+            kind: id.kind.clone(),
+            defined: crd.versions.join(", "),
+        });
+    }
+    Some(crd.namespaced)
+}
 
-    if group.is_empty() {
-        match kind.as_str() {
-            "Secret" => {
-                check_data(
-                    obj,
-                    "data",
-                    DataValue::Base64("value is not valid base64 (use stringData for plain text)"),
-                    &mut errors,
-                );
-                check_data(obj, "stringData", DataValue::String, &mut errors);
-            }
-            "ConfigMap" => {
-                check_data(obj, "data", DataValue::String, &mut errors);
-                check_data(
-                    obj,
-                    "binaryData",
-                    DataValue::Base64("value is not valid base64"),
-                    &mut errors,
-                );
-            }
-            _ => {}
+/// The data rules of Secrets and ConfigMaps (what the API server would refuse).
+fn check_kind_data(id: &Identity, obj: &Map<String, Value>, errors: &mut Vec<Error>) {
+    if !id.group.is_empty() {
+        return;
+    }
+    match id.kind.as_str() {
+        "Secret" => {
+            let base64 =
+                DataValue::Base64("value is not valid base64 (use stringData for plain text)");
+            check_data(obj, "data", base64, errors);
+            check_data(obj, "stringData", DataValue::String, errors);
         }
+        "ConfigMap" => {
+            check_data(obj, "data", DataValue::String, errors);
+            let base64 = DataValue::Base64("value is not valid base64");
+            check_data(obj, "binaryData", base64, errors);
+        }
+        _ => {}
     }
-
-    if !errors.is_empty() {
-        return Err((Some(subject), errors));
-    }
-    if let (Some(ns), Some(Value::Object(meta))) = (&namespace, obj.get_mut("metadata")) {
-        meta.insert("namespace".into(), Value::String(ns.clone()));
-    }
-    add_labels(&mut value, &options.labels);
-    Ok(Manifest {
-        id: ObjectKey {
-            group,
-            kind,
-            namespace,
-            name,
-            version,
-        },
-        file,
-        line,
-        object: Arc::from(compact(&value)),
-    })
 }
 
 /// Adds labels to an object's metadata, keeping the ones it has.

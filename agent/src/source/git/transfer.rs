@@ -1,6 +1,7 @@
 //! One session with a Git server (a fetch, or listing its refs): credentials, host key
 //! verification against known_hosts, cancellation, and errors scrubbed of secrets.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -46,6 +47,13 @@ pub(super) fn scrub(message: &str, secrets: &[String]) -> String {
     out
 }
 
+/// What the callbacks learned when a session fails: the reason to report.
+#[derive(Default)]
+struct Failures {
+    auth: RefCell<Option<String>>,
+    host_key: RefCell<Option<String>>,
+}
+
 impl Inner {
     /// One session with the server: a fetch of `refspecs`, or only listing its refs.
     pub(super) fn transfer(
@@ -55,11 +63,75 @@ impl Inner {
         cancel: &AtomicBool,
     ) -> Result<Transfer> {
         let spec = &self.spec;
-        let auth_failure = std::cell::RefCell::new(None::<String>);
-        let host_key_failure = std::cell::RefCell::new(None::<String>);
+        let failures = Failures::default();
+        let callbacks = self.callbacks(&failures, cancel);
+        // Anonymous: the URL, which may embed credentials, is never written to the mirror's config.
+        let mut remote = repo.remote_anonymous(&spec.url).map_err(|e| Error::Fetch {
+            name: spec.name.clone(),
+            url: self.display_url.clone(),
+            reason: self.scrub(e.message()),
+        })?;
+        let names = |heads: &[git2::RemoteHead<'_>]| -> HashSet<String> {
+            heads.iter().map(|h| h.name().to_owned()).collect()
+        };
+        let result = match op {
+            Op::Fetch(refspecs) => {
+                let mut options = FetchOptions::new();
+                options
+                    .remote_callbacks(callbacks)
+                    .download_tags(AutotagOption::None)
+                    .update_fetchhead(false)
+                    .prune(FetchPrune::On);
+                remote
+                    .fetch(refspecs, Some(&mut options), None)
+                    .and_then(|()| {
+                        let stats = remote.stats();
+                        Ok(Transfer {
+                            // Still available after the fetch has disconnected.
+                            advertised: names(remote.list()?),
+                            received_objects: stats.received_objects(),
+                            received_bytes: stats.received_bytes(),
+                        })
+                    })
+            }
+            Op::List => remote
+                .connect_auth(git2::Direction::Fetch, Some(callbacks), None)
+                .and_then(|connection| {
+                    Ok(Transfer {
+                        advertised: names(connection.list()?),
+                        received_objects: 0,
+                        received_bytes: 0,
+                    })
+                }),
+        };
+        let e = match result {
+            Ok(transfer) => {
+                tracing::debug!(
+                    source = %spec.name,
+                    url = %self.display_url,
+                    objects = transfer.received_objects,
+                    bytes = transfer.received_bytes,
+                    "fetched"
+                );
+                return Ok(transfer);
+            }
+            Err(e) => e,
+        };
+        Err(self.failure(e, failures))
+    }
+
+    /// Credentials (each offered once), host key verification and cancellation.
+    fn callbacks<'a>(
+        &'a self,
+        failures: &'a Failures,
+        cancel: &'a AtomicBool,
+    ) -> RemoteCallbacks<'a> {
+        let spec = &self.spec;
+        let auth_failure = &failures.auth;
+        let host_key_failure = &failures.host_key;
         let attempts = std::cell::Cell::new(0);
         let mut callbacks = RemoteCallbacks::new();
-        callbacks.credentials(|_url, username_from_url, allowed| {
+        callbacks.credentials(move |_url, username_from_url, allowed| {
             let fail = |why: &str| {
                 *auth_failure.borrow_mut() = Some(why.to_owned());
                 Err(git2::Error::from_str(why))
@@ -129,65 +201,18 @@ impl Inner {
         let progress_cancel = |_: git2::Progress<'_>| !cancel.load(Ordering::Relaxed);
         callbacks.transfer_progress(progress_cancel);
         callbacks.sideband_progress(|_| !cancel.load(Ordering::Relaxed));
+        callbacks
+    }
 
-        // Anonymous: the URL, which may embed credentials, is never written to the mirror's config.
-        let mut remote = repo.remote_anonymous(&spec.url).map_err(|e| Error::Fetch {
-            name: spec.name.clone(),
-            url: self.display_url.clone(),
-            reason: self.scrub(e.message()),
-        })?;
-        let names = |heads: &[git2::RemoteHead<'_>]| -> HashSet<String> {
-            heads.iter().map(|h| h.name().to_owned()).collect()
-        };
-        let result = match op {
-            Op::Fetch(refspecs) => {
-                let mut options = FetchOptions::new();
-                options
-                    .remote_callbacks(callbacks)
-                    .download_tags(AutotagOption::None)
-                    .update_fetchhead(false)
-                    .prune(FetchPrune::On);
-                remote
-                    .fetch(refspecs, Some(&mut options), None)
-                    .and_then(|()| {
-                        let stats = remote.stats();
-                        Ok(Transfer {
-                            // Still available after the fetch has disconnected.
-                            advertised: names(remote.list()?),
-                            received_objects: stats.received_objects(),
-                            received_bytes: stats.received_bytes(),
-                        })
-                    })
-            }
-            Op::List => remote
-                .connect_auth(git2::Direction::Fetch, Some(callbacks), None)
-                .and_then(|connection| {
-                    Ok(Transfer {
-                        advertised: names(connection.list()?),
-                        received_objects: 0,
-                        received_bytes: 0,
-                    })
-                }),
-        };
-        let e = match result {
-            Ok(transfer) => {
-                tracing::debug!(
-                    source = %spec.name,
-                    url = %self.display_url,
-                    objects = transfer.received_objects,
-                    bytes = transfer.received_bytes,
-                    "fetched"
-                );
-                return Ok(transfer);
-            }
-            Err(e) => e,
-        };
+    /// The error of a failed session, from what the callbacks saw or libgit2's message.
+    fn failure(&self, e: git2::Error, failures: Failures) -> Error {
+        let spec = &self.spec;
         let (name, url) = (spec.name.clone(), self.display_url.clone());
-        if let Some(reason) = host_key_failure.into_inner() {
-            return Err(Error::HostKey { name, url, reason });
+        if let Some(reason) = failures.host_key.into_inner() {
+            return Error::HostKey { name, url, reason };
         }
-        if let Some(reason) = auth_failure.into_inner() {
-            return Err(Error::Auth { name, url, reason });
+        if let Some(reason) = failures.auth.into_inner() {
+            return Error::Auth { name, url, reason };
         }
         // libssh2 reports a key it cannot decrypt or parse (a wrong passphrase) only
         // when authenticating, after the credentials callback has returned.
@@ -195,12 +220,12 @@ impl Inner {
             || e.class() == git2::ErrorClass::Ssh && e.message().contains("authenticat")
         {
             let reason = self.scrub(e.message());
-            return Err(Error::Auth { name, url, reason });
+            return Error::Auth { name, url, reason };
         }
-        Err(Error::Fetch {
+        Error::Fetch {
             name,
             url,
             reason: self.scrub(e.message()),
-        })
+        }
     }
 }
