@@ -784,6 +784,18 @@ async fn drift_raises_one_signed_alert_and_self_heal_restores() {
     }
 }
 
+/// A signed GitHub push webhook for `main` of the setup's repository: accepted.
+async fn signed_push_to_main(s: &Setup, agent: &AgentProcess) {
+    let body = push_payload(&s.url, "refs/heads/main");
+    let sig = gitops_agent::http::signature::signature(SECRET.as_bytes(), &body);
+    assert_eq!(
+        agent
+            .push_hook(&s.http, &body, Some(&sig), "application/json")
+            .await,
+        202
+    );
+}
+
 /// A Deployment that never becomes available: its pods fit no node.
 fn stuck_deployment(name: &str) -> String {
     format!(
@@ -832,14 +844,7 @@ async fn a_sync_waiting_on_health_does_not_delay_a_webhook_for_another() {
 
     s.repo
         .push("main", &[("deploy/a.yaml", &cm("a", "2"))], &[]);
-    let body = push_payload(&s.url, "refs/heads/main");
-    let sig = gitops_agent::http::signature::signature(SECRET.as_bytes(), &body);
-    assert_eq!(
-        agent
-            .push_hook(&s.http, &body, Some(&sig), "application/json")
-            .await,
-        202
-    );
+    signed_push_to_main(&s, &agent).await;
     let took = wait_value(&cms, "a", "2", &agent).await;
     let metrics = agent.metrics(&s.http).await;
     assert_eq!(
@@ -901,14 +906,7 @@ async fn three_syncs_of_one_repository_share_one_fetch_per_pass() {
         ],
         &[],
     );
-    let body = push_payload(&s.url, "refs/heads/main");
-    let sig = gitops_agent::http::signature::signature(SECRET.as_bytes(), &body);
-    assert_eq!(
-        agent
-            .push_hook(&s.http, &body, Some(&sig), "application/json")
-            .await,
-        202
-    );
+    signed_push_to_main(&s, &agent).await;
     for name in ["a", "b", "c"] {
         wait_value(&cms, name, "2", &agent).await;
     }

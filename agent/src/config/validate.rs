@@ -113,111 +113,44 @@ impl Validator {
 
     fn source(&mut self, s: RawSource) -> Option<Source> {
         self.dns_label(&s.name, "source name");
-        let url_span = match (&s.url, &s.directory) {
-            (Some(u), None) => u,
-            (None, Some(d)) => {
-                let dir = self.base.join(d.value.trim());
-                let interval = self.duration(
-                    s.interval.as_ref(),
-                    DEFAULT_INTERVAL,
-                    Duration::from_secs(1),
-                    "interval",
-                );
-                return Some(Source {
-                    name: s.name.value,
-                    url: String::new(),
-                    reference: GitRef::Branch(String::new()),
-                    interval,
-                    secret_ref: None,
-                    directory: Some(dir),
-                });
-            }
-            (Some(u), Some(_)) => {
-                self.at(
-                    u,
-                    format!("source {:?}: set url or directory, not both", s.name.value),
-                );
-                return None;
-            }
-            (None, None) => {
-                self.at(
-                    &s.name,
-                    format!(
-                        "source {:?}: needs url (Git) or directory (local)",
-                        s.name.value
-                    ),
-                );
-                return None;
-            }
-        };
-        let url = url_span.value.trim().to_string();
-        if !crate::core::url::is_supported(&url) {
-            self.at(url_span, format!(
-                "source {:?}: url must be https://, http://, ssh://, git://, file:// or user@host:path",
-                s.name.value
-            ));
-        }
-        if crate::core::url::has_password(&url) {
-            self.at(
-                url_span,
-                format!(
-                    "source {:?}: url must not embed credentials; use secretRef",
-                    s.name.value
-                ),
-            );
-        }
-        if crate::core::url::is_ssh(&url) && s.secret_ref.is_none() {
-            // Without known_hosts there is no host key verification; we refuse to connect blind.
-            self.at(url_span, format!(
-                "source {:?}: SSH needs secretRef to a Secret with identity and known_hosts (host keys are always verified)",
-                s.name.value
-            ));
-        }
-        let reference = match &s.reference {
-            None => GitRef::Branch("main".into()),
-            Some(r) => {
-                let set: Vec<GitRef> = [
-                    r.value.branch.clone().map(GitRef::Branch),
-                    r.value.tag.clone().map(GitRef::Tag),
-                    r.value.commit.clone().map(GitRef::Commit),
-                    r.value.semver.clone().map(GitRef::Semver),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
-                match set.as_slice() {
-                    [one] => {
-                        if let GitRef::Commit(c) = one
-                            && !(c.len() >= 7
-                                && c.len() <= 40
-                                && c.chars().all(|ch| ch.is_ascii_hexdigit()))
-                        {
-                            self.at(
-                                r,
-                                format!(
-                                    "source {:?}: ref.commit must be a full 40-hex-digit commit id",
-                                    s.name.value
-                                ),
-                            );
-                        }
-                        one.clone()
-                    }
-                    _ => {
-                        self.at(r, format!(
-                            "source {:?}: ref must name exactly one of branch, tag, commit, semver",
-                            s.name.value
-                        ));
-                        GitRef::Branch("main".into())
-                    }
-                }
-            }
-        };
         let interval = self.duration(
             s.interval.as_ref(),
             DEFAULT_INTERVAL,
             Duration::from_secs(1),
             "interval",
         );
+        let url_span = match (&s.url, &s.directory) {
+            (Some(u), None) => u,
+            (None, Some(d)) => {
+                return Some(Source {
+                    name: s.name.value,
+                    url: String::new(),
+                    reference: GitRef::Branch(String::new()),
+                    interval,
+                    secret_ref: None,
+                    directory: Some(self.base.join(d.value.trim())),
+                });
+            }
+            (Some(u), Some(_)) => {
+                let why = format!("source {:?}: set url or directory, not both", s.name.value);
+                self.at(u, why);
+                return None;
+            }
+            (None, None) => {
+                let why = format!(
+                    "source {:?}: needs url (Git) or directory (local)",
+                    s.name.value
+                );
+                self.at(&s.name, why);
+                return None;
+            }
+        };
+        let url = url_span.value.trim().to_string();
+        self.git_url(&s.name.value, url_span, &url, s.secret_ref.is_some());
+        let reference = match &s.reference {
+            None => GitRef::Branch("main".into()),
+            Some(r) => self.git_ref(&s.name.value, r),
+        };
         Some(Source {
             name: s.name.value,
             url,
@@ -226,6 +159,58 @@ impl Validator {
             secret_ref: s.secret_ref,
             directory: None,
         })
+    }
+
+    /// A Git URL's rules: a supported form, no embedded password, SSH only with host keys.
+    fn git_url(&mut self, name: &str, span: &Spanned<String>, url: &str, has_secret: bool) {
+        if !crate::core::url::is_supported(url) {
+            self.at(span, format!(
+                "source {name:?}: url must be https://, http://, ssh://, git://, file:// or user@host:path"
+            ));
+        }
+        if crate::core::url::has_password(url) {
+            self.at(
+                span,
+                format!("source {name:?}: url must not embed credentials; use secretRef"),
+            );
+        }
+        if crate::core::url::is_ssh(url) && !has_secret {
+            // Without known_hosts there is no host key verification; we refuse to connect blind.
+            self.at(span, format!(
+                "source {name:?}: SSH needs secretRef to a Secret with identity and known_hosts (host keys are always verified)"
+            ));
+        }
+    }
+
+    /// Exactly one of branch, tag, commit (7 to 40 hex digits) or semver.
+    fn git_ref(&mut self, name: &str, r: &Spanned<super::raw::RawRef>) -> GitRef {
+        let set: Vec<GitRef> = [
+            r.value.branch.clone().map(GitRef::Branch),
+            r.value.tag.clone().map(GitRef::Tag),
+            r.value.commit.clone().map(GitRef::Commit),
+            r.value.semver.clone().map(GitRef::Semver),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let [one] = set.as_slice() else {
+            self.at(
+                r,
+                format!(
+                    "source {name:?}: ref must name exactly one of branch, tag, commit, semver"
+                ),
+            );
+            return GitRef::Branch("main".into());
+        };
+        if let GitRef::Commit(c) = one
+            && !(c.len() >= 7 && c.len() <= 40 && c.chars().all(|ch| ch.is_ascii_hexdigit()))
+        {
+            self.at(
+                r,
+                format!("source {name:?}: ref.commit must be a full 40-hex-digit commit id"),
+            );
+        }
+        one.clone()
     }
 
     fn sync(&mut self, s: RawSync) -> Sync {

@@ -396,17 +396,91 @@ impl Drop for Leadership {
     }
 }
 
+/// What the election loop remembers between attempts.
+struct Campaign {
+    /// When the last successful acquire or renewal was *sent*; `Some` while leading.
+    renewed_at: Option<Instant>,
+    failures: u32,
+    retry: Backoff,
+}
+
+impl Campaign {
+    /// Updates leadership after an attempt started at `started`; returns the wait before
+    /// the next one.
+    fn after(
+        &mut self,
+        attempt: Result<Attempt>,
+        started: Instant,
+        opts: &Options,
+        leadership: &Leadership,
+    ) -> Duration {
+        match attempt {
+            Ok(Attempt::Leading) => {
+                if self.renewed_at.is_none() {
+                    tracing::info!("became leader");
+                }
+                self.renewed_at = Some(started);
+                self.failures = 0;
+                self.retry.reset();
+                leadership.set(true);
+                opts.retry_period
+            }
+            Ok(Attempt::Following { holder }) => {
+                if self.renewed_at.take().is_some() {
+                    tracing::warn!(%holder, "lost the lease to another holder");
+                } else if self.failures > 0 {
+                    tracing::info!(%holder, "following");
+                }
+                leadership.set(false);
+                self.failures = 0;
+                self.retry.reset();
+                jittered(opts.retry_period)
+            }
+            Err(e) => self.failed(e, opts, leadership),
+        }
+    }
+
+    fn failed(&mut self, e: Error, opts: &Options, leadership: &Leadership) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        match self.renewed_at {
+            Some(t) if Instant::now() >= t + opts.renew_deadline => {
+                tracing::error!(error = %e, "could not renew the lease in time; stepping down");
+                self.renewed_at = None;
+                leadership.set(false);
+                self.retry.next_delay()
+            }
+            Some(t) => {
+                tracing::warn!(error = %e, "renewing the lease; retrying");
+                // Keep trying at the renew pace until the deadline.
+                opts.retry_period
+                    .min((t + opts.renew_deadline).saturating_duration_since(Instant::now()))
+            }
+            None => {
+                // A Conflict is the normal sign of losing a race: no need to shout.
+                if matches!(e, Error::Conflict { .. }) {
+                    tracing::debug!(error = %e, "acquiring the lease");
+                } else {
+                    tracing::warn!(error = %e, "acquiring the lease");
+                }
+                self.retry.next_delay()
+            }
+        }
+    }
+}
+
 async fn run(
     mut c: Candidate,
     leadership: Leadership,
     mut release: oneshot::Receiver<()>,
 ) -> Result<()> {
     let opts = c.opts.clone();
-    // When the last successful acquire or renewal was *sent*; `Some` while leading.
-    let mut renewed_at: Option<Instant> = None;
-    let mut failures = 0u32;
-    let mut retry = retries(opts.retry_period);
+    let mut campaign = Campaign {
+        renewed_at: None,
+        failures: 0,
+        retry: retries(opts.retry_period),
+    };
     let mut wait = Duration::ZERO;
+    let mut first = true;
     loop {
         let started = tokio::select! {
             biased;
@@ -420,7 +494,7 @@ async fn run(
             _ = tokio::time::sleep(wait) => Instant::now(),
         };
         // A leader's attempt must end by its deadline, so that stepping down is never late.
-        let limit = match renewed_at {
+        let limit = match campaign.renewed_at {
             Some(t) => (t + opts.renew_deadline).saturating_duration_since(started),
             None => opts.renew_deadline,
         };
@@ -440,56 +514,11 @@ async fn run(
                 timeout: limit,
             })
         });
-        match attempt {
-            Ok(Attempt::Leading) => {
-                if renewed_at.is_none() {
-                    tracing::info!("became leader");
-                }
-                renewed_at = Some(started);
-                failures = 0;
-                retry.reset();
-                leadership.set(true);
-                wait = opts.retry_period;
-            }
-            Ok(Attempt::Following { holder }) => {
-                if renewed_at.take().is_some() {
-                    tracing::warn!(%holder, "lost the lease to another holder");
-                } else if failures > 0 || wait.is_zero() {
-                    tracing::info!(%holder, "following");
-                }
-                leadership.set(false);
-                failures = 0;
-                retry.reset();
-                wait = jittered(opts.retry_period);
-            }
-            Err(e) => {
-                failures = failures.saturating_add(1);
-                match renewed_at {
-                    Some(t) if Instant::now() >= t + opts.renew_deadline => {
-                        tracing::error!(error = %e, "could not renew the lease in time; stepping down");
-                        renewed_at = None;
-                        leadership.set(false);
-                        wait = retry.next_delay();
-                    }
-                    Some(t) => {
-                        tracing::warn!(error = %e, "renewing the lease; retrying");
-                        // Keep trying at the renew pace until the deadline.
-                        wait = opts.retry_period.min(
-                            (t + opts.renew_deadline).saturating_duration_since(Instant::now()),
-                        );
-                    }
-                    None => {
-                        // A Conflict is the normal sign of losing a race: no need to shout.
-                        if matches!(e, Error::Conflict { .. }) {
-                            tracing::debug!(error = %e, "acquiring the lease");
-                        } else {
-                            tracing::warn!(error = %e, "acquiring the lease");
-                        }
-                        wait = retry.next_delay();
-                    }
-                }
-            }
+        if first && let Ok(Attempt::Following { holder }) = &attempt {
+            tracing::info!(%holder, "following");
         }
+        first = false;
+        wait = campaign.after(attempt, started, &opts, &leadership);
     }
     // Stop leading before the lease is freed, so that we and the next leader never overlap.
     leadership.set(false);

@@ -44,37 +44,7 @@ pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
                 continue;
             }
             let target = if kind.is_symlink() {
-                let link = std::fs::read_link(&path).map_err(io(&path))?;
-                let shown = link.display().to_string();
-                let escape = || Error::SymlinkEscape {
-                    path: rel.clone(),
-                    target: shown.clone(),
-                    root: dir.display().to_string(),
-                };
-                // Lexically first (names the problem the way the author wrote it), then on the
-                // real filesystem, where a directory link on the way could still lead out.
-                let lexical = link.to_str().and_then(|t| resolve_link(&rel, t));
-                if lexical.is_none() {
-                    return Err(escape());
-                }
-                let broken = |reason| Error::Symlink {
-                    path: rel.clone(),
-                    target: shown.clone(),
-                    reason,
-                };
-                let real = path
-                    .canonicalize()
-                    .map_err(|_| broken("the target does not exist"))?;
-                if !real.starts_with(&root) {
-                    return Err(escape());
-                }
-                if real.is_dir() {
-                    return Err(broken("links to directories are not followed"));
-                }
-                if !real.is_file() {
-                    return Err(broken("the target is not a regular file"));
-                }
-                real
+                link_target(dir, &root, &path, &rel)?
             } else if kind.is_file() {
                 path
             } else {
@@ -104,6 +74,43 @@ pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
     }
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// The file a symlink at `path` (`rel` from the root) names, when it is one inside `root`.
+fn link_target(dir: &Path, root: &Path, path: &Path, rel: &str) -> Result<PathBuf> {
+    let link = std::fs::read_link(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let shown = link.display().to_string();
+    let escape = || Error::SymlinkEscape {
+        path: rel.to_owned(),
+        target: shown.clone(),
+        root: dir.display().to_string(),
+    };
+    // Lexically first (names the problem the way the author wrote it), then on the real
+    // filesystem, where a directory link on the way could still lead out.
+    if link.to_str().and_then(|t| resolve_link(rel, t)).is_none() {
+        return Err(escape());
+    }
+    let broken = |reason| Error::Symlink {
+        path: rel.to_owned(),
+        target: shown.clone(),
+        reason,
+    };
+    let real = path
+        .canonicalize()
+        .map_err(|_| broken("the target does not exist"))?;
+    if !real.starts_with(root) {
+        return Err(escape());
+    }
+    if real.is_dir() {
+        return Err(broken("links to directories are not followed"));
+    }
+    if !real.is_file() {
+        return Err(broken("the target is not a regular file"));
+    }
+    Ok(real)
 }
 
 /// A local directory, watched rather than fetched.

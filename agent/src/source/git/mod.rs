@@ -289,16 +289,72 @@ impl Inner {
         }
     }
 
+    fn not_found(&self, reference: String) -> Error {
+        Error::RefNotFound {
+            name: self.spec.name.clone(),
+            url: self.display_url.clone(),
+            reference,
+        }
+    }
+
     fn fetch_blocking(&self, cancel: &AtomicBool) -> Result<Fetched> {
         let _serial = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let repo = self.open_mirror()?;
         let spec = &self.spec;
-        let not_found = |reference: String| Error::RefNotFound {
-            name: spec.name.clone(),
-            url: self.display_url.clone(),
-            reference,
+        if let Reference::Commit(c) = &spec.reference {
+            let oid = Oid::from_str(c).expect("validated in new");
+            if repo.find_commit(oid).is_ok() {
+                // A commit is immutable: once in the mirror it is never fetched again.
+                return Ok(Fetched {
+                    revision: Revision {
+                        commit: oid,
+                        reference: c.clone(),
+                    },
+                    received_objects: 0,
+                    received_bytes: 0,
+                });
+            }
+        }
+        let (refspecs, want) = self.refspecs(&repo, cancel)?;
+        let Transfer {
+            advertised,
+            received_objects,
+            received_bytes,
+        } = self.transfer(&repo, Op::Fetch(&refspecs), cancel)?;
+        let refname = match (&spec.reference, want) {
+            (_, Some(want)) => {
+                // A ref deleted on the server must not resolve to the mirror's stale copy.
+                if !advertised.contains(&want) {
+                    return Err(self.not_found(spec.reference.to_string()));
+                }
+                want
+            }
+            (Reference::Commit(c), None) => c.clone(),
+            _ => unreachable!("only a commit has no single wanted ref"),
         };
-        let (refspecs, want): (Vec<String>, Option<String>) = match &spec.reference {
+        let commit = repo
+            .revparse_single(&refname)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|_| self.not_found(spec.reference.to_string()))?
+            .id();
+        Ok(Fetched {
+            revision: Revision {
+                commit,
+                reference: refname,
+            },
+            received_objects,
+            received_bytes,
+        })
+    }
+
+    /// What to fetch for the configured reference, and the one ref it resolves to (none
+    /// for a commit, which is looked for among the heads and tags).
+    fn refspecs(
+        &self,
+        repo: &Repository,
+        cancel: &AtomicBool,
+    ) -> Result<(Vec<String>, Option<String>)> {
+        Ok(match &self.spec.reference {
             Reference::Branch(b) => (
                 vec![format!("+refs/heads/{b}:refs/heads/{b}")],
                 Some(format!("refs/heads/{b}")),
@@ -307,32 +363,19 @@ impl Inner {
                 vec![format!("+refs/tags/{t}:refs/tags/{t}")],
                 Some(format!("refs/tags/{t}")),
             ),
-            Reference::Commit(c) => {
-                let oid = Oid::from_str(c).expect("validated in new");
-                if repo.find_commit(oid).is_ok() {
-                    return Ok(Fetched {
-                        revision: Revision {
-                            commit: oid,
-                            reference: c.clone(),
-                        },
-                        received_objects: 0,
-                        received_bytes: 0,
-                    });
-                }
-                // Servers refuse arbitrary ids in `want` by default: fetch the heads and tags
-                // and look for the commit among them.
-                (
-                    vec![
-                        "+refs/heads/*:refs/heads/*".into(),
-                        "+refs/tags/*:refs/tags/*".into(),
-                    ],
-                    None,
-                )
-            }
+            // Servers refuse arbitrary ids in `want` by default: fetch the heads and tags
+            // and look for the commit among them.
+            Reference::Commit(_) => (
+                vec![
+                    "+refs/heads/*:refs/heads/*".into(),
+                    "+refs/tags/*:refs/tags/*".into(),
+                ],
+                None,
+            ),
             Reference::Semver(r) => {
                 // Ask the server for its tags first, so that only the chosen tag's objects
                 // are fetched rather than every release's.
-                let listed = self.transfer(&repo, Op::List, cancel)?.advertised;
+                let listed = self.transfer(repo, Op::List, cancel)?.advertised;
                 let req = self.semver.as_ref().expect("validated in new");
                 let tag = listed
                     .iter()
@@ -345,39 +388,9 @@ impl Inner {
                     })
                     .max()
                     .map(|(_, name)| name.clone())
-                    .ok_or_else(|| not_found(format!("semver {r}: no matching tag")))?;
+                    .ok_or_else(|| self.not_found(format!("semver {r}: no matching tag")))?;
                 (vec![format!("+{tag}:{tag}")], Some(tag))
             }
-        };
-
-        let Transfer {
-            advertised,
-            received_objects,
-            received_bytes,
-        } = self.transfer(&repo, Op::Fetch(&refspecs), cancel)?;
-        let refname = match (&spec.reference, want) {
-            (_, Some(want)) => {
-                // A ref deleted on the server must not resolve to the mirror's stale copy.
-                if !advertised.contains(&want) {
-                    return Err(not_found(spec.reference.to_string()));
-                }
-                want
-            }
-            (Reference::Commit(c), None) => c.clone(),
-            _ => unreachable!("only a commit has no single wanted ref"),
-        };
-        let commit = repo
-            .revparse_single(&refname)
-            .and_then(|o| o.peel_to_commit())
-            .map_err(|_| not_found(spec.reference.to_string()))?
-            .id();
-        Ok(Fetched {
-            revision: Revision {
-                commit,
-                reference: refname,
-            },
-            received_objects,
-            received_bytes,
         })
     }
 
