@@ -27,6 +27,7 @@ use tokio::time::Instant;
 
 use crate::config::{self, GitRef};
 mod payload;
+mod providers;
 mod replay;
 mod verify;
 

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, header};
 use futures::StreamExt;
 use serde_json::Value;
 
+use super::providers::Check;
 use super::{Error, Provider, Result};
 use crate::http::signature::{decode_hex, token_eq, verify_hex, verify_signature};
 
@@ -54,18 +55,8 @@ pub(super) fn first_header<'h>(headers: &'h HeaderMap, names: &[&str]) -> Option
 }
 
 /// The header that carries the provider's signature or token.
-pub(super) fn credential_headers(provider: Provider) -> &'static [&'static str] {
-    match provider {
-        Provider::Gitlab => &["x-gitlab-token"],
-        Provider::Github => &["x-hub-signature-256"],
-        Provider::Bitbucket => &["x-hub-signature"],
-        Provider::Generic => &["x-signature"],
-        Provider::Gitea => &["x-gitea-signature", "x-forgejo-signature"],
-    }
-}
-
 pub(super) fn has_credentials(provider: Provider, headers: &HeaderMap) -> bool {
-    first_header(headers, credential_headers(provider)).is_some()
+    first_header(headers, provider.spec().credential_headers).is_some()
 }
 
 pub(super) fn verify(
@@ -74,14 +65,12 @@ pub(super) fn verify(
     secret: &[u8],
     body: &[u8],
 ) -> Result<()> {
-    let given = first_header(headers, credential_headers(provider));
-    let ok = given.is_some_and(|given| match provider {
-        Provider::Gitlab => token_eq(given.as_bytes(), secret),
-        Provider::Github | Provider::Bitbucket | Provider::Generic => {
-            verify_signature(secret, body, given)
-        }
-        // Gitea and Forgejo send bare hex.
-        Provider::Gitea => verify_hex(secret, body, given),
+    let spec = provider.spec();
+    let given = first_header(headers, spec.credential_headers);
+    let ok = given.is_some_and(|given| match spec.check {
+        Check::Token => token_eq(given.as_bytes(), secret),
+        Check::Signature => verify_signature(secret, body, given),
+        Check::Hex => verify_hex(secret, body, given),
     });
     if ok { Ok(()) } else { Err(Error::Unauthorized) }
 }
@@ -93,21 +82,14 @@ pub(super) enum Event {
 }
 
 pub(super) fn event(provider: Provider, headers: &HeaderMap) -> Result<Event> {
-    let (names, push, ping): (&[&'static str], &[&str], &[&str]) = match provider {
-        Provider::Github => (&["x-github-event"], &["push"], &["ping"]),
-        Provider::Gitlab => (&["x-gitlab-event"], &["Push Hook", "Tag Push Hook"], &[]),
-        Provider::Gitea => (&["x-gitea-event", "x-forgejo-event"], &["push"], &[]),
-        Provider::Bitbucket => (
-            &["x-event-key"],
-            &["repo:refs_changed"],
-            &["diagnostics:ping"],
-        ),
-        Provider::Generic => return Ok(Event::Push),
+    let spec = provider.spec();
+    let Some(first) = spec.event_headers.first() else {
+        return Ok(Event::Push);
     };
-    let value = first_header(headers, names).ok_or(Error::MissingHeader(names[0]))?;
-    Ok(if push.contains(&value) {
+    let value = first_header(headers, spec.event_headers).ok_or(Error::MissingHeader(first))?;
+    Ok(if spec.push_events.contains(&value) {
         Event::Push
-    } else if ping.contains(&value) {
+    } else if spec.ping_events.contains(&value) {
         Event::Ping
     } else {
         Event::Other
@@ -115,15 +97,7 @@ pub(super) fn event(provider: Provider, headers: &HeaderMap) -> Result<Event> {
 }
 
 pub(super) fn delivery_header(provider: Provider, headers: &HeaderMap) -> Option<&str> {
-    let names: &[&str] = match provider {
-        Provider::Github => &["x-github-delivery"],
-        // Idempotency-Key stays the same across GitLab's retries of one event.
-        Provider::Gitlab => &["idempotency-key", "x-gitlab-event-uuid"],
-        Provider::Gitea => &["x-gitea-delivery", "x-forgejo-delivery"],
-        Provider::Bitbucket => &["x-request-id"],
-        Provider::Generic => &["x-delivery-id"],
-    };
-    first_header(headers, names)
+    first_header(headers, provider.spec().delivery_headers)
 }
 
 /// The JSON document of a verified body.
