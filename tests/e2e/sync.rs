@@ -567,6 +567,10 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
     };
     let (code, out, err) = run(&["sync", "--once"]);
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        !err.contains('\x1b'),
+        "no colour codes in logs that go to a pipe:\n{err}"
+    );
     for line in [
         "Namespace/shop created",
         "ConfigMap/shop/web-config created",

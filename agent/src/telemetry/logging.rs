@@ -56,7 +56,9 @@ pub fn init(opts: &Options) -> Result<()> {
     let filter = filter(&opts.log_level)?;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a file or a pipe.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let res = match opts.log_format {
         Format::Text => builder.try_init(),
         Format::Json => builder
