@@ -7,11 +7,20 @@ use std::fmt;
 use std::sync::Arc;
 
 use k8s_openapi::{ClusterResourceScope, NamespaceResourceScope, Resource};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
 
-use crate::core::{ObjectKey, compact, names, parse_compact};
+use crate::core::{ObjectKey, compact, parse_compact};
 use crate::source::File;
+
+mod crd;
+mod parse;
+mod validate;
+
+use crd::collect_crd;
+use parse::{Candidate, Compact, JSON_MAX_DEPTH, expand_list, format_of, parse_file};
+pub use validate::add_labels;
+use validate::{find_duplicates, validate};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -353,6 +362,33 @@ impl fmt::Display for Errors {
 
 impl std::error::Error for Errors {}
 
+/// Turns a revision's files into validated objects. Plain YAML and JSON directories are
+/// [`Plain`]; kustomize and Helm plug in as more renderers, and their output goes through
+/// the same validation.
+pub trait Renderer: Send + Sync {
+    fn render(
+        &self,
+        files: &[File],
+        options: &Options,
+        scopes: &dyn Scopes,
+    ) -> Result<Vec<Manifest>, Errors>;
+}
+
+/// Every `.yaml`, `.yml` and `.json` file, as they are.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+impl Renderer for Plain {
+    fn render(
+        &self,
+        files: &[File],
+        options: &Options,
+        scopes: &dyn Scopes,
+    ) -> Result<Vec<Manifest>, Errors> {
+        render(files, options, scopes)
+    }
+}
+
 /// Parses and validates the manifests of a revision: every `.yaml`, `.yml` and `.json`
 /// file, in path order, then document order. Returns all the problems found, or none.
 pub fn render(
@@ -361,52 +397,7 @@ pub fn render(
     scopes: &dyn Scopes,
 ) -> Result<Vec<Manifest>, Errors> {
     let mut errors = Vec::new();
-
-    // The caller sorts, but output order is part of the contract, so do not depend on it.
-    let mut files: Vec<&File> = files
-        .iter()
-        .filter(|f| format_of(&f.path).is_some())
-        .collect();
-    files.sort_by(|a, b| a.path.cmp(&b.path));
-
-    let mut candidates = Vec::new();
-    let mut crds = HashMap::new();
-    'files: for file in files {
-        let documents = match parse_file(file, &options.limits) {
-            Ok(documents) => documents,
-            Err((line, column, error)) => {
-                errors.push(Located {
-                    column,
-                    ..Located::new(&file.path, line, error)
-                });
-                continue;
-            }
-        };
-        for document in documents {
-            for candidate in expand_list(&file.path, document, &mut errors) {
-                if candidates.len() == options.limits.max_objects {
-                    errors.push(Located::new(
-                        &file.path,
-                        candidate.line,
-                        Error::TooManyObjects {
-                            limit: options.limits.max_objects,
-                        },
-                    ));
-                    break 'files;
-                }
-                collect_crd(&candidate, &mut crds, &mut errors);
-                // Kept compact until validated, one at a time: a revision's objects as
-                // trees, all at once, are most of the agent's peak memory.
-                candidates.push(Compact {
-                    file: candidate.file,
-                    line: candidate.line,
-                    item: candidate.item,
-                    json: compact(&candidate.value),
-                });
-            }
-        }
-    }
-
+    let (candidates, crds) = collect(files, options, &mut errors);
     let mut manifests = Vec::with_capacity(candidates.len());
     for c in candidates {
         let (file, line, item) = (c.file.clone(), c.line, c.item);
@@ -426,9 +417,7 @@ pub fn render(
             })),
         }
     }
-
     find_duplicates(&manifests, &mut errors);
-
     if errors.is_empty() {
         Ok(manifests)
     } else {
@@ -438,779 +427,59 @@ pub fn render(
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    Yaml,
-    Json,
-}
-
-fn format_of(path: &str) -> Option<Format> {
-    let ext = path.rsplit_once('.')?.1.to_ascii_lowercase();
-    match ext.as_str() {
-        "yaml" | "yml" => Some(Format::Yaml),
-        "json" => Some(Format::Json),
-        _ => None,
-    }
-}
-
-/// One non-empty document of a file.
-struct Document {
-    line: usize,
-    value: Value,
-}
-
-/// A candidate waiting for validation, as compact JSON.
-struct Compact {
-    file: String,
-    line: usize,
-    item: Option<usize>,
-    json: Box<RawValue>,
-}
-
-/// One object to validate: a document, or an item of a `List` document.
-struct Candidate {
-    file: String,
-    line: usize,
-    item: Option<usize>,
-    value: Value,
-}
-
-fn parse_file(file: &File, limits: &Limits) -> Result<Vec<Document>, ParseError> {
-    let size = file.content.len();
-    if size > limits.max_file_bytes {
-        let limit = limits.max_file_bytes;
-        return Err((1, None, Error::FileTooLarge { size, limit }));
-    }
-    let text = std::str::from_utf8(&file.content).map_err(|e| {
-        (
-            line_of(&file.content, e.valid_up_to()),
-            None,
-            Error::NotUtf8,
-        )
-    })?;
-    match format_of(&file.path) {
-        Some(Format::Json) => parse_json(text, limits),
-        _ => parse_yaml(text, limits),
-    }
-}
-
-type ParseError = (usize, Option<usize>, Error);
-
-fn yaml_options(limits: &Limits) -> serde_saphyr::Options {
-    let documents = limits.max_documents_per_file;
-    let nodes = limits.max_nodes_per_file;
-    let depth = depth_limit(limits);
-    serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_documents: documents,
-            max_depth: depth,
-            // The parser caps flow collections (`[[[...`) separately; one limit for both.
-            flow_nesting_limit: depth,
-            max_nodes: nodes,
-            // Every node has at most one end event, every document a start and an end, so
-            // the node limit is the one users meet.
-            max_events: nodes.saturating_mul(2).saturating_add(documents.saturating_mul(2)).saturating_add(2),
-            max_total_scalar_bytes: limits.max_file_bytes,
-            max_aliases: limits.max_alias_replay,
-        },
-        alias_limits: serde_saphyr::alias_limits! {
-            max_total_replayed_events: limits.max_alias_replay,
-        },
-        // Snippets would quote the source, which may be a Secret.
-        with_snippet: false,
-        // Kubernetes reads YAML 1.1 (go-yaml): `defaultMode: 0644` is octal 420.
-        legacy_octal_numbers: true,
-    }
-}
-
-fn parse_yaml(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> {
-    let documents: Vec<serde_saphyr::Spanned<Value>> =
-        serde_saphyr::from_multiple_with_options(text, yaml_options(limits))
-            .map_err(|e| yaml_error(&e, limits))?;
-    // serde-saphyr already skips empty, comment-only and null documents.
-    Ok(documents
-        .into_iter()
-        .map(|d| Document {
-            line: (d.referenced.line() as usize).max(1),
-            value: d.value,
-        })
-        .collect())
-}
-
-fn yaml_error(err: &serde_saphyr::Error, limits: &Limits) -> ParseError {
-    use serde_saphyr::Error as E;
-    use serde_saphyr::MessageFormatter;
-    use serde_saphyr::budget::BudgetBreach as B;
-
-    let (line, column) = match err.location() {
-        Some(l) if l.line() > 0 => (l.line() as usize, Some(l.column() as usize)),
-        _ => (1, None),
-    };
-    let mut original = err.without_snippet();
-    while let E::AliasError { error, .. } = original {
-        original = error.without_snippet();
-    }
-    let alias_bomb = || {
-        Error::Limit(format!(
-            "aliases expand to more than {} nodes (an alias bomb?)",
-            limits.max_alias_replay
-        ))
-    };
-    let error = match original {
-        E::Budget { breach, .. } => match breach {
-            B::Depth { .. } => Error::Limit(format!(
-                "nested more than {} levels deep",
-                depth_limit(limits)
-            )),
-            B::Documents { .. } => Error::Limit(format!(
-                "more than {} documents in one file",
-                limits.max_documents_per_file
-            )),
-            B::Nodes { .. } | B::Events { .. } => Error::Limit(format!(
-                "more than {} nodes in one file",
-                limits.max_nodes_per_file
-            )),
-            B::ScalarBytes { .. } => Error::Limit(format!(
-                "more than {} bytes of text in one file",
-                limits.max_file_bytes
-            )),
-            B::Aliases { .. } | B::AliasAnchorRatio { .. } => alias_bomb(),
-            other => Error::Limit(format!("{other:?}")),
-        },
-        E::AliasReplayLimitExceeded { .. }
-        | E::AliasExpansionLimitExceeded { .. }
-        | E::AliasReplayStackDepthExceeded { .. }
-        | E::AliasReplayCounterOverflow { .. } => alias_bomb(),
-        other => {
-            let message = serde_saphyr::DefaultMessageFormatter.format_message(other);
-            // The parser's flow-collection cap has no budget variant of its own.
-            if message.contains("recursion limit") {
-                Error::Limit(format!(
-                    "nested more than {} levels deep",
-                    depth_limit(limits)
-                ))
-            } else {
-                Error::Yaml(printable(&message))
-            }
-        }
-    };
-    (line, column, error)
-}
-
-/// Keeps one error one line.
-fn printable(message: &str) -> String {
-    message
-        .chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
-}
-
-fn parse_json(text: &str, limits: &Limits) -> Result<Vec<Document>, ParseError> {
-    // serde_json refuses a byte-order mark; removing it shifts no line.
-    let body = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let bytes = body.as_bytes();
-    // serde_json limits nesting on its own (JSON_MAX_DEPTH); `deeper_than` applies a lower limit.
-    let mut stream = serde_json::Deserializer::from_str(body).into_iter::<Value>();
-    let mut documents = Vec::new();
-    let mut count = 0;
-    let (mut counted_to, mut line) = (0, 1);
-    loop {
-        let start = stream.byte_offset()
-            + bytes[stream.byte_offset()..]
-                .iter()
-                .take_while(|b| b.is_ascii_whitespace())
-                .count();
-        match stream.next() {
-            None => break,
-            Some(Ok(value)) => {
-                count += 1;
-                if count > limits.max_documents_per_file {
-                    return Err((
-                        line,
-                        None,
-                        Error::Limit(format!(
-                            "more than {} documents in one file",
-                            limits.max_documents_per_file
-                        )),
-                    ));
-                }
-                // Counted incrementally: rescanning from the top would be quadratic.
-                line += bytes[counted_to..start]
-                    .iter()
-                    .filter(|&&b| b == b'\n')
-                    .count();
-                counted_to = start;
-                if deeper_than(&value, limits.max_depth) {
-                    return Err((
-                        line,
-                        None,
-                        Error::Limit(format!(
-                            "nested more than {} levels deep",
-                            depth_limit(limits)
-                        )),
-                    ));
-                }
-                if !value.is_null() {
-                    documents.push(Document { line, value });
-                }
-            }
-            Some(Err(e)) => {
-                let message = e.to_string();
-                let message = match message.rfind(" at line ") {
-                    Some(i) => &message[..i],
-                    None => &message,
-                };
-                let error = if message.contains("recursion limit") {
-                    Error::Limit(format!(
-                        "nested more than {} levels deep",
-                        depth_limit(limits)
-                    ))
-                } else {
-                    Error::Json(message.to_owned())
-                };
-                return Err((e.line().max(1), Some(e.column()), error));
-            }
-        }
-    }
-    Ok(documents)
-}
-
-/// serde_json's own, fixed nesting limit (its recursion limit of 128 admits 127 levels).
-const JSON_MAX_DEPTH: usize = 127;
-
-/// The nesting limit in force: the configured one, never past serde_json's.
-fn depth_limit(limits: &Limits) -> usize {
-    limits.max_depth.min(JSON_MAX_DEPTH)
-}
-
-/// Whether `value` nests deeper than `max` (iterative: the value may be deep).
-fn deeper_than(value: &Value, max: usize) -> bool {
-    if max >= JSON_MAX_DEPTH {
-        return false;
-    }
-    let mut stack = vec![(value, 0)];
-    while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        if depth + 1 > max {
-            return true;
-        }
-        stack.extend(children.map(|c| (c, depth + 1)));
-    }
-    false
-}
-
-fn line_of(bytes: &[u8], offset: usize) -> usize {
-    1 + bytes[..offset].iter().filter(|&&b| b == b'\n').count()
-}
-
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "a sequence",
-        Value::Object(_) => "a mapping",
-    }
-}
-
-fn str_field<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a str> {
-    map.get(key).and_then(Value::as_str)
-}
-
-fn is_list(value: &Value) -> bool {
-    value.get("apiVersion").and_then(Value::as_str) == Some("v1")
-        && value.get("kind").and_then(Value::as_str) == Some("List")
-}
-
-/// A `v1` `List` becomes its items; any other document is one candidate.
-fn expand_list(file: &str, mut document: Document, errors: &mut Vec<Located>) -> Vec<Candidate> {
-    let candidate = |value, item| Candidate {
-        file: file.to_owned(),
-        line: document.line,
-        item,
-        value,
-    };
-    if !is_list(&document.value) {
-        return vec![candidate(document.value, None)];
-    }
-    let items = document
-        .value
-        .as_object_mut()
-        .and_then(|m| m.remove("items"))
-        .unwrap_or(Value::Null);
-    match items {
-        Value::Null => Vec::new(),
-        Value::Array(items) => {
-            let mut out = Vec::with_capacity(items.len());
-            for (i, item) in items.into_iter().enumerate() {
-                if is_list(&item) {
-                    errors.push(Located {
-                        item: Some(i),
-                        ..Located::new(
-                            file,
-                            document.line,
-                            Error::InvalidList("a List inside a List is not supported"),
-                        )
-                    });
-                } else {
-                    out.push(candidate(item, Some(i)));
-                }
-            }
-            out
-        }
-        _ => {
-            errors.push(Located::new(
-                file,
-                document.line,
-                Error::InvalidList("items must be a sequence of objects"),
-            ));
-            Vec::new()
-        }
-    }
-}
-
-const CRD_GROUP: &str = "apiextensions.k8s.io";
-const CRD_KIND: &str = "CustomResourceDefinition";
-
-/// A kind defined by a CustomResourceDefinition of the revision.
-#[derive(Debug, Clone)]
-struct CrdKind {
-    namespaced: bool,
-    versions: Vec<String>,
-}
-
-/// Records the kind a CRD candidate defines, keyed by (group, kind); other candidates are
-/// left alone. Errors in a CRD's definition are reported here; its identity is checked
-/// like any object's.
-fn collect_crd(
-    c: &Candidate,
-    crds: &mut HashMap<(String, String), CrdKind>,
-    errors: &mut Vec<Located>,
-) {
-    let Some(obj) = c.value.as_object() else {
-        return;
-    };
-    let api_version = str_field(obj, "apiVersion").unwrap_or_default();
-    if ObjectKey::split_api_version(api_version).0 != CRD_GROUP
-        || str_field(obj, "kind") != Some(CRD_KIND)
-    {
-        return;
-    }
-    match crd_kind(obj) {
-        Ok((key, kind)) => {
-            crds.insert(key, kind);
-        }
-        Err(reason) => errors.push(Located {
-            subject: Some(subject_of(obj)),
-            item: c.item,
-            ..Located::new(&c.file, c.line, Error::InvalidCrd(reason))
-        }),
-    }
-}
-
-fn crd_kind(obj: &Map<String, Value>) -> Result<((String, String), CrdKind), String> {
-    let spec = obj
-        .get("spec")
-        .and_then(Value::as_object)
-        .ok_or("spec is missing")?;
-    let nonempty = |v: Option<&Value>, field: &str| {
-        v.and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .map(str::to_owned)
-            .ok_or(format!("{field} must be a non-empty string"))
-    };
-    let group = nonempty(spec.get("group"), "spec.group")?;
-    let names = spec.get("names");
-    let kind = nonempty(names.and_then(|n| n.get("kind")), "spec.names.kind")?;
-    let plural = nonempty(names.and_then(|n| n.get("plural")), "spec.names.plural")?;
-    let namespaced = match spec.get("scope").and_then(Value::as_str) {
-        Some("Namespaced") => true,
-        Some("Cluster") => false,
-        _ => return Err("spec.scope must be \"Namespaced\" or \"Cluster\"".into()),
-    };
-    let expected = format!("{plural}.{group}");
-    let name = obj
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str);
-    if name.is_some_and(|n| n != expected) {
-        return Err(format!(
-            "metadata.name must be spec.names.plural + \".\" + spec.group: {expected:?}"
-        ));
-    }
-    let versions = match spec.get("versions") {
-        Some(Value::Array(vs)) => vs
-            .iter()
-            .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
-            .collect(),
-        _ => Vec::new(),
-    };
-    Ok((
-        (group, kind),
-        CrdKind {
-            namespaced,
-            versions,
-        },
-    ))
-}
-
-/// `Kind/ns/name` from whatever the object gives, for errors raised before it is valid.
-fn subject_of(obj: &Map<String, Value>) -> String {
-    let kind = str_field(obj, "kind")
-        .filter(|s| !s.is_empty())
-        .unwrap_or("?");
-    let meta = obj.get("metadata").and_then(Value::as_object);
-    let name = meta
-        .and_then(|m| str_field(m, "name"))
-        .filter(|s| !s.is_empty())
-        .unwrap_or("?");
-    match meta
-        .and_then(|m| str_field(m, "namespace"))
-        .filter(|s| !s.is_empty())
-    {
-        Some(ns) => format!("{kind}/{ns}/{name}"),
-        None => format!("{kind}/{name}"),
-    }
-}
-
-type Invalid = (Option<String>, Vec<Error>);
-
-/// An object's identity fields as written, before their rules are checked.
-struct Identity {
-    api_version: String,
-    group: String,
-    version: String,
-    kind: String,
-    name: String,
-    namespace: Option<String>,
-}
-
-/// Validates one object and gives it its namespace and the sync's labels.
-fn validate(
-    candidate: Candidate,
+/// Every document of every manifest file, in path order, kept compact until validated,
+/// with the kinds the revision's CRDs define.
+fn collect(
+    files: &[File],
     options: &Options,
-    scopes: &dyn Scopes,
-    crds: &HashMap<(String, String), CrdKind>,
-) -> Result<Manifest, Invalid> {
-    let Candidate {
-        file,
-        line,
-        mut value,
-        ..
-    } = candidate;
-    let Some(obj) = value.as_object_mut() else {
-        let found = type_name(&value);
-        return Err((None, vec![Error::NotAnObject { found }]));
-    };
-    let subject = subject_of(obj);
-    let mut errors = Vec::new();
-    let Some(id) = identity(obj, &mut errors) else {
-        return Err((Some(subject), errors));
-    };
-    check_names(&id, &mut errors);
-    let namespaced = scope(&id, scopes, crds, &mut errors);
-    let namespace = match (namespaced, id.namespace.clone()) {
-        (Some(true), None) => Some(options.default_namespace.clone()),
-        (Some(false), Some(ns)) => {
-            errors.push(Error::NamespaceOnClusterScoped {
-                kind: id.kind.clone(),
-                namespace: ns,
-            });
-            None
-        }
-        (_, ns) => ns,
-    };
-    check_kind_data(&id, obj, &mut errors);
-    if !errors.is_empty() {
-        return Err((Some(subject), errors));
-    }
-    if let (Some(ns), Some(Value::Object(meta))) = (&namespace, obj.get_mut("metadata")) {
-        meta.insert("namespace".into(), Value::String(ns.clone()));
-    }
-    add_labels(&mut value, &options.labels);
-    Ok(Manifest {
-        id: ObjectKey {
-            group: id.group,
-            kind: id.kind,
-            namespace,
-            name: id.name,
-            version: id.version,
-        },
-        file,
-        line,
-        object: Arc::from(compact(&value)),
-    })
-}
-
-/// A required string field: absent, null, empty or not a string is an error.
-fn required(
-    map: &Map<String, Value>,
-    key: &str,
-    field: &'static str,
-    errors: &mut Vec<Error>,
-) -> Option<String> {
-    match map.get(key) {
-        None | Some(Value::Null) => {
-            errors.push(Error::MissingField { field });
-            None
-        }
-        Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
-        Some(_) => {
-            errors.push(Error::NotAString { field });
-            None
-        }
-    }
-}
-
-/// apiVersion, kind, metadata.name and metadata.namespace, or `None` when one that is
-/// required is missing or the apiVersion is malformed (the errors say which).
-fn identity(obj: &Map<String, Value>, errors: &mut Vec<Error>) -> Option<Identity> {
-    let api_version = required(obj, "apiVersion", "apiVersion", errors);
-    let kind = required(obj, "kind", "kind", errors);
-    let (name, namespace) = match obj.get("metadata") {
-        None | Some(Value::Null) => {
-            errors.push(Error::MissingField {
-                field: "metadata.name",
-            });
-            (None, None)
-        }
-        Some(Value::Object(meta)) => {
-            let name = required(meta, "name", "metadata.name", errors);
-            let namespace = match meta.get("namespace") {
-                None | Some(Value::Null) => None,
-                // An empty namespace means "not set", as with kubectl.
-                Some(Value::String(s)) if s.is_empty() => None,
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(_) => {
-                    errors.push(Error::NotAString {
-                        field: "metadata.namespace",
-                    });
-                    None
+    errors: &mut Vec<Located>,
+) -> (Vec<Compact>, HashMap<(String, String), crd::CrdKind>) {
+    // The caller sorts, but output order is part of the contract, so do not depend on it.
+    let mut files: Vec<&File> = files
+        .iter()
+        .filter(|f| format_of(&f.path).is_some())
+        .collect();
+    files.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut candidates = Vec::new();
+    let mut crds = HashMap::new();
+    for file in files {
+        let documents = match parse_file(file, &options.limits) {
+            Ok(documents) => documents,
+            Err((line, column, error)) => {
+                errors.push(Located {
+                    column,
+                    ..Located::new(&file.path, line, error)
+                });
+                continue;
+            }
+        };
+        for document in documents {
+            for candidate in expand_list(&file.path, document, errors) {
+                if candidates.len() == options.limits.max_objects {
+                    let limit = options.limits.max_objects;
+                    let e = Error::TooManyObjects { limit };
+                    errors.push(Located::new(&file.path, candidate.line, e));
+                    return (candidates, crds);
                 }
-            };
-            (name, namespace)
-        }
-        Some(_) => {
-            errors.push(Error::MetadataNotAMapping);
-            (None, None)
-        }
-    };
-    let (api_version, kind, name) = (api_version?, kind?, name?);
-    let (group, version) = ObjectKey::split_api_version(&api_version);
-    if version.is_empty()
-        || version.contains('/')
-        || (api_version.contains('/') && group.is_empty())
-    {
-        // Scope questions about a malformed group would only add noise.
-        errors.push(Error::InvalidApiVersion(api_version.clone()));
-        return None;
-    }
-    Some(Identity {
-        group: group.to_owned(),
-        version: version.to_owned(),
-        api_version,
-        kind,
-        name,
-        namespace,
-    })
-}
-
-/// The API server's rules for the object's name and namespace.
-fn check_names(id: &Identity, errors: &mut Vec<Error>) {
-    if let Err(reason) = names::rule(&id.group, &id.kind)(&id.name) {
-        errors.push(Error::InvalidName {
-            field: "metadata.name",
-            value: id.name.clone(),
-            reason,
-        });
-    }
-    if let Some(ns) = &id.namespace
-        && let Err(reason) = names::dns1123_label(ns)
-    {
-        errors.push(Error::InvalidName {
-            field: "metadata.namespace",
-            value: ns.clone(),
-            reason,
-        });
-    }
-}
-
-/// Whether the kind is namespaced: the scopes (built-in kinds, or the cluster's discovery)
-/// are authoritative; a CRD in the revision covers kinds the cluster does not serve yet.
-fn scope(
-    id: &Identity,
-    scopes: &dyn Scopes,
-    crds: &HashMap<(String, String), CrdKind>,
-    errors: &mut Vec<Error>,
-) -> Option<bool> {
-    if let Some(namespaced) = scopes.namespaced(&id.group, &id.kind) {
-        return Some(namespaced);
-    }
-    let Some(crd) = crds.get(&(id.group.clone(), id.kind.clone())) else {
-        errors.push(Error::UnknownKind {
-            api_version: id.api_version.clone(),
-            kind: id.kind.clone(),
-        });
-        return None;
-    };
-    if !crd.versions.is_empty() && !crd.versions.contains(&id.version) {
-        errors.push(Error::UnknownVersion {
-            version: id.version.clone(),
-            kind: id.kind.clone(),
-            defined: crd.versions.join(", "),
-        });
-    }
-    Some(crd.namespaced)
-}
-
-/// The data rules of Secrets and ConfigMaps (what the API server would refuse).
-fn check_kind_data(id: &Identity, obj: &Map<String, Value>, errors: &mut Vec<Error>) {
-    if !id.group.is_empty() {
-        return;
-    }
-    match id.kind.as_str() {
-        "Secret" => {
-            let base64 =
-                DataValue::Base64("value is not valid base64 (use stringData for plain text)");
-            check_data(obj, "data", base64, errors);
-            check_data(obj, "stringData", DataValue::String, errors);
-        }
-        "ConfigMap" => {
-            check_data(obj, "data", DataValue::String, errors);
-            let base64 = DataValue::Base64("value is not valid base64");
-            check_data(obj, "binaryData", base64, errors);
-        }
-        _ => {}
-    }
-}
-
-/// Adds labels to an object's metadata, keeping the ones it has.
-pub fn add_labels(obj: &mut Value, labels: &BTreeMap<String, String>) {
-    if labels.is_empty() {
-        return;
-    }
-    let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let l = meta
-        .entry("labels")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if !l.is_object() {
-        *l = Value::Object(Default::default());
-    }
-    if let Some(map) = l.as_object_mut() {
-        for (k, v) in labels {
-            map.insert(k.clone(), Value::String(v.clone()));
+                collect_crd(&candidate, &mut crds, errors);
+                // Kept compact until validated, one at a time: a revision's objects as
+                // trees, all at once, are most of the agent's peak memory.
+                candidates.push(Compact {
+                    file: candidate.file,
+                    line: candidate.line,
+                    item: candidate.item,
+                    json: compact(&candidate.value),
+                });
+            }
         }
     }
-}
-
-/// Reports each object defined more than once (version ignored), naming the first.
-fn find_duplicates(manifests: &[Manifest], errors: &mut Vec<Located>) {
-    let mut order: Vec<usize> = (0..manifests.len()).collect();
-    // Sorting by identity, then by position, puts each first definition ahead of its copies.
-    order.sort_by(|&a, &b| {
-        let (x, y) = (&manifests[a].id, &manifests[b].id);
-        (&x.group, &x.kind, &x.namespace, &x.name, a).cmp(&(
-            &y.group,
-            &y.kind,
-            &y.namespace,
-            &y.name,
-            b,
-        ))
-    });
-    let mut first = None::<&Manifest>;
-    for i in order {
-        let m = &manifests[i];
-        match first {
-            Some(f) if f.id == m.id => errors.push(Located {
-                subject: Some(m.subject()),
-                ..Located::new(
-                    &m.file,
-                    m.line,
-                    Error::Duplicate {
-                        file: f.file.clone(),
-                        line: f.line,
-                    },
-                )
-            }),
-            _ => first = Some(m),
-        }
-    }
-}
-
-#[derive(Clone, Copy)]
-enum DataValue {
-    String,
-    /// With the message for a value that is not base64.
-    Base64(&'static str),
-}
-
-/// Checks a Secret's or ConfigMap's data the way the API server would, without ever
-/// putting a value into a message.
-fn check_data(obj: &Map<String, Value>, field: &str, kind: DataValue, errors: &mut Vec<Error>) {
-    let entries = match obj.get(field) {
-        None | Some(Value::Null) => return,
-        Some(Value::Object(entries)) => entries,
-        Some(_) => {
-            errors.push(Error::InvalidData {
-                field: field.to_owned(),
-                reason: "must be a mapping of keys to values",
-            });
-            return;
-        }
-    };
-    for (key, value) in entries {
-        let at = || format!("{field}.{key}");
-        if key.is_empty()
-            || key.len() > 253
-            || !key
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-        {
-            errors.push(Error::InvalidData {
-                field: format!("{field}[{key:?}]"),
-                reason: "a key must consist of alphanumeric characters, '-', '_' or '.' \
-                         (at most 253)",
-            });
-        }
-        match (kind, value) {
-            (_, Value::Null) => {}
-            (DataValue::String, Value::String(_)) => {}
-            (DataValue::Base64(_), Value::String(s)) if is_base64(s) => {}
-            (DataValue::Base64(reason), Value::String(_)) => errors.push(Error::InvalidData {
-                field: at(),
-                reason,
-            }),
-            (_, _) => errors.push(Error::InvalidData {
-                field: at(),
-                reason: "value must be a string (quote numbers and booleans)",
-            }),
-        }
-    }
-}
-
-/// Standard base64 with padding, as Go's decoder (used by the API server) accepts it:
-/// line breaks are ignored.
-fn is_base64(s: &str) -> bool {
-    let body: Vec<u8> = s.bytes().filter(|&c| c != b'\n' && c != b'\r').collect();
-    if !body.len().is_multiple_of(4) {
-        return false;
-    }
-    let data = body.len() - body.iter().rev().take_while(|&&c| c == b'=').count();
-    body.len() - data <= 2
-        && body[..data]
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || c == b'+' || c == b'/')
+    (candidates, crds)
 }
 
 #[cfg(test)]
 mod tests {
+    use super::parse::*;
+    use super::validate::*;
     use super::*;
 
     fn file(path: &str, text: &str) -> File {

@@ -17,7 +17,7 @@ use crate::core::{Action, ChangeSet, OWNER_LABEL, ObjectKey};
 use crate::health::{self, Assessment};
 use crate::inventory::{self, Inventory, Record, Status};
 use crate::prune;
-use crate::render::{self, Scopes};
+use crate::render::{self, Renderer, Scopes};
 use crate::source;
 
 /// Why a sync did not complete.
@@ -346,7 +346,8 @@ fn render_revision(
         labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
         ..Default::default()
     };
-    render::render(files, &ropts, discovery)
+    // Plain YAML and JSON today; kustomize and Helm plug in here as more renderers.
+    render::Plain.render(files, &ropts, discovery)
 }
 
 /// The objects of the previous inventory that the revision no longer has.
