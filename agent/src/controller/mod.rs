@@ -274,9 +274,8 @@ impl Loop {
             let leading = *self.leading.borrow();
             ctl.metrics.set_leader(leading);
             ctl.detector.set_active(leading);
-            if leading {
-                ctl.tick();
-            }
+            ctl.set_leading(leading);
+            ctl.tick();
             for (sync, n) in ctl.detector.drifted() {
                 ctl.metrics.set_drifted(&sync, n);
             }

@@ -311,6 +311,25 @@ impl Scheduler {
             .collect()
     }
 
+    /// An action that was not started (this replica stopped leading): the fetch is due
+    /// again now, and the sync runs at the next fetch of its source.
+    pub fn not_started(&mut self, action: &Action, now: Instant) {
+        match action {
+            Action::Fetch { source } => {
+                if let Some(st) = self.sources.get_mut(source) {
+                    st.fetching = false;
+                    st.next_fetch = now;
+                }
+            }
+            Action::Run { sync, .. } => {
+                if let Some(st) = self.syncs.get_mut(sync) {
+                    st.running = false;
+                    st.requested = true;
+                }
+            }
+        }
+    }
+
     /// Whether a sync is running now.
     pub fn is_running(&self, sync: &str) -> bool {
         self.syncs.get(sync).is_some_and(|s| s.running)

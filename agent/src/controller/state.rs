@@ -57,6 +57,8 @@ pub struct Controller {
     seen: HashSet<String>,
     slots: Arc<Semaphore>,
     alerted: HashMap<String, String>,
+    /// Only the leader starts fetches and syncs.
+    leading: bool,
 }
 
 /// What the controller is made of.
@@ -91,11 +93,21 @@ impl Controller {
             revisions: HashMap::new(),
             seen: HashSet::new(),
             alerted: HashMap::new(),
+            leading: false,
         }
+    }
+
+    /// Whether this replica leads: a follower starts nothing, not even what a task that
+    /// ended while it led would have started next.
+    pub fn set_leading(&mut self, leading: bool) {
+        self.leading = leading;
     }
 
     /// Starts whatever is due now (the leader only).
     pub fn tick(&mut self) {
+        if !self.leading {
+            return;
+        }
         for action in self.scheduler.poll(Instant::now()) {
             self.act(action);
         }
@@ -113,6 +125,11 @@ impl Controller {
     }
 
     fn act(&mut self, action: Action) {
+        if !self.leading {
+            // Handed back, so the leader-to-be finds it due again.
+            self.scheduler.not_started(&action, Instant::now());
+            return;
+        }
         match action {
             Action::Fetch { source } => self.spawn_fetch(source),
             Action::Run { sync, reason } => self.spawn_run(sync, reason),

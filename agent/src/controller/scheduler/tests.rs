@@ -291,3 +291,22 @@ async fn a_failed_fetch_runs_nothing_and_keeps_the_trigger() {
     assert_eq!(s.poll(Instant::now()), [fetch("repo")]);
     assert_eq!(s.fetched("repo", Some("rev1"), Instant::now()).len(), 3);
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_was_not_started_comes_due_again() {
+    let mut s = three_on_one_repo();
+    let t0 = Instant::now();
+    let fetches = s.poll(t0);
+    s.not_started(&fetches[0], t0);
+    assert_eq!(s.poll(t0), [fetch("repo")], "the fetch is due again");
+    let runs = s.fetched("repo", Some("rev1"), t0);
+    s.not_started(&runs[0], t0);
+    assert!(!s.is_running("a"));
+    s.finished("b", "rev1", Some(true), t0);
+    s.finished("c", "rev1", Some(true), t0);
+    s.poll(t0);
+    assert_eq!(
+        s.fetched("repo", Some("rev1"), t0).first(),
+        Some(&run("a", Reason::NewRevision))
+    );
+}
