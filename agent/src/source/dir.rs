@@ -21,6 +21,7 @@ pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
     };
     let root = dir.canonicalize().map_err(io(dir))?;
     let mut files = Vec::new();
+    let mut bytes = 0u64;
     let mut stack = vec![(root.clone(), String::new())];
     while let Some((abs, rel)) = stack.pop() {
         for entry in std::fs::read_dir(&abs).map_err(io(&abs))? {
@@ -38,6 +39,12 @@ pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
             let path = entry.path();
             let kind = entry.file_type().map_err(io(&path))?;
             if kind.is_dir() {
+                if rel.split('/').count() > limits.max_depth {
+                    return Err(Error::TooDeep {
+                        path: rel,
+                        max: limits.max_depth,
+                    });
+                }
                 if name != ".git" {
                     stack.push((path, rel));
                 }
@@ -66,6 +73,13 @@ pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
                     path: rel,
                     size,
                     max: limits.max_file_size,
+                });
+            }
+            bytes += size;
+            if bytes > limits.max_total_bytes {
+                return Err(Error::TooManyBytes {
+                    path: dir.display().to_string(),
+                    max: limits.max_total_bytes,
                 });
             }
             let content = std::fs::read(&target).map_err(io(&target))?;
@@ -271,6 +285,27 @@ mod tests {
         assert_eq!(
             err.to_string(),
             format!("{}: more than 2 files", root.display())
+        );
+        let thin = Limits {
+            max_total_bytes: 2,
+            ..Limits::default()
+        };
+        let err = read_dir(&root, &thin).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{}: the files under it are over the 2-byte limit of a revision",
+                root.display()
+            )
+        );
+        let shallow = Limits {
+            max_depth: 1,
+            ..Limits::default()
+        };
+        let err = read_dir(&root, &shallow).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "apps/sub: directories nested deeper than 1"
         );
         let err = read_dir(&dir.path().join("nope"), &limits).unwrap_err();
         assert!(

@@ -96,6 +96,10 @@ pub enum Error {
     FileTooLarge { path: String, size: u64, max: u64 },
     #[error("{path}: more than {max} files")]
     TooManyFiles { path: String, max: usize },
+    #[error("{path}: the files under it are over the {max}-byte limit of a revision")]
+    TooManyBytes { path: String, max: u64 },
+    #[error("{path}: directories nested deeper than {max}")]
+    TooDeep { path: String, max: usize },
     #[error("{path}: {reason}")]
     BadPath { path: String, reason: &'static str },
     #[error("{path}: {source}")]
@@ -127,6 +131,10 @@ pub struct Limits {
     pub max_file_size: u64,
     /// Most files under the synced path.
     pub max_files: usize,
+    /// Most bytes of all the files under the synced path together.
+    pub max_total_bytes: u64,
+    /// Deepest directory nesting under the synced path.
+    pub max_depth: usize,
     /// Longest a fetch may take, connection included.
     pub fetch_timeout: Duration,
 }
@@ -136,6 +144,8 @@ impl Default for Limits {
         Limits {
             max_file_size: 4 * 1024 * 1024,
             max_files: 10_000,
+            max_total_bytes: 256 * 1024 * 1024,
+            max_depth: 32,
             fetch_timeout: Duration::from_secs(120),
         }
     }

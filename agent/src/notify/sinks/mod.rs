@@ -89,7 +89,7 @@ pub(crate) async fn post(sink: &str, shown_url: &str, req: reqwest::RequestBuild
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = resp.text().await.unwrap_or_default();
+    let body = read_capped(resp, ERROR_BODY_MAX).await;
     let body = crate::core::truncate(body.trim().lines().next().unwrap_or(""), 200);
     Err(Error::Status {
         sink: sink.to_string(),
@@ -177,6 +177,22 @@ pub async fn build_all(
     Ok(sinks)
 }
 
+/// How much of an error response's body is read: enough for a reason, never a flood.
+const ERROR_BODY_MAX: usize = 4096;
+
+/// At most `max` bytes of a response's body, as text (a receiver's error page can be of
+/// any size, or never end).
+async fn read_capped(mut resp: reqwest::Response, max: usize) -> String {
+    let mut buf = Vec::new();
+    while buf.len() < max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk[..chunk.len().min(max - buf.len())]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
 /// The URL rule of [`client::parse_url`], as this module's error naming the sink; a URL
 /// that came from a Secret (Slack's) is never shown.
 pub(crate) fn parse_url(sink: &str, raw: &str, secret: bool) -> Result<reqwest::Url> {
@@ -188,4 +204,45 @@ pub(crate) fn parse_url(sink: &str, raw: &str, secret: bool) -> Result<reqwest::
             format!("url {}: {why}", client::redact(raw, false))
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn an_error_body_is_read_only_up_to_its_cap() {
+        // A receiver that answers 400 with 8 MiB on one line.
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(|| async {
+                (
+                    axum::http::StatusCode::BAD_REQUEST,
+                    "x".repeat(8 * 1024 * 1024),
+                )
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let http = client::build(&client::Options::default()).unwrap();
+        let req = http.post(format!("http://{addr}/hook")).body("{}");
+        match post("webhook/ops", "http://127.0.0.1/hook", req).await {
+            Err(Error::Status { status, body, .. }) => {
+                assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+                assert!(
+                    body.len() <= 200 && body.starts_with("xxx"),
+                    "{}",
+                    body.len()
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        let big = http
+            .post(format!("http://{addr}/hook"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read_capped(big, ERROR_BODY_MAX).await.len(), ERROR_BODY_MAX);
+    }
 }

@@ -273,6 +273,30 @@ fn file_size_and_file_count_caps() {
     assert_eq!(err.to_string(), "a: more than 3 files");
     let err = read_tree(&repo, c, "", &limits).unwrap_err();
     assert_eq!(err.to_string(), ".: more than 3 files");
+
+    // All the files together, and how deep directories nest.
+    let thin = Limits {
+        max_total_bytes: 15,
+        ..Limits::default()
+    };
+    let c = commit(
+        &repo,
+        "main",
+        &[("a/1", Blob(b"0123456789")), ("a/2", Blob(b"0123456789"))],
+    );
+    let err = read_tree(&repo, c, "a", &thin).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "a: the files under it are over the 15-byte limit of a revision"
+    );
+    let shallow = Limits {
+        max_depth: 2,
+        ..Limits::default()
+    };
+    let c = commit(&repo, "main", &[("a/b/c/d.yaml", Blob(b"x"))]);
+    assert_eq!(read_tree(&repo, c, "a", &shallow).unwrap().len(), 1);
+    let err = read_tree(&repo, c, "", &shallow).unwrap_err();
+    assert_eq!(err.to_string(), "a/b/c: directories nested deeper than 2");
 }
 
 fn spec(name: &str, url: &str, reference: Reference) -> SourceSpec {

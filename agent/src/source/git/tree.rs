@@ -35,6 +35,7 @@ pub fn read_tree(repo: &Repository, commit: Oid, path: &str, limits: &Limits) ->
         root: &root,
         limits,
         files: Vec::new(),
+        bytes: 0,
     };
     if root.is_empty() {
         reader.walk(&full, "")?;
@@ -63,6 +64,8 @@ struct TreeReader<'a> {
     root: &'a str,
     limits: &'a Limits,
     files: Vec<File>,
+    /// Bytes read so far.
+    bytes: u64,
 }
 
 const MODE_TREE: i32 = 0o040000;
@@ -89,6 +92,14 @@ impl TreeReader<'_> {
     fn entry(&mut self, path: &str, mode: i32, id: Oid) -> Result<()> {
         match mode {
             MODE_TREE => {
+                let depth = path.split('/').count()
+                    - self.root.split('/').filter(|p| !p.is_empty()).count();
+                if depth > self.limits.max_depth {
+                    return Err(Error::TooDeep {
+                        path: path.to_owned(),
+                        max: self.limits.max_depth,
+                    });
+                }
                 let tree = self.repo.find_tree(id).map_err(|source| Error::Git {
                     path: path.to_owned(),
                     source,
@@ -178,6 +189,13 @@ impl TreeReader<'_> {
                 path: path.to_owned(),
                 size: size as u64,
                 max: self.limits.max_file_size,
+            });
+        }
+        self.bytes += size as u64;
+        if self.bytes > self.limits.max_total_bytes {
+            return Err(Error::TooManyBytes {
+                path: display_root(self.root),
+                max: self.limits.max_total_bytes,
             });
         }
         let blob = self.repo.find_blob(id).map_err(git)?;
