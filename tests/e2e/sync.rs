@@ -652,3 +652,32 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
         .await
         .unwrap();
 }
+
+/// A sync whose inventory cannot be recorded has not synced: it fails, naming the
+/// inventory, rather than reporting success with nothing on record.
+#[tokio::test]
+async fn a_failed_inventory_write_fails_the_sync() {
+    let mut f = Fixture::new("storefail", &[("deploy/a.yaml", &cm("a", "1"))], "").await;
+    // An immutable inventory ConfigMap: every write to it is refused by the API server.
+    let cm: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "gitops-agent-apps", "labels": {"gitops-agent.io/inventory": "apps"}},
+        "immutable": true,
+        "data": {"inventory": ""},
+    }))
+    .unwrap();
+    f.configmaps()
+        .create(&Default::default(), &cm)
+        .await
+        .unwrap();
+    let (o, _) = f.sync().await;
+    match &o.failure {
+        Some(Failure::Store(m)) => assert!(
+            m.contains("not recorded")
+                && m.contains("ConfigMap/")
+                && m.contains("gitops-agent-apps"),
+            "{m}"
+        ),
+        other => panic!("expected a store failure, got {other:?}"),
+    }
+    assert!(!o.succeeded());
+}

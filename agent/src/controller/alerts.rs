@@ -103,7 +103,9 @@ pub fn sync_alert(alerted: &mut HashMap<String, String>, o: &Outcome) -> Option<
                 _ => Alert::SyncFailed {
                     sync,
                     revision,
-                    error: text,
+                    // The first problems and a count: a revision with thousands of
+                    // errors must not make an alert of megabytes.
+                    error: crate::core::bounded(&text, 20, 4096),
                 },
             })
         }

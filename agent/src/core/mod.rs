@@ -45,6 +45,33 @@ pub fn truncate(s: &str, max: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// The first `lines` lines of `text`, in at most about `max` bytes, and how many lines
+/// were left out: stored and alerted errors stay readable (and a ConfigMap stays under its
+/// size limit) when a revision has thousands of problems.
+pub fn bounded(text: &str, lines: usize, max: usize) -> String {
+    let total = text.lines().count();
+    let mut out = String::new();
+    let mut kept = 0;
+    for line in text.lines().take(lines) {
+        if out.len() + line.len() + 1 > max {
+            break;
+        }
+        if kept > 0 {
+            out.push('\n');
+        }
+        out.push_str(line);
+        kept += 1;
+    }
+    if kept == 0 && total > 0 {
+        out = truncate(text.lines().next().unwrap_or(""), max);
+        kept = 1;
+    }
+    if total > kept {
+        out.push_str(&format!("\n… and {} more lines", total - kept));
+    }
+    out
+}
+
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
 pub fn prefix(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
@@ -57,6 +84,18 @@ pub fn prefix(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bounded_keeps_the_first_problems_and_counts_the_rest() {
+        let text: String = (1..=100).map(|i| format!("problem {i}\n")).collect();
+        let b = bounded(&text, 3, 4096);
+        assert_eq!(b, "problem 1\nproblem 2\nproblem 3\n… and 97 more lines");
+        let b = bounded(&text, 50, 25);
+        assert_eq!(b, "problem 1\nproblem 2\n… and 98 more lines");
+        assert_eq!(bounded("one line", 3, 4096), "one line");
+        let long = "é".repeat(1000);
+        assert!(bounded(&long, 3, 10).starts_with(&truncate(&long, 10)));
+    }
 
     #[test]
     fn cuts_stay_on_character_boundaries() {

@@ -162,7 +162,7 @@ impl Engine {
                     revision: revision.to_string(),
                     errors,
                 });
-                self.record(sync, &previous, &previous.inventory, &outcome, opts)
+                self.record(sync, &previous, &previous.inventory, &mut outcome, opts)
                     .await;
                 return outcome;
             }
@@ -174,7 +174,7 @@ impl Engine {
                 revision: revision.to_string(),
                 reason,
             });
-            self.record(sync, &previous, &previous.inventory, &outcome, opts)
+            self.record(sync, &previous, &previous.inventory, &mut outcome, opts)
                 .await;
             return outcome;
         }
@@ -189,7 +189,7 @@ impl Engine {
             inventory.keep_missing(&previous.inventory);
             inventory.revision = previous.inventory.revision.clone();
             outcome.failure = Some(failure);
-            self.record(sync, &previous, &inventory, &outcome, opts)
+            self.record(sync, &previous, &inventory, &mut outcome, opts)
                 .await;
             return outcome;
         }
@@ -207,7 +207,7 @@ impl Engine {
         if outcome.failure.is_none() {
             outcome.failure = apply_failure(&outcome.changes);
         }
-        self.record(sync, &previous, &inventory, &outcome, opts)
+        self.record(sync, &previous, &inventory, &mut outcome, opts)
             .await;
         outcome
     }
@@ -286,13 +286,14 @@ impl Engine {
         health::wait(self.rm.client(), &targets, &wopts).await
     }
 
-    /// Stores inventory and status, writing only when either changed.
+    /// Stores inventory and status, writing only when either changed. A write that fails
+    /// fails the sync: what the agent owns must be on record before it counts as synced.
     async fn record(
         &self,
         sync: &config::Sync,
         previous: &Record,
         inventory: &Inventory,
-        outcome: &Outcome,
+        outcome: &mut Outcome,
         opts: &Options,
     ) {
         if opts.dry_run {
@@ -307,7 +308,10 @@ impl Engine {
                 .unwrap_or("Succeeded")
                 .to_string(),
             health: outcome.overall_health().map(|h| h.to_string()),
-            error: outcome.failure.as_ref().map(|f| f.to_string()),
+            error: outcome
+                .failure
+                .as_ref()
+                .map(|f| crate::core::bounded(&f.to_string(), ERROR_LINES, ERROR_BYTES)),
             last_change_time: previous.status.last_change_time.clone(),
             last_change_counts: previous.status.last_change_counts.clone(),
         };
@@ -331,9 +335,18 @@ impl Engine {
         };
         if let Err(e) = self.store.store(&sync.name, previous, &record).await {
             tracing::error!(sync = %sync.name, error = %e, "recording status");
+            if outcome.failure.is_none() {
+                outcome.failure = Some(Failure::Store(format!(
+                    "the inventory and status were not recorded: {e}"
+                )));
+            }
         }
     }
 }
+
+/// How much of an error the status keeps: the first problems and a count of the rest.
+const ERROR_LINES: usize = 20;
+const ERROR_BYTES: usize = 4096;
 
 /// The revision rendered with the sync's namespace and owner label.
 fn render_revision(
