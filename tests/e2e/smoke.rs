@@ -230,9 +230,18 @@ async fn rbac_denies_a_service_account_token_without_rights() {
     }))
     .await;
     let cms: Api<ConfigMap> = Api::namespaced(as_sa.clone(), &ns.name);
-    cms.list(&Default::default())
-        .await
-        .expect("the Role grants listing configmaps");
+    // The API server's RBAC authorizer learns of the new binding from its watch a moment
+    // later: wait for the grant to take effect, rather than race it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        match cms.list(&Default::default()).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(s)) if s.code == 403 && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("the Role grants listing configmaps: {e:?}"),
+        }
+    }
     assert!(
         secrets.list(&Default::default()).await.is_err(),
         "secrets stay forbidden"
