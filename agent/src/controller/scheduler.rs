@@ -311,8 +311,9 @@ impl Scheduler {
             .collect()
     }
 
-    /// An action that was not started (this replica stopped leading): the fetch is due
-    /// again now, and the sync runs at the next fetch of its source.
+    /// An action that was not started (this replica stopped leading, or the sync's source
+    /// has no revision to read): the fetch is due again now, and the sync waits for the
+    /// next fetch of its source (its own clock would only hand it back again).
     pub fn not_started(&mut self, action: &Action, now: Instant) {
         match action {
             Action::Fetch { source } => {
@@ -325,6 +326,8 @@ impl Scheduler {
                 if let Some(st) = self.syncs.get_mut(sync) {
                     st.running = false;
                     st.requested = true;
+                    st.retry_at = None;
+                    st.next_resync = None;
                 }
             }
         }

@@ -125,21 +125,25 @@ impl Controller {
     }
 
     fn act(&mut self, action: Action) {
-        if !self.leading {
-            // Handed back, so the leader-to-be finds it due again.
+        let started = self.leading
+            && match &action {
+                Action::Fetch { source } => self.spawn_fetch(source),
+                Action::Run { sync, reason } => self.spawn_run(sync, *reason),
+            };
+        if !started {
+            // Handed back, so it comes due again: a follower starts nothing, and a sync
+            // whose source has no revision to read (its fetch failed, or the source
+            // changed) runs after that source's next fetch.
             self.scheduler.not_started(&action, Instant::now());
-            return;
-        }
-        match action {
-            Action::Fetch { source } => self.spawn_fetch(source),
-            Action::Run { sync, reason } => self.spawn_run(sync, reason),
         }
     }
 
-    fn spawn_fetch(&mut self, name: String) {
+    /// Starts a fetch of `name`; false when it is not configured.
+    fn spawn_fetch(&mut self, name: &str) -> bool {
         let Some(spec) = self.cfg.sources.iter().find(|s| s.name == name).cloned() else {
-            return;
+            return false;
         };
+        let name = name.to_string();
         let open = self.sources.get(&name).cloned();
         let (secrets, cfg) = (self.secrets.clone(), self.cfg.clone());
         let span = tracing::info_span!("fetch", source = %name);
@@ -175,18 +179,21 @@ impl Controller {
             }
             .instrument(span),
         );
+        true
     }
 
-    fn spawn_run(&mut self, name: String, reason: Reason) {
+    /// Starts a run of `name`; false when its source has no revision to read.
+    fn spawn_run(&mut self, name: &str, reason: Reason) -> bool {
         let Some(s) = self.cfg.syncs.iter().find(|s| s.name == name).cloned() else {
-            return;
+            return false;
         };
         let (Some(source), Some(revision)) = (
             self.sources.get(&s.source).cloned(),
             self.revisions.get(&s.source).cloned(),
         ) else {
-            return;
+            return false;
         };
+        let name = name.to_string();
         let first = self.seen.insert(name.clone());
         let ctx = worker::Context {
             engine: self.engine.clone(),
@@ -216,6 +223,7 @@ impl Controller {
             }
             .instrument(span),
         );
+        true
     }
 
     /// A task ended: record what it did and start what follows from it.
