@@ -27,7 +27,6 @@ use tokio::sync::{mpsc, watch};
 use crate::cluster::RequestCounter;
 use crate::config::Config;
 use crate::drift::{self, Detector, Report};
-use crate::http::backoff::Policy;
 use crate::sync::Engine;
 use crate::telemetry::metrics::{self, Health, Metrics};
 use crate::webhook;
@@ -62,10 +61,7 @@ impl Options {
         Options {
             scheduler: scheduler::Options {
                 resync: cfg.resync,
-                backoff: Policy {
-                    min: Duration::from_secs(5),
-                    max: Duration::from_secs(300),
-                },
+                ..Default::default()
             },
             drift: drift::Options::default(),
         }

@@ -156,6 +156,7 @@ impl Scheduler {
     }
 
     /// Whether `sync` is configured and belongs to `source`.
+    #[cfg(test)]
     pub fn source_of(&self, sync: &str) -> Option<&str> {
         self.syncs.get(sync).map(|s| s.spec.source.as_str())
     }
@@ -266,6 +267,7 @@ impl Scheduler {
     }
 
     /// The revision `sync` should run with: its source's newest good one.
+    #[cfg(test)]
     pub fn revision_for(&self, sync: &str) -> Option<&str> {
         let st = self.syncs.get(sync)?;
         self.sources.get(&st.spec.source)?.revision.as_deref()
@@ -334,6 +336,7 @@ impl Scheduler {
     }
 
     /// Whether a sync is running now.
+    #[cfg(test)]
     pub fn is_running(&self, sync: &str) -> bool {
         self.syncs.get(sync).is_some_and(|s| s.running)
     }

@@ -38,11 +38,7 @@ pub fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }
-    let mut end = max.saturating_sub('…'.len_utf8());
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &s[..end])
+    format!("{}…", prefix(s, max.saturating_sub('…'.len_utf8())))
 }
 
 /// The first `lines` lines of `text`, in at most about `max` bytes, and how many lines

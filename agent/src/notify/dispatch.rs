@@ -89,6 +89,7 @@ impl RetryPolicy {
     }
 
     /// The wait after failed attempt `n` (1-based), from a fresh [`RetryPolicy::backoff`].
+    #[cfg(test)]
     pub fn delay(&self, attempt: u32) -> Duration {
         let mut b = self.backoff();
         (1..attempt).for_each(|_| {

@@ -150,10 +150,6 @@ impl Source for DirSource {
         &self.name
     }
 
-    fn is_remote(&self) -> bool {
-        false
-    }
-
     fn fetch(&self) -> BoxFuture<'_, Result<Revision>> {
         Box::pin(async move {
             let (dir, limits) = (self.dir.clone(), self.limits.clone());

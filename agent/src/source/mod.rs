@@ -195,8 +195,6 @@ impl PartialEq for Revision {
 pub trait Source: Send + Sync {
     /// The source's configured name.
     fn name(&self) -> &str;
-    /// Whether fetching crosses the network (a Git fetch), for the fetch metrics.
-    fn is_remote(&self) -> bool;
     /// Brings the source up to date and returns the revision it now points at.
     fn fetch(&self) -> BoxFuture<'_, Result<Revision>>;
     /// Every file under `path` (`""` for all) of `revision`, sorted, with paths from the

@@ -71,7 +71,7 @@ impl Limiter {
     }
 
     /// Takes a token for `source`, or says how long until one is available.
-    pub(super) fn take(&mut self, source: &str, _now: Instant) -> Result<(), Duration> {
+    pub(super) fn take(&mut self, source: &str) -> Result<(), Duration> {
         let Some(limit) = self.limit else {
             return Ok(());
         };

@@ -404,10 +404,6 @@ impl super::Source for GitSource {
         GitSource::name(self)
     }
 
-    fn is_remote(&self) -> bool {
-        true
-    }
-
     fn fetch(&self) -> BoxFuture<'_, Result<super::Revision>> {
         Box::pin(async move {
             let fetched = GitSource::fetch(self).await?;
