@@ -21,7 +21,7 @@ use gitops_agent::sync::{Failure, Outcome};
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::api::{DynamicObject, GroupVersionKind, PostParams};
+use kube::api::{DynamicObject, GroupVersionKind, ListParams, PostParams};
 use kube::{Api, ResourceExt};
 
 fn actions(o: &Outcome) -> BTreeMap<String, Action> {
@@ -185,7 +185,14 @@ async fn bad_yaml_commit_changes_nothing_and_reports_file_and_line() {
         Some(good.revision.as_str())
     );
     assert_eq!(record.status.result, "Failed");
-    assert!(record.status.error.unwrap().contains("deploy/b.yaml:5"));
+    assert!(
+        record
+            .status
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("deploy/b.yaml:5")
+    );
 }
 
 #[tokio::test]
@@ -416,9 +423,9 @@ async fn a_first_sync_applies_unseen_objects_in_one_request_and_tells_created_fr
         "{msg}"
     );
     // Nothing was read before writing: one apply per object, then the failed object's
-    // read (for the recreate decision), and the inventory's read and write.
+    // read (for the recreate decision), and the inventory's read, intent and final write.
     assert_eq!(requests.dry_runs, 0, "{requests:?}");
-    assert!(requests.total <= 3 + 1 + 2, "{requests:?}");
+    assert!(requests.total <= 3 + 1 + 3, "{requests:?}");
     assert_eq!(
         f.configmaps().get("old").await.unwrap().data.unwrap()["value"],
         "git"
@@ -429,7 +436,9 @@ async fn a_first_sync_applies_unseen_objects_in_one_request_and_tells_created_fr
     );
 
     // Once in the inventory, an object is compared before it is written: a resync writes
-    // only the inventory's status (the failure is still there), never the objects.
+    // only the inventory's status (the failure is still there), never the objects. The
+    // failed object is on record too (a failed sync keeps all it meant to apply), so it
+    // is compared as well, and its dry-run fails again.
     let before = f.versions().await;
     let (again, requests) = f.sync().await;
     assert!(
@@ -442,7 +451,7 @@ async fn a_first_sync_applies_unseen_objects_in_one_request_and_tells_created_fr
         "{}",
         again.changes
     );
-    assert_eq!(requests.dry_runs, 2, "{requests:?}");
+    assert_eq!(requests.dry_runs, 3, "{requests:?}");
     let after = f.versions().await;
     assert_eq!(before.get("new"), after.get("new"));
     assert_eq!(before.get("old"), after.get("old"));
@@ -680,4 +689,78 @@ async fn a_failed_inventory_write_fails_the_sync() {
         other => panic!("expected a store failure, got {other:?}"),
     }
     assert!(!o.succeeded());
+}
+
+/// `n` ConfigMaps `settings-of-component-<i>` (from `from`), a hundred to a file; with the
+/// test namespace, some 60 bytes a line in the inventory, as real names are.
+fn configmap_blocks(from: usize, n: usize) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for start in (from..from + n).step_by(100) {
+        let text: String = (start..(start + 100).min(from + n))
+            .map(|i| format!("---\n{}", cm(&format!("settings-of-component-{i}"), "1")))
+            .collect();
+        out.push((format!("deploy/cm-{start}.yaml"), text));
+    }
+    out
+}
+
+/// More objects than one ConfigMap can list (about 15,000): the inventory goes into
+/// shards that the head names, a resync reads them back and writes nothing, and a
+/// revision that prunes most of them back under the cap folds the list into the head and
+/// deletes the shards.
+#[tokio::test]
+async fn a_sync_beyond_one_configmaps_cap_is_sharded_and_prunes() {
+    let files = configmap_blocks(0, 20_000);
+    let mut f = Fixture::new(
+        "shards",
+        &harness::borrowed(&files),
+        "pruneGuard: {allowMassDeletion: true}",
+    )
+    .await;
+    let (o, _) = f.sync().await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    let head = f.configmaps().get("gitops-agent-apps").await.unwrap();
+    let data = head.data.unwrap();
+    assert!(!data.contains_key("inventory"), "the list is not inline");
+    let (_, count) = data["shards"].split_once(' ').unwrap();
+    let shards = shards_of(&f).await;
+    assert_eq!(shards.len().to_string(), count);
+    let lines: usize = shards
+        .iter()
+        .map(|s| s.data.as_ref().unwrap()["inventory"].lines().count())
+        .sum();
+    assert_eq!(lines, 20_000, "one readable line per object");
+    assert!(shards[0].data.as_ref().unwrap()["inventory"].starts_with("v1 ConfigMap "));
+    let record = f.engine.store().load("apps").await.unwrap();
+    assert_eq!(record.inventory.entries.len(), 20_000);
+    assert_eq!(record.status.result, "Succeeded");
+
+    // Nothing changed: read back from the shards, nothing written.
+    let (again, requests) = f.sync().await;
+    assert!(again.succeeded(), "{:?}", again.failure);
+    assert_eq!(requests.writes, 0, "{requests:?}");
+
+    // Prune 14,000: the 6,000 left fit the head, and the shards go.
+    let removed: Vec<&str> = files[60..].iter().map(|(p, _)| p.as_str()).collect();
+    f.repo.push("main", &[], &removed);
+    let (pruned, _) = f.sync().await;
+    assert!(pruned.succeeded(), "{:?}", pruned.failure);
+    assert_eq!(pruned.changes.counts()[&Action::Deleted], 14_000);
+    assert_eq!(f.versions().await.len(), 6_000);
+    let data = f
+        .configmaps()
+        .get("gitops-agent-apps")
+        .await
+        .unwrap()
+        .data
+        .unwrap();
+    assert!(!data.contains_key("shards"));
+    assert_eq!(data["inventory"].lines().count(), 6_000);
+    let left = shards_of(&f).await;
+    assert!(left.is_empty(), "{} shards left", left.len());
+}
+
+async fn shards_of(f: &Fixture) -> Vec<ConfigMap> {
+    let lp = ListParams::default().labels("gitops-agent.io/inventory-shard=apps");
+    f.configmaps().list(&lp).await.unwrap().items
 }

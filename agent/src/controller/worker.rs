@@ -123,7 +123,7 @@ async fn stored_revision(ctx: &Context, s: &config::Sync) -> Option<String> {
         .load(&s.name)
         .await
         .ok()
-        .and_then(|r| r.inventory.revision)
+        .and_then(|r| r.record.inventory.revision)
 }
 
 fn dry_run() -> sync::Options {

@@ -1,15 +1,17 @@
-//! What each sync manages, stored in the cluster: one ConfigMap per sync in the agent's
-//! namespace holding the applied revision, the object list, and the sync's status.
-//! It is written only when its content changes, so a no-change resync writes nothing.
+//! What each sync manages, stored in the cluster: a head ConfigMap per sync in the agent's
+//! namespace holding the applied revision, the sync's status and the object list (in
+//! shards beside it when the list outgrows one ConfigMap). It is written only when its
+//! content changes, so a no-change resync writes nothing.
+
+mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::Client;
-use kube::api::{Api, Patch, PatchParams};
 use serde::{Deserialize, Serialize};
 
 use crate::core::ObjectKey;
+
+pub use store::{Store, Stored};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -28,11 +30,25 @@ pub enum Error {
         line: usize,
         message: String,
     },
+    #[error("ConfigMap/{namespace}/{name}: {message}")]
+    Shards {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error(
+        "ConfigMap/{namespace}/{name}: changed since this replica read it (another writer, or this replica is no longer the leader); not overwritten"
+    )]
+    Conflict { namespace: String, name: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub const INVENTORY_LABEL: &str = "gitops-agent.io/inventory";
+/// On a shard of a sync's object list: the sync it belongs to.
+pub const SHARD_LABEL: &str = "gitops-agent.io/inventory-shard";
+/// On a shard: the digest of the whole list it is part of (the head names it).
+pub const DIGEST_LABEL: &str = "gitops-agent.io/inventory-digest";
 
 /// The objects a sync applied at a revision.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -42,13 +58,12 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    /// Adds the objects of `older` this one lacks (they are still ours to track).
-    pub fn keep_missing(&mut self, older: &Inventory) {
-        for e in &older.entries {
-            if !self.entries.contains(e) {
-                self.entries.insert(e.clone());
-            }
-        }
+    /// This inventory with `more` objects added and its revision kept: what a sync records
+    /// before its first write, so that whatever it creates is on record should it die.
+    pub fn with_intent<'a>(&self, more: impl IntoIterator<Item = &'a ObjectKey>) -> Inventory {
+        let mut out = self.clone();
+        out.entries.extend(more.into_iter().cloned());
+        out
     }
 }
 
@@ -86,7 +101,7 @@ pub fn configmap_name(sync: &str) -> String {
 
 /// One line per object: `apiVersion kind namespace name` (`-` for cluster-scoped).
 /// Plain text keeps it readable with kubectl; about 60 bytes an object, so a ConfigMap's
-/// 1 MiB holds some 15,000 objects per sync.
+/// 1 MiB holds some 15,000 objects, and larger lists are split into shards.
 pub fn encode_entries(entries: &BTreeSet<ObjectKey>) -> String {
     let mut out = String::with_capacity(entries.len() * 64);
     for e in entries {
@@ -111,6 +126,9 @@ pub fn decode_entries(text: &str) -> std::result::Result<BTreeSet<ObjectKey>, (u
         let [api_version, kind, ns, name] = parts.as_slice() else {
             return Err((i + 1, format!("expected 4 fields, got {}", parts.len())));
         };
+        if name.is_empty() || kind.is_empty() {
+            return Err((i + 1, "empty kind or name".to_string()));
+        }
         let (group, version) = ObjectKey::split_api_version(api_version);
         out.insert(ObjectKey {
             group: group.to_string(),
@@ -123,144 +141,22 @@ pub fn decode_entries(text: &str) -> std::result::Result<BTreeSet<ObjectKey>, (u
     Ok(out)
 }
 
-pub struct Store {
-    api: Api<ConfigMap>,
-    client: Client,
-    namespace: String,
-}
-
-impl Store {
-    pub fn new(client: Client, namespace: &str) -> Self {
-        Store {
-            api: Api::namespaced(client.clone(), namespace),
-            client,
-            namespace: namespace.to_string(),
+/// Splits an encoded list into pieces of at most `max` bytes, on line boundaries.
+pub fn split_lines(text: &str, max: usize) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut end = 0;
+    for line in text.split_inclusive('\n') {
+        if end > start && end - start + line.len() > max {
+            out.push(&text[start..end]);
+            start = end;
         }
+        end += line.len();
     }
-
-    fn err(&self, name: &str, what: &'static str, source: kube::Error) -> Error {
-        Error::Api {
-            namespace: self.namespace.clone(),
-            name: name.to_string(),
-            what,
-            source,
-        }
+    if end > start {
+        out.push(&text[start..end]);
     }
-
-    /// The stored record of a sync; an empty one when it has never synced.
-    pub async fn load(&self, sync: &str) -> Result<Record> {
-        let name = configmap_name(sync);
-        let Some(cm) = self
-            .api
-            .get_opt(&name)
-            .await
-            .map_err(|e| self.err(&name, "get", e))?
-        else {
-            return Ok(Record::default());
-        };
-        let data = cm.data.unwrap_or_default();
-        let entries = decode_entries(data.get("inventory").map(String::as_str).unwrap_or(""))
-            .map_err(|(line, message)| Error::Corrupt {
-                namespace: self.namespace.clone(),
-                name: name.clone(),
-                line,
-                message,
-            })?;
-        let status = data
-            .get("status")
-            .and_then(|s| serde_json::from_str(s).ok())
-            .unwrap_or_default();
-        Ok(Record {
-            inventory: Inventory {
-                revision: data.get("revision").cloned(),
-                entries,
-            },
-            status,
-        })
-    }
-
-    /// Lists every stored sync record (for `status`).
-    pub async fn list(&self) -> Result<Vec<(String, Record)>> {
-        let lp = kube::api::ListParams::default().labels(INVENTORY_LABEL);
-        let list = self
-            .api
-            .list(&lp)
-            .await
-            .map_err(|e| self.err("*", "list", e))?;
-        let mut out = Vec::new();
-        for cm in list.items {
-            let Some(sync) = cm
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(INVENTORY_LABEL))
-                .cloned()
-            else {
-                continue;
-            };
-            out.push((sync.clone(), self.load(&sync).await?));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
-    }
-
-    /// Stores the record if it differs from `previous`; returns whether it wrote.
-    pub async fn store(&self, sync: &str, previous: &Record, record: &Record) -> Result<bool> {
-        if previous == record {
-            return Ok(false);
-        }
-        let name = configmap_name(sync);
-        let mut data = BTreeMap::new();
-        data.insert(
-            "inventory".to_string(),
-            encode_entries(&record.inventory.entries),
-        );
-        if let Some(r) = &record.inventory.revision {
-            data.insert("revision".to_string(), r.clone());
-        }
-        data.insert(
-            "status".to_string(),
-            serde_json::to_string(&record.status).unwrap_or_default(),
-        );
-        let cm = serde_json::json!({
-            "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": name, "namespace": self.namespace,
-                         "labels": {INVENTORY_LABEL: sync, "app.kubernetes.io/managed-by": "gitops-agent"}},
-            "data": data,
-        });
-        let pp = PatchParams::apply(crate::FIELD_MANAGER).force();
-        match self.api.patch(&name, &pp, &Patch::Apply(&cm)).await {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 404 => {
-                // The agent's namespace is missing (first run outside the install manifests).
-                self.ensure_namespace().await?;
-                self.api
-                    .patch(&name, &pp, &Patch::Apply(&cm))
-                    .await
-                    .map_err(|e| self.err(&name, "apply", e))?;
-                Ok(true)
-            }
-            Err(e) => Err(self.err(&name, "apply", e)),
-        }
-    }
-
-    async fn ensure_namespace(&self) -> Result<()> {
-        let api: Api<Namespace> = Api::all(self.client.clone());
-        let ns = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": self.namespace}});
-        api.patch(
-            &self.namespace,
-            &PatchParams::apply(crate::FIELD_MANAGER),
-            &Patch::Apply(&ns),
-        )
-        .await
-        .map_err(|e| Error::Api {
-            namespace: self.namespace.clone(),
-            name: self.namespace.clone(),
-            what: "create namespace",
-            source: e,
-        })?;
-        Ok(())
-    }
+    out
 }
 
 #[cfg(test)]
@@ -294,6 +190,29 @@ mod tests {
             "{text}"
         );
         assert_eq!(decode_entries(&text).unwrap(), set);
+    }
+
+    #[test]
+    fn split_lines_cuts_on_line_boundaries_within_the_limit() {
+        let text = "aaaa\nbb\ncccccc\nd\n";
+        let parts = split_lines(text, 8);
+        assert_eq!(parts, ["aaaa\nbb\n", "cccccc\n", "d\n"]);
+        assert_eq!(parts.concat(), text);
+        // A line longer than the limit still goes whole, alone.
+        assert_eq!(split_lines("0123456789\nx\n", 4), ["0123456789\n", "x\n"]);
+        assert!(split_lines("", 4).is_empty());
+    }
+
+    #[test]
+    fn intent_adds_without_changing_the_revision() {
+        let inv = Inventory {
+            revision: Some("r1".into()),
+            entries: decode_entries("v1 ConfigMap a x\n").unwrap(),
+        };
+        let more = decode_entries("v1 ConfigMap a y\nv1 ConfigMap a x\n").unwrap();
+        let intent = inv.with_intent(&more);
+        assert_eq!(intent.revision.as_deref(), Some("r1"));
+        assert_eq!(intent.entries.len(), 2);
     }
 
     #[test]

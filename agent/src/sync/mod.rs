@@ -15,7 +15,7 @@ use crate::cluster::discovery::Discovery;
 use crate::config;
 use crate::core::{Action, ChangeSet, OWNER_LABEL, ObjectKey};
 use crate::health::{self, Assessment};
-use crate::inventory::{self, Inventory, Record, Status};
+use crate::inventory::{self, Inventory, Record, Status, Stored};
 use crate::prune;
 use crate::render::{self, Renderer, Scopes};
 use crate::source;
@@ -149,10 +149,11 @@ impl Engine {
         opts: &Options,
     ) -> Outcome {
         let mut outcome = Outcome::new(&sync.name, revision);
-        let previous = match self.store.load(&sync.name).await {
+        let mut stored = match self.store.load(&sync.name).await {
             Ok(r) => r,
             Err(e) => return outcome.failed(Failure::Store(e.to_string())),
         };
+        let previous = stored.inventory.clone();
         let discovery = self.rm.discovery();
         // 1. Render and validate the whole revision before any write.
         let manifests = match render_revision(sync, files, &discovery) {
@@ -162,38 +163,43 @@ impl Engine {
                     revision: revision.to_string(),
                     errors,
                 });
-                self.record(sync, &previous, &previous.inventory, &mut outcome, opts)
+                self.record(sync, &mut stored, &previous, &mut outcome, opts)
                     .await;
                 return outcome;
             }
         };
         // 2. What would be pruned, and whether the guard allows it.
-        let stale = stale_objects(&previous.inventory, &manifests);
-        if let Some(reason) = held_back(sync, &previous.inventory, &stale, manifests.len()) {
+        let stale = stale_objects(&previous, &manifests);
+        if let Some(reason) = held_back(sync, &previous, &stale, manifests.len()) {
             outcome.failure = Some(Failure::HeldBack {
                 revision: revision.to_string(),
                 reason,
             });
-            self.record(sync, &previous, &previous.inventory, &mut outcome, opts)
+            self.record(sync, &mut stored, &previous, &mut outcome, opts)
                 .await;
             return outcome;
         }
-        // 3. Apply in stages.
-        outcome.changes = match self.apply(&manifests, &previous.inventory, opts).await {
+        // 3. Record the intent, then apply in stages.
+        if let Err(e) = self
+            .record_intent(sync, &mut stored, &manifests, opts)
+            .await
+        {
+            return outcome.failed(e);
+        }
+        outcome.changes = match self.apply(&manifests, &previous, opts).await {
             Ok(changes) => changes,
             Err(e) => return outcome.failed(Failure::Source(e.to_string())),
         };
-        let mut inventory = applied_inventory(revision, &outcome.changes);
         if let Some(failure) = apply_failure(&outcome.changes) {
-            // Keep tracking everything we managed before; prune waits for a clean apply.
-            inventory.keep_missing(&previous.inventory);
-            inventory.revision = previous.inventory.revision.clone();
+            // Keep tracking all we may have written (the intent); prune waits for a clean apply.
+            let inventory = stored.inventory.clone();
             outcome.failure = Some(failure);
-            self.record(sync, &previous, &inventory, &mut outcome, opts)
+            self.record(sync, &mut stored, &inventory, &mut outcome, opts)
                 .await;
             return outcome;
         }
         // 4. Prune.
+        let mut inventory = applied_inventory(revision, &outcome.changes);
         self.prune(sync, &stale, &mut inventory, &mut outcome, opts)
             .await;
         outcome.desired = desired_objects(&manifests, &discovery);
@@ -207,9 +213,41 @@ impl Engine {
         if outcome.failure.is_none() {
             outcome.failure = apply_failure(&outcome.changes);
         }
-        self.record(sync, &previous, &inventory, &mut outcome, opts)
+        self.record(sync, &mut stored, &inventory, &mut outcome, opts)
             .await;
         outcome
+    }
+
+    /// Adds every object the revision may create to the stored inventory before the first
+    /// write (keeping the old revision and status), so that a sync that dies at any point
+    /// leaves all it may have created on record for the next sync to prune or keep. Only
+    /// a revision that adds objects writes.
+    async fn record_intent(
+        &self,
+        sync: &config::Sync,
+        stored: &mut Stored,
+        manifests: &[render::Manifest],
+        opts: &Options,
+    ) -> Result<(), Failure> {
+        if opts.dry_run {
+            return Ok(());
+        }
+        let intent = stored
+            .inventory
+            .with_intent(manifests.iter().map(|m| &m.id));
+        if intent.entries.len() == stored.inventory.entries.len() {
+            return Ok(());
+        }
+        let record = Record {
+            inventory: intent,
+            status: stored.status.clone(),
+        };
+        match self.store.store(&sync.name, stored, &record).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(Failure::Store(format!(
+                "the objects about to be applied were not recorded, so nothing was applied: {e}"
+            ))),
+        }
     }
 
     async fn apply(
@@ -291,7 +329,7 @@ impl Engine {
     async fn record(
         &self,
         sync: &config::Sync,
-        previous: &Record,
+        stored: &mut Stored,
         inventory: &Inventory,
         outcome: &mut Outcome,
         opts: &Options,
@@ -299,6 +337,7 @@ impl Engine {
         if opts.dry_run {
             return;
         }
+        let previous = &stored.record;
         let mut status = Status {
             revision: Some(outcome.revision.clone()),
             result: outcome
@@ -333,7 +372,7 @@ impl Engine {
             inventory: inventory.clone(),
             status,
         };
-        if let Err(e) = self.store.store(&sync.name, previous, &record).await {
+        if let Err(e) = self.store.store(&sync.name, stored, &record).await {
             tracing::error!(sync = %sync.name, error = %e, "recording status");
             if outcome.failure.is_none() {
                 outcome.failure = Some(Failure::Store(format!(
