@@ -42,6 +42,18 @@ struct AgentProcess {
 
 impl AgentProcess {
     fn start(dir: &Path, name: &str, config: &Path, metrics: u16, webhook: u16) -> AgentProcess {
+        let kubeconfig = control_plane().kubeconfig();
+        Self::start_as(dir, name, config, (metrics, webhook), kubeconfig)
+    }
+
+    /// An agent with its own kubeconfig (as a service account, say).
+    fn start_as(
+        dir: &Path,
+        name: &str,
+        config: &Path,
+        (metrics, webhook): (u16, u16),
+        kubeconfig: &Path,
+    ) -> AgentProcess {
         let log = dir.join(format!("{name}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
@@ -55,7 +67,7 @@ impl AgentProcess {
             ])
             .arg(config)
             .arg("--kubeconfig")
-            .arg(control_plane().kubeconfig())
+            .arg(kubeconfig)
             .env("POD_NAME", name)
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -935,4 +947,176 @@ async fn three_syncs_of_one_repository_share_one_fetch_per_pass() {
         2.0,
         "one fetch per pass:\n{metrics}"
     );
+}
+
+/// Fenced leadership: replica A (a service account, so the API server's audit log names
+/// it) leads and its pass waits on health; its Lease rights are taken away, so its
+/// renewals fail; replica B takes over. From the lease's acquisition by B until B's own
+/// pass has ended (A's would have ended before it), the audit log shows no write by A.
+#[tokio::test]
+async fn a_leader_that_loses_its_lease_mid_pass_writes_nothing_after() {
+    let mut files = configmap_files(300);
+    files.push(("deploy/stuck.yaml".into(), stuck_deployment("stuck")));
+    let s = setup("fence", &borrowed(&files)).await;
+    let ns = s.ns.name.clone();
+    let rbac = |kind: &str, name: &str, resources: &str| -> Value {
+        if kind == "Role" {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": name},
+                   "rules": [{"apiGroups": ["", "apps", "coordination.k8s.io"], "resources": resources.split(',').collect::<Vec<_>>(), "verbs": ["*"]}]})
+        } else {
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": name},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                   "subjects": [{"kind": "ServiceAccount", "name": "replica-a", "namespace": ns}]})
+        }
+    };
+    let dynamic = |kind: &str| {
+        let ar = kube::api::ApiResource::from_gvk(&kube::api::GroupVersionKind::gvk(
+            "rbac.authorization.k8s.io",
+            "v1",
+            kind,
+        ));
+        Api::<kube::api::DynamicObject>::namespaced_with(s.client.clone(), &ns, &ar)
+    };
+    let pp = PatchParams::apply("e2e");
+    for (name, resources) in [
+        ("agent", "configmaps,deployments,events"),
+        ("lease", "leases"),
+    ] {
+        for kind in ["Role", "RoleBinding"] {
+            let obj = rbac(kind, name, resources);
+            dynamic(kind)
+                .patch(name, &pp, &Patch::Apply(&obj))
+                .await
+                .unwrap();
+        }
+    }
+    let kubeconfig = s.dir.path().join("replica-a.kubeconfig");
+    control_plane()
+        .service_account_kubeconfig(&ns, "replica-a", &kubeconfig)
+        .await;
+    let election = "leaderElection: {enabled: true, leaseName: e2e-fence}\n";
+    let config_for = |i: usize, ports: (u16, u16)| {
+        let path = s.dir.path().join(format!("config-{i}.yaml"));
+        let text = config(&s, &format!("state-{i}"), ports.0, ports.1, election)
+            .replace("health: {wait: false}", "health: {timeout: 40s}");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let ports_a = (free_port(), free_port());
+    let a = AgentProcess::start_as(
+        s.dir.path(),
+        "replica-a",
+        &config_for(0, ports_a),
+        ports_a,
+        &kubeconfig,
+    );
+    a.ready(&s.http).await;
+    // A leads and its pass is in the health wait: everything applied, one Deployment stuck.
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(s.client.clone(), &ns);
+    let started = Instant::now();
+    while !(is_leader(&a.metrics(&s.http).await)
+        && deployments.get_opt("stuck").await.unwrap().is_some())
+    {
+        assert!(
+            started.elapsed() < WAIT,
+            "A never led and applied:\n{}",
+            a.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ports_b = (free_port(), free_port());
+    let b = AgentProcess::start(
+        s.dir.path(),
+        "replica-b",
+        &config_for(1, ports_b),
+        ports_b.0,
+        ports_b.1,
+    );
+    b.ready(&s.http).await;
+
+    // A's renewals now fail: it stops leading at its renew deadline, B takes the lease once
+    // it has expired.
+    dynamic("RoleBinding")
+        .delete("lease", &Default::default())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while !is_leader(&b.metrics(&s.http).await) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "B never took over:\n{}\n----\n{}",
+            a.log(),
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let leases = kube::api::ApiResource::erase::<k8s_openapi::api::coordination::v1::Lease>(&());
+    let lease = Api::<kube::api::DynamicObject>::namespaced_with(s.client.clone(), &ns, &leases)
+        .get("e2e-fence")
+        .await
+        .unwrap();
+    let taken = lease.data["spec"]["acquireTime"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // B's pass has ended (its health wait timed out); A's, had it gone on, would have ended first.
+    let started = Instant::now();
+    let done = "gitops_agent_sync_duration_seconds_count{sync=\"apps\",result=\"failed\"}";
+    while sample(&b.metrics(&s.http).await, done) < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "B's pass never ended:\n{}",
+            b.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let user = format!("system:serviceaccount:{ns}:replica-a");
+    let (before, after) = writes_by(&control_plane().audit_log(), &user, &taken);
+    eprintln!(
+        "writes by the old leader: {before} before the lease passed, {} after",
+        after.len()
+    );
+    assert!(
+        before > 300,
+        "A applied its objects ({before} audited writes)"
+    );
+    assert!(
+        after.is_empty(),
+        "A wrote after B took the lease at {taken}: {after:?}\n{}",
+        a.log()
+    );
+    assert!(
+        a.log()
+            .contains("sync stopped: this replica no longer leads"),
+        "{}",
+        a.log()
+    );
+}
+
+/// `user`'s audited writes other than to Leases: how many were received before `since`,
+/// and those received after it (`verb resource/name at time`).
+fn writes_by(log: &Path, user: &str, since: &str) -> (usize, Vec<String>) {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+    let mut before = 0;
+    let mut after = Vec::new();
+    for line in text.lines() {
+        let Ok(e) = serde_json::from_str::<Value>(line) else {
+            continue;
+        };
+        if e["user"]["username"] != user || e["objectRef"]["resource"] == "leases" {
+            continue;
+        }
+        // MicroTime, fixed width in UTC: text order is time order.
+        let at = e["requestReceivedTimestamp"].as_str().unwrap_or_default();
+        if at < since {
+            before += 1;
+        } else {
+            after.push(format!(
+                "{} {}/{} at {at}",
+                e["verb"], e["objectRef"]["resource"], e["objectRef"]["name"]
+            ));
+        }
+    }
+    (before, after)
 }

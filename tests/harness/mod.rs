@@ -111,6 +111,51 @@ impl ControlPlane {
             .expect("load test kubeconfig")
     }
 
+    /// The API server's audit log: service accounts' writes, one JSON event a line.
+    pub fn audit_log(&self) -> PathBuf {
+        self.kubeconfig
+            .parent()
+            .expect("the kubeconfig is in the cluster's directory")
+            .join("audit.log")
+    }
+
+    /// A kubeconfig at `path` for service account `namespace/name`, with a fresh token, so
+    /// that a process runs as that account (RBAC applies, and the audit log names it).
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str, path: &Path) {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let client = self.client().await;
+        let sas: Api<ServiceAccount> = Api::namespaced(client, namespace);
+        let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
+        let sa: ServiceAccount = serde_json::from_value(sa).unwrap();
+        sas.create(&PostParams::default(), &sa).await.unwrap();
+        let req = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let token = sas
+            .create_token_request(name, &PostParams::default(), &req)
+            .await
+            .unwrap()
+            .status
+            .unwrap()
+            .token;
+        let mut kc = Kubeconfig::read_from(&self.kubeconfig).expect("read test kubeconfig");
+        for user in &mut kc.auth_infos {
+            if let Some(auth) = user.auth_info.as_mut() {
+                *auth = kube::config::AuthInfo {
+                    token: Some(token.clone().into()),
+                    ..Default::default()
+                };
+            }
+        }
+        // JSON is YAML: kubeconfig readers take it.
+        std::fs::write(path, serde_json::to_string(&kc).unwrap()).unwrap();
+    }
+
     /// A fresh admin client. Each test makes its own: a client's connections belong to the
     /// runtime it was made on, and every `#[tokio::test]` has its own runtime.
     pub async fn client(&self) -> Client {

@@ -525,6 +525,38 @@ async fn run(
     c.release().await
 }
 
+/// The right to write while this replica leads (after kubert's `Claim`): work runs under
+/// it and is stopped, at its next await, the moment leadership is lost. Leadership is lost
+/// at the renew deadline, before the lease can pass to another replica, so a stopped pass
+/// and the next leader never write at once.
+#[derive(Clone, Debug)]
+pub struct Claim(watch::Receiver<bool>);
+
+impl Claim {
+    /// A claim that follows `leading` (the receiver [`spawn`] returns).
+    pub fn new(leading: watch::Receiver<bool>) -> Self {
+        Claim(leading)
+    }
+
+    pub fn held(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Runs `work` while the claim is held: `None` when it was not held, or was lost first
+    /// (then `work` is dropped where it waits, between two requests or inside one).
+    pub async fn run<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
+        let mut rx = self.0.clone();
+        if !*rx.borrow_and_update() {
+            return None;
+        }
+        tokio::select! {
+            biased;
+            _ = rx.wait_for(|leading| !*leading) => None,
+            out = work => Some(out),
+        }
+    }
+}
+
 /// Controls a candidate started by [`spawn`].
 #[derive(Debug)]
 pub struct Handle {
@@ -660,6 +692,34 @@ mod tests {
             Decision::Follow {
                 holder: "other".into()
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn work_under_a_claim_stops_when_leadership_is_lost() {
+        let (tx, rx) = watch::channel(true);
+        let claim = Claim::new(rx);
+        assert_eq!(claim.run(async { 1 }).await, Some(1));
+        let (started_tx, started) = oneshot::channel();
+        let work = tokio::spawn({
+            let claim = claim.clone();
+            async move {
+                claim
+                    .run(async move {
+                        let _ = started_tx.send(());
+                        std::future::pending::<()>().await
+                    })
+                    .await
+            }
+        });
+        started.await.unwrap();
+        tx.send(false).unwrap();
+        assert_eq!(work.await.unwrap(), None, "stopped, not finished");
+        assert!(!claim.held());
+        assert_eq!(
+            claim.run(async { 2 }).await,
+            None,
+            "nothing starts without it"
         );
     }
 

@@ -226,6 +226,7 @@ pub async fn run(
         detector,
         metrics: w.metrics.clone(),
         dispatcher,
+        claim: leader::Claim::new(leading.clone()),
     });
     let mut watch = files::ConfigWatch::new(&ctl.cfg, &ctl.config_path)?;
     w.health.set_ready(true);

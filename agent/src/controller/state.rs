@@ -15,6 +15,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use super::leader::Claim;
 use super::scheduler::{self, Action, Reason, Scheduler};
 use super::worker::{self, Ran};
 use super::{Options, alerts, sources};
@@ -39,6 +40,8 @@ pub enum Done {
         revision: String,
         ran: Option<Ran>,
     },
+    /// Stopped when this replica lost the lease; due again should it lead again.
+    Stopped { sync: String, reason: Reason },
 }
 
 pub struct Controller {
@@ -59,6 +62,8 @@ pub struct Controller {
     alerted: HashMap<String, String>,
     /// Only the leader starts fetches and syncs.
     leading: bool,
+    /// Syncs run under it: losing the lease stops them at once.
+    claim: Claim,
 }
 
 /// What the controller is made of.
@@ -71,6 +76,7 @@ pub struct Parts {
     pub detector: Detector,
     pub metrics: Arc<Metrics>,
     pub dispatcher: Dispatcher,
+    pub claim: Claim,
 }
 
 impl Controller {
@@ -94,6 +100,7 @@ impl Controller {
             seen: HashSet::new(),
             alerted: HashMap::new(),
             leading: false,
+            claim: p.claim,
         }
     }
 
@@ -199,22 +206,29 @@ impl Controller {
             engine: self.engine.clone(),
             detector: self.detector.clone(),
         };
-        let slots = self.slots.clone();
+        let (slots, claim) = (self.slots.clone(), self.claim.clone());
         let span = tracing::info_span!("sync", sync = %name, ?reason);
         self.tasks.spawn(
             async move {
                 let _slot = slots.acquire_owned().await;
                 let run = worker::run(&ctx, &s, &*source, &revision, reason, first);
-                let ran = AssertUnwindSafe(run)
-                    .catch_unwind()
-                    .await
-                    .unwrap_or_else(|_| {
+                let ran = match claim.run(AssertUnwindSafe(run).catch_unwind()).await {
+                    Some(Ok(ran)) => ran,
+                    Some(Err(_)) => {
                         let failure = Failure::Source(format!("sync {name}: the run panicked"));
                         Some(Ran {
                             outcome: Outcome::new(&name, &revision.id).failed(failure),
                             duration: Duration::ZERO,
                         })
-                    });
+                    }
+                    None => {
+                        // Stopped where it was: the stored intent keeps what it may have
+                        // created on record, for whichever replica syncs next.
+                        tracing::warn!("sync stopped: this replica no longer leads");
+                        ctx.detector.resume(&name).await;
+                        return Done::Stopped { sync: name, reason };
+                    }
+                };
                 Done::Synced {
                     sync: name,
                     revision: revision.id,
@@ -246,6 +260,11 @@ impl Controller {
                     self.report(&ran.outcome, ran.duration);
                 }
                 self.scheduler.finished(&sync, &revision, applied, now)
+            }
+            Done::Stopped { sync, reason } => {
+                self.scheduler
+                    .not_started(&Action::Run { sync, reason }, now);
+                Vec::new()
             }
         };
         for action in next {

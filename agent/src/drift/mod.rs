@@ -607,6 +607,10 @@ impl Detector {
 
     /// Applies Git's object again.
     async fn heal(&self, target: &DesiredObject, sync: String) {
+        if !self.inner.active.load(std::sync::atomic::Ordering::Relaxed) {
+            // Leadership was lost since the drift was judged: the next leader heals it.
+            return;
+        }
         let pp = PatchParams::apply(&self.inner.opts.field_manager).force();
         let error = self
             .api(target)
