@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::StreamExt;
 use git::{GitDaemon, Repo, Upstream};
 use harness::{TestNamespace, borrowed, cm, configmap_files, control_plane};
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -677,6 +678,36 @@ impl Sink {
         port
     }
 
+    /// Starts the sink and returns the `alerts:` config for it, its signing key in a Secret.
+    async fn configured(&self, s: &Setup) -> String {
+        let port = self.start().await;
+        let secret_api: Api<k8s_openapi::api::core::v1::Secret> =
+            Api::namespaced(s.client.clone(), &s.ns.name);
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
+            "metadata": {"name": "alert-key"}, "stringData": {"key": "alert-signing-key"}
+        }))
+        .unwrap();
+        secret_api
+            .create(&Default::default(), &secret)
+            .await
+            .unwrap();
+        format!(
+            "alerts:\n  sinks:\n    - type: webhook\n      name: ops\n      url: http://127.0.0.1:{port}/alerts\n      secretRef: {{name: alert-key, key: key}}\n"
+        )
+    }
+
+    /// Every alert received, batched ones unpacked, in order.
+    fn alerts(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        for v in self.events() {
+            match v["batch"].as_array() {
+                Some(batch) => out.extend(batch.iter().cloned()),
+                None => out.push(v),
+            }
+        }
+        out
+    }
+
     fn events(&self) -> Vec<Value> {
         self.0
             .lock()
@@ -696,20 +727,7 @@ async fn drift_raises_one_signed_alert_and_self_heal_restores() {
     )
     .await;
     let sink = Sink::default();
-    let port = sink.start().await;
-    let secret_api: Api<k8s_openapi::api::core::v1::Secret> =
-        Api::namespaced(s.client.clone(), &s.ns.name);
-    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(json!({
-        "metadata": {"name": "alert-key"}, "stringData": {"key": "alert-signing-key"}
-    }))
-    .unwrap();
-    secret_api
-        .create(&Default::default(), &secret)
-        .await
-        .unwrap();
-    let alerts = format!(
-        "alerts:\n  sinks:\n    - type: webhook\n      name: ops\n      url: http://127.0.0.1:{port}/alerts\n      secretRef: {{name: alert-key, key: key}}\n"
-    );
+    let alerts = sink.configured(&s).await;
     let (m, w) = (free_port(), free_port());
     let path = s.dir.path().join("config.yaml");
     let text = config(&s, "state", m, w, &alerts).replace(
@@ -1119,4 +1137,83 @@ fn writes_by(log: &Path, user: &str, since: &str) -> (usize, Vec<String>) {
         }
     }
     (before, after)
+}
+
+/// Lossless drift alerts: 2,000 objects drift at once (another field manager changes each),
+/// and the sink receives 2,000 drift alerts, one per object, signed, none dropped; past the
+/// sink's rate limit they come in batches.
+#[tokio::test]
+async fn a_burst_of_two_thousand_drifts_raises_two_thousand_alerts() {
+    let files = configmap_files(2000);
+    let s = setup("burst", &borrowed(&files)).await;
+    let sink = Sink::default();
+    let alerts = sink.configured(&s).await;
+    let (m, w) = (free_port(), free_port());
+    let path = s.dir.path().join("config.yaml");
+    std::fs::write(&path, config(&s, "state", m, w, &alerts)).unwrap();
+    let agent = AgentProcess::start(s.dir.path(), "burst", &path, m, w);
+    agent.ready(&s.http).await;
+    let synced = "gitops_agent_sync_duration_seconds_count{sync=\"apps\",result=\"succeeded\"}";
+    let started = Instant::now();
+    while sample(&agent.metrics(&s.http).await, synced) < 1.0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "no sync:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let pp = PatchParams::apply("kubectl-edit").force();
+    futures::stream::iter(0..2000)
+        .for_each_concurrent(16, |i| {
+            let cms = cms.clone();
+            let pp = pp.clone();
+            async move {
+                let patch = json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"value": "hand-edited"}});
+                cms.patch(&format!("cm{i}"), &pp, &Patch::Apply(&patch)).await.unwrap();
+            }
+        })
+        .await;
+    let drifted = || -> Vec<String> {
+        sink.alerts()
+            .iter()
+            .filter(|a| a["event"]["type"] == "driftDetected")
+            .map(|a| {
+                a["event"]["subject"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect()
+    };
+    let started = Instant::now();
+    while drifted().len() < 2000 {
+        assert!(
+            started.elapsed() < Duration::from_secs(600),
+            "{} of 2,000 drift alerts:\n{}",
+            drifted().len(),
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all = drifted();
+    let distinct: std::collections::BTreeSet<&String> = all.iter().collect();
+    let requests = sink.events().len();
+    eprintln!(
+        "2,000 drifts: {} alerts ({} distinct objects) in {requests} requests",
+        all.len(),
+        distinct.len()
+    );
+    assert_eq!(distinct.len(), 2000, "one alert per object");
+    assert_eq!(all.len(), 2000, "none twice");
+    for (_, sig, body) in sink.0.lock().unwrap().iter() {
+        assert_eq!(
+            sig,
+            &gitops_agent::http::signature::signature(b"alert-signing-key", body)
+        );
+    }
+    let metrics = agent.metrics(&s.http).await;
+    let dropped = "gitops_agent_alert_deliveries_total{sink=\"webhook/ops\",result=\"dropped\"}";
+    assert_eq!(sample(&metrics, dropped), 0.0, "{metrics}");
 }

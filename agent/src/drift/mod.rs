@@ -626,10 +626,13 @@ impl Detector {
         .await;
     }
 
+    /// Hands a report to the consumer, waiting for room rather than dropping it: a drift
+    /// is marked reported when judged, so a dropped report would never be raised. The
+    /// consumer (the controller's loop) takes reports while syncs run, so a burst only
+    /// slows the watches that found it.
     async fn report(&self, r: Report) {
-        // Bounded: a stuck consumer costs reports, never the watches.
-        if self.inner.reports.try_send(r).is_err() {
-            tracing::warn!("drift report dropped: consumer is behind");
+        if self.inner.reports.send(r).await.is_err() {
+            tracing::debug!("drift report after the consumer stopped (shutting down)");
         }
     }
 }

@@ -125,7 +125,8 @@ pub struct DeliveryOptions {
 impl Default for DeliveryOptions {
     fn default() -> Self {
         DeliveryOptions {
-            queue_capacity: 1000,
+            // Bounds memory, not delivery: past the rate limit alerts go out in batches.
+            queue_capacity: 10_000,
             rate: RateLimit::default(),
             retry: RetryPolicy::default(),
             on_result: None,
@@ -171,6 +172,13 @@ impl Queue {
         };
         self.ready.notify_one();
         dropped
+    }
+
+    /// Up to `max` more alerts that are already waiting.
+    fn take(&self, max: usize) -> Vec<Arc<Alert>> {
+        let mut q = self.items.lock().expect("queue lock");
+        let n = q.len().min(max);
+        q.drain(..n).collect()
     }
 
     async fn next(&self) -> Option<Arc<Alert>> {
@@ -320,29 +328,44 @@ async fn run(
 ) {
     let bucket = Limiter::new(options.rate.rate());
     let name = sink.name().to_string();
-    while let Some(alert) = queue.next().await {
-        let result = deliver(&*sink, &alert, &options.retry, &bucket).await;
+    while let Some(first) = queue.next().await {
+        let mut alerts = vec![first];
+        if bucket.check().is_err() {
+            // Over the rate: what waits goes out together once a token comes, in one
+            // request where the sink can, rather than one by one or not at all.
+            bucket.until_ready().await;
+            alerts.extend(queue.take(MAX_BATCH - 1));
+        }
+        // Either way the first attempt's token is taken.
+        let result = deliver(&*sink, &alerts, &options.retry, &bucket).await;
+        let n = alerts.len() as u64;
         match &result {
             DeliveryResult::Delivered { .. } => {
-                counters.delivered.fetch_add(1, Ordering::Relaxed);
+                counters.delivered.fetch_add(n, Ordering::Relaxed);
             }
             DeliveryResult::Failed { attempts, error } => {
-                counters.failed.fetch_add(1, Ordering::Relaxed);
-                warn!(attempts, "alert not delivered: {error}");
+                counters.failed.fetch_add(n, Ordering::Relaxed);
+                warn!(attempts, alerts = n, "alert not delivered: {error}");
             }
             DeliveryResult::Dropped => {}
         }
         if let Some(cb) = &options.on_result {
-            cb(&name, result);
+            for _ in 0..n {
+                cb(&name, result.clone());
+            }
         }
     }
 }
 
-/// One alert to one sink, with retries. Every attempt takes a token: the limit protects
-/// the receiver, which sees retries as requests like any other.
+/// The most alerts one batched delivery carries.
+const MAX_BATCH: usize = 1000;
+
+/// Alerts to one sink (one, or a batch), with retries. Every attempt takes a token (the
+/// first was taken by the caller): the limit protects the receiver, which sees retries
+/// as requests like any other.
 async fn deliver(
     sink: &dyn Sink,
-    alert: &Alert,
+    alerts: &[Arc<Alert>],
     retry: &RetryPolicy,
     bucket: &Limiter,
 ) -> DeliveryResult {
@@ -350,8 +373,14 @@ async fn deliver(
     let mut backoff = retry.backoff();
     loop {
         attempts += 1;
-        bucket.until_ready().await;
-        match sink.deliver(alert).await {
+        if attempts > 1 {
+            bucket.until_ready().await;
+        }
+        let sent = match alerts {
+            [one] => sink.deliver(one).await,
+            many => sink.deliver_batch(many).await,
+        };
+        match sent {
             Ok(()) => return DeliveryResult::Delivered { attempts },
             Err(e) if e.is_retryable() && attempts < retry.max_attempts.max(1) => {
                 let wait = e

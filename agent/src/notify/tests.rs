@@ -287,6 +287,76 @@ async fn webhook_body_is_signed_over_its_exact_bytes() {
     assert_eq!(d.stats()["webhook/ops"].delivered, 1);
 }
 
+/// Past the rate limit nothing is dropped: the alerts that waited go out in one signed
+/// webhook body (and one Slack message that counts what it does not list).
+#[tokio::test]
+async fn alerts_over_the_rate_go_out_together_in_one_signed_body() {
+    let mut server = Server::start(&[200, 200, 200]).await;
+    let (mut opts, mut results) = options();
+    opts.rate = RateLimit {
+        burst: 1,
+        per_second: 2.0,
+    };
+    let d = Dispatcher::new(
+        [webhook_sink("ops", format!("http://{}/hook", server.addr))],
+        opts,
+    );
+    for i in 0..60 {
+        d.send(failed(&format!("r{i}")));
+    }
+    for _ in 0..60 {
+        assert!(matches!(
+            next_result(&mut results).await.1,
+            DeliveryResult::Delivered { .. }
+        ));
+    }
+    let one: Value = serde_json::from_slice(&server.next().await.body).unwrap();
+    assert_eq!(one["event"]["revision"], "r0");
+    let req = server.next().await;
+    let mut mac = Hmac::<Sha256>::new_from_slice(KEY).unwrap();
+    mac.update(&req.body);
+    let sig = req.headers[SIGNATURE_HEADER].to_str().unwrap();
+    mac.verify_slice(&hex_decode(sig.strip_prefix("sha256=").unwrap()))
+        .expect("the batch is signed like one alert");
+    let batch: Value = serde_json::from_slice(&req.body).unwrap();
+    assert_eq!(batch["count"], 59);
+    let revisions: Vec<&str> = batch["batch"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["event"]["revision"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = (1..60).map(|i| format!("r{i}")).collect();
+    assert_eq!(revisions, want, "in the order raised");
+    assert_eq!(d.stats()["webhook/ops"].delivered, 60);
+
+    let alerts: Vec<Arc<Alert>> = (0..45)
+        .map(|i| {
+            Arc::new(Alert {
+                event: failed(&format!("s{i}")),
+                time: Timestamp::now(),
+            })
+        })
+        .collect();
+    let slack = crate::notify::sinks::SlackSink::new(
+        "slack/team",
+        &SecretBytes::new("http://127.0.0.1:1/x"),
+        true,
+        agent(),
+        &http(),
+    )
+    .unwrap();
+    let text = slack.batch_body(&alerts)["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        text.starts_with("45 alerts from gitops-agent agent-0:"),
+        "{text}"
+    );
+    assert!(text.ends_with("… and 5 more"), "{text}");
+}
+
 #[tokio::test]
 async fn slack_gets_text_and_blocks() {
     let mut server = Server::start(&[200]).await;
@@ -608,7 +678,7 @@ async fn a_full_queue_drops_the_oldest_and_counts() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn the_rate_limit_spreads_a_burst() {
+async fn the_rate_limit_lets_a_burst_through_then_batches_what_waits() {
     let (sink, _started) = MemorySink::new(None);
     let (mut opts, mut results) = options();
     opts.rate = RateLimit {
@@ -629,9 +699,9 @@ async fn the_rate_limit_spreads_a_burst() {
         .map(|(_, t)| t.duration_since(start))
         .collect();
     let ms = |d: &Duration| d.as_millis();
-    // Three at once, then one a second.
+    // Three at once, then the three that waited together, with the next token.
     for (i, t) in at.iter().enumerate() {
-        let expected = i.saturating_sub(2) as u128 * 1000;
+        let expected = if i < 3 { 0 } else { 1000 };
         assert!(
             ms(t) >= expected && ms(t) <= expected + 50,
             "delivery {i} at {t:?}; all: {at:?}"

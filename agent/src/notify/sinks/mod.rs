@@ -69,6 +69,18 @@ pub trait Sink: Send + Sync {
     /// `type/name`.
     fn name(&self) -> &str;
     fn deliver<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<()>>;
+
+    /// Several alerts at once, when more are waiting than the rate limit lets through one
+    /// by one: a sink that can send them in one request overrides this. By default each is
+    /// delivered in turn (a retry repeats them all: at least once).
+    fn deliver_batch<'a>(&'a self, alerts: &'a [Arc<Alert>]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for a in alerts {
+                self.deliver(a).await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// POSTs `body` and maps the outcome to our errors (body of an error response cut short:

@@ -1,5 +1,7 @@
 //! The Slack sink: a Slack-compatible incoming webhook, plain text plus Block Kit.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use serde_json::{Value, json};
 
@@ -92,6 +94,42 @@ impl SlackSink {
     }
 }
 
+/// How many alerts a batched Slack message lists; the rest are counted.
+const BATCH_LINES: usize = 40;
+
+impl SlackSink {
+    /// One message for alerts that waited on the rate limit: a count, then one line per
+    /// alert (the first [`BATCH_LINES`]), then how many more.
+    pub fn batch_body(&self, alerts: &[Arc<Alert>]) -> Value {
+        let mut lines: Vec<String> = alerts
+            .iter()
+            .take(BATCH_LINES)
+            .map(|a| format!("• {}", mrkdwn(&a.event.summary())))
+            .collect();
+        if alerts.len() > BATCH_LINES {
+            lines.push(format!("… and {} more", alerts.len() - BATCH_LINES));
+        }
+        let text = format!(
+            "{} alerts from {} {}:\n{}",
+            alerts.len(),
+            mrkdwn(&self.agent.name),
+            mrkdwn(&self.agent.instance),
+            lines.join("\n")
+        );
+        json!({ "text": text })
+    }
+
+    async fn post_json(&self, body: &Value) -> Result<()> {
+        let body = serde_json::to_vec(body).expect("JSON value");
+        let req = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body);
+        post(&self.id, &self.shown_url, req).await
+    }
+}
+
 /// Slack's mrkdwn needs `&`, `<`, `>` escaped; nothing else.
 fn mrkdwn(s: &str) -> String {
     s.replace('&', "&amp;")
@@ -105,14 +143,10 @@ impl Sink for SlackSink {
     }
 
     fn deliver<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let body = serde_json::to_vec(&self.body(alert)).expect("JSON value");
-            let req = self
-                .client
-                .post(self.url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .body(body);
-            post(&self.id, &self.shown_url, req).await
-        })
+        Box::pin(async move { self.post_json(&self.body(alert)).await })
+    }
+
+    fn deliver_batch<'a>(&'a self, alerts: &'a [Arc<Alert>]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move { self.post_json(&self.batch_body(alerts)).await })
     }
 }

@@ -1,5 +1,7 @@
 //! The generic webhook sink: a JSON body signed with HMAC-SHA256.
 
+use std::sync::Arc;
+
 use futures::future::BoxFuture;
 use serde_json::json;
 
@@ -54,13 +56,37 @@ impl WebhookSink {
 
     /// `{"event": …, "key": …, "agent": …, "time": RFC 3339}`.
     pub fn body(&self, alert: &Alert) -> Vec<u8> {
-        let v = json!({
+        serde_json::to_vec(&self.value(alert)).expect("alert JSON has string keys only")
+    }
+
+    fn value(&self, alert: &Alert) -> serde_json::Value {
+        json!({
             "event": alert.event,
             "key": alert.event.key(),
             "agent": self.agent,
             "time": alert.time.to_string(),
+        })
+    }
+
+    /// `{"batch": [<body>, …], "count": n, "agent": …}`: alerts that waited on the rate
+    /// limit, in the order they were raised, signed as one body.
+    pub fn batch_body(&self, alerts: &[Arc<Alert>]) -> Vec<u8> {
+        let v = json!({
+            "batch": alerts.iter().map(|a| self.value(a)).collect::<Vec<_>>(),
+            "count": alerts.len(),
+            "agent": self.agent,
         });
         serde_json::to_vec(&v).expect("alert JSON has string keys only")
+    }
+
+    async fn post_signed(&self, body: Vec<u8>) -> Result<()> {
+        let req = self
+            .client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header(SIGNATURE_HEADER, signature(self.key.expose(), &body))
+            .body(body);
+        post(&self.id, &self.shown_url, req).await
     }
 }
 
@@ -70,15 +96,10 @@ impl Sink for WebhookSink {
     }
 
     fn deliver<'a>(&'a self, alert: &'a Alert) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let body = self.body(alert);
-            let req = self
-                .client
-                .post(self.url.clone())
-                .header(reqwest::header::CONTENT_TYPE, "application/json")
-                .header(SIGNATURE_HEADER, signature(self.key.expose(), &body))
-                .body(body);
-            post(&self.id, &self.shown_url, req).await
-        })
+        Box::pin(self.post_signed(self.body(alert)))
+    }
+
+    fn deliver_batch<'a>(&'a self, alerts: &'a [Arc<Alert>]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.post_signed(self.batch_body(alerts)))
     }
 }
