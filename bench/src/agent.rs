@@ -61,7 +61,7 @@ impl Agent {
              webhook: {{listen: \"127.0.0.1:{webhook_port}\", secretsDir: {dir}/webhook}}\n\
              alerts:\n  sinks:\n    - type: webhook\n      name: bench\n      url: {alert}\n      secretRef: {{name: {ALERT_SECRET}, key: key}}\n\
              sources:\n  - name: {sync}\n    url: {url}\n    interval: 1h\n\
-             syncs:\n  - name: {sync}\n    source: {sync}\n    path: deploy\n    namespace: {ns}\n    selfHeal: true\n    health: {{wait: false}}\n",
+             syncs:\n  - name: {sync}\n    source: {sync}\n    path: deploy\n    namespace: {ns}\n    selfHeal: true\n",
             dir = s.dir.display(),
             alert = s.alert_url,
             url = s.url,

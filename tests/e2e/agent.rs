@@ -398,13 +398,15 @@ fn sample(metrics: &str, series: &str) -> f64 {
 
 #[tokio::test]
 async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
-    let files = configmap_files(12);
+    let mut files = configmap_files(12);
+    files.push(("deploy/web.yaml".into(), deployment("web")));
     let s = setup("resync", &borrowed(&files)).await;
     let path = s.dir.path().join("config.yaml");
     let (m, w) = (free_port(), free_port());
-    // Self-heal: a detect-only sync never re-applies an unchanged revision.
-    let text =
-        config(&s, "state", m, w, "").replace("    health:", "    selfHeal: true\n    health:");
+    // Self-heal: a detect-only sync never re-applies an unchanged revision. The default
+    // health wait: the Deployment's health comes from the watch too.
+    let text = config(&s, "state", m, w, "")
+        .replace("    health: {wait: false}\n", "    selfHeal: true\n");
     std::fs::write(&path, text).unwrap();
     let agent = AgentProcess::start(s.dir.path(), "solo", &path, m, w);
     agent.ready(&s.http).await;
@@ -461,7 +463,7 @@ async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
     assert_eq!((w, d), (0.0, 0.0), "writes, dry-runs");
     assert!(
         requests <= 2.0,
-        "a cached resync reads only the inventory; made {requests} requests"
+        "a cached resync reads only the inventory, and health comes from the watch; made {requests} requests"
     );
 
     // Drift healed by the detector leaves the object confirmed again: the next resync
@@ -827,6 +829,14 @@ async fn signed_push_to_main(s: &Setup, agent: &AgentProcess) {
 }
 
 /// A Deployment that never becomes available: its pods fit no node.
+/// A Deployment that becomes available (kwok runs its Pod).
+fn deployment(name: &str) -> String {
+    stuck_deployment(name).replace(
+        "      nodeSelector: {gitops-agent.io/no-such-node: \"true\"}\n",
+        "",
+    )
+}
+
 fn stuck_deployment(name: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {name}\nspec:\n  replicas: 1\n  selector:\n    matchLabels: {{app: {name}}}\n  template:\n    metadata:\n      labels: {{app: {name}}}\n    spec:\n      nodeSelector: {{gitops-agent.io/no-such-node: \"true\"}}\n      containers: [{{name: c, image: registry.example/c:1}}]\n"

@@ -47,6 +47,10 @@ pub trait LiveCache: Send + Sync + std::fmt::Debug {
     /// A dry-run of `desired` against `live` (this exact object, at its resourceVersion)
     /// changed nothing.
     fn compared_unchanged(&self, id: &ObjectKey, desired: &RawValue, live: &Value);
+    /// The object's health as the cache last saw it; `None` when it has not seen it.
+    fn health(&self, _id: &ObjectKey) -> Option<crate::health::Assessment> {
+        None
+    }
 }
 
 #[derive(Debug, Clone)]

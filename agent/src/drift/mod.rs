@@ -25,6 +25,7 @@ use crate::apply;
 use crate::cluster::to_json;
 use crate::core::{OWNER_LABEL, ObjectKey};
 use crate::diff;
+use crate::health::{self, Assessment};
 use crate::sync::DesiredObject;
 
 /// What the detector reports, as data; alerts and metrics are derived from it.
@@ -101,6 +102,9 @@ struct Entry {
     checked: Option<u64>,
     /// Hash of the drift currently reported, if any.
     active: Option<u64>,
+    /// The object's health as the watch last saw it (status changes included), so that a
+    /// sync that did not write the object can know its health without a request.
+    health: Option<Assessment>,
     heals: VecDeque<Instant>,
     fight_until: Option<Instant>,
 }
@@ -222,6 +226,7 @@ impl Detector {
                         target,
                         seen: None,
                         checked: None,
+                        health: None,
                         active: None,
                         heals: VecDeque::new(),
                         fight_until: None,
@@ -349,9 +354,11 @@ impl Detector {
 
     fn record_seen(&self, ar: &ApiResource, o: DynamicObject) {
         let k = Self::live_key(ar, &o);
-        let fp = fingerprint(&to_json(o, ar));
+        let live = to_json(o, ar);
+        let fp = fingerprint(&live);
         if let Some(e) = self.lock().entries.get_mut(&k) {
             e.seen = Some(fp);
+            e.health = Some(health::assess(Some(&live)));
         }
     }
 
@@ -381,8 +388,12 @@ impl Detector {
         let k = Self::live_key(ar, &o);
         let live = to_json(o, ar);
         let fp = fingerprint(&live);
+        let assessed = health::assess((!deleted).then_some(&live));
         {
             let mut st = self.lock();
+            if let Some(e) = st.entries.get_mut(&k) {
+                e.health = Some(assessed);
+            }
             let paused = match st.entries.get(&k) {
                 None => return, // not ours (any more)
                 // Only status or server-managed metadata changed: nothing to judge, now or
@@ -667,6 +678,10 @@ impl apply::LiveCache for Detector {
                 .entries
                 .get(&k)
                 .is_some_and(|e| e.confirmed() && e.target.object.get() == desired.get())
+    }
+
+    fn health(&self, id: &ObjectKey) -> Option<Assessment> {
+        self.lock().entries.get(id)?.health.clone()
     }
 
     /// A sync compared `desired` with `live` and found nothing to change: as good as a

@@ -205,7 +205,9 @@ impl Engine {
         outcome.desired = desired_objects(&manifests, &discovery);
         // 5. Health.
         if sync.health.wait && !opts.dry_run {
-            match self.wait_healthy(sync, &manifests, &discovery).await {
+            let cache = opts.cache.as_deref();
+            let waited = self.wait_healthy(sync, &manifests, &outcome.changes, cache, &discovery);
+            match waited.await {
                 Ok(h) => outcome.health = h,
                 Err(e) => outcome.failure = Some(Failure::Health(e.to_string())),
             }
@@ -302,26 +304,58 @@ impl Engine {
         outcome.changes.extend(pruned);
     }
 
+    /// Waits for the revision's objects to be healthy. An object this sync did not write
+    /// and the watch cache last saw Healthy is taken as it is, without a request: a
+    /// no-change resync makes no GET for health. The rest are polled.
     async fn wait_healthy(
         &self,
         sync: &config::Sync,
         manifests: &[render::Manifest],
+        changes: &ChangeSet,
+        cache: Option<&dyn apply::LiveCache>,
         discovery: &Discovery,
     ) -> health::Result<Vec<(ObjectKey, Assessment)>> {
-        let targets: Vec<(ObjectKey, kube::api::ApiResource)> = manifests
+        let untouched: HashSet<&ObjectKey> = changes
+            .entries
             .iter()
-            .filter_map(|m| {
-                discovery
-                    .resolve(&m.id.group, &m.id.version, &m.id.kind)
-                    .map(|r| (m.id.clone(), r.api.clone()))
-            })
+            .filter(|c| c.action == Action::Unchanged)
+            .map(|c| &c.subject)
             .collect();
+        let mut known = HashMap::new();
+        let mut targets = Vec::new();
+        for m in manifests {
+            let cached = cache
+                .filter(|_| untouched.contains(&m.id))
+                .and_then(|c| c.health(&m.id))
+                .filter(|a| a.status == health::Status::Healthy);
+            match cached {
+                Some(a) => {
+                    known.insert(&m.id, a);
+                }
+                None => {
+                    if let Some(r) = discovery.resolve(&m.id.group, &m.id.version, &m.id.kind) {
+                        targets.push((m.id.clone(), r.api.clone()));
+                    }
+                }
+            }
+        }
         let wopts = health::WaitOptions {
             timeout: sync.health.timeout,
             poll_interval: std::time::Duration::from_millis(500),
             ..Default::default()
         };
-        health::wait(self.rm.client(), &targets, &wopts).await
+        let mut polled: HashMap<ObjectKey, Assessment> =
+            health::wait(self.rm.client(), &targets, &wopts)
+                .await?
+                .into_iter()
+                .collect();
+        Ok(manifests
+            .iter()
+            .filter_map(|m| {
+                let a = known.remove(&m.id).or_else(|| polled.remove(&m.id))?;
+                Some((m.id.clone(), a))
+            })
+            .collect())
     }
 
     /// Stores inventory and status, writing only when either changed. A write that fails
