@@ -764,3 +764,97 @@ async fn shards_of(f: &Fixture) -> Vec<ConfigMap> {
     let lp = ListParams::default().labels("gitops-agent.io/inventory-shard=apps");
     f.configmaps().list(&lp).await.unwrap().items
 }
+
+/// Two syncs declare one object: the second never takes it over silently. Its sync fails
+/// for that object naming both syncs, the object keeps its owner and stays out of the
+/// second's inventory; Git's adopt annotation hands it over, and then the first sync, which
+/// still lists it, is the one refused.
+#[tokio::test]
+async fn an_object_of_another_sync_is_not_adopted_without_the_annotation() {
+    let adopt = "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  annotations: {gitops-agent.io/adopt: \"true\"}\ndata:\n  value: other\n";
+    let mut f = Fixture::new(
+        "owners",
+        &[
+            (
+                "deploy/a.yaml",
+                &format!("{}---\n{}", cm("shared", "apps"), cm("mine", "1")),
+            ),
+            (
+                "other/b.yaml",
+                &format!("{}---\n{}", cm("shared", "other"), cm("theirs", "1")),
+            ),
+        ],
+        "",
+    )
+    .await;
+    assert!(f.sync().await.0.succeeded());
+    let mut other = f.cfg.syncs[0].clone();
+    other.name = "other".into();
+    other.path = "other".into();
+    let label = |c: &ConfigMap| c.labels().get("gitops-agent.io/sync").cloned();
+
+    let o = sync_as(&f, &other).await;
+    let shared = change_of(&o, "shared");
+    assert_eq!(shared.action, Action::Failed, "{}", o.changes);
+    let msg = shared.message.as_deref().unwrap();
+    assert!(
+        msg.contains("owned by sync apps") && msg.contains("declared by sync other"),
+        "{msg}"
+    );
+    assert!(!o.succeeded());
+    let live = f.configmaps().get("shared").await.unwrap();
+    assert_eq!(label(&live).as_deref(), Some("apps"));
+    assert_eq!(live.data.unwrap()["value"], "apps", "not written");
+    assert!(
+        f.configmaps().get("theirs").await.is_ok(),
+        "the rest applied"
+    );
+    let record = f.engine.store().load("other").await.unwrap();
+    assert!(
+        record.inventory.entries.iter().all(|e| e.name != "shared"),
+        "not recorded as the other sync's"
+    );
+
+    // Git says adopt: the other sync takes it over.
+    f.repo.push(
+        "main",
+        &[(
+            "other/b.yaml",
+            &format!("{adopt}---\n{}", cm("theirs", "1")),
+        )],
+        &[],
+    );
+    let o = sync_as(&f, &other).await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    assert_eq!(
+        label(&f.configmaps().get("shared").await.unwrap()).as_deref(),
+        Some("other")
+    );
+
+    // The first sync still lists it, and is now the one refused (on the read before writing).
+    let (o, _) = f.sync().await;
+    let shared = change_of(&o, "shared");
+    assert_eq!(shared.action, Action::Failed, "{}", o.changes);
+    assert!(
+        shared
+            .message
+            .as_deref()
+            .unwrap()
+            .contains("owned by sync other")
+    );
+    assert_eq!(
+        f.configmaps().get("shared").await.unwrap().data.unwrap()["value"],
+        "other"
+    );
+}
+
+/// Syncs `s` (another sync of the fixture's repository) once.
+async fn sync_as(f: &Fixture, s: &config::Sync) -> Outcome {
+    let opts = Default::default();
+    gitops_agent::controller::sync_once(&f.engine, Some(&f.client), &f.cfg, s, &opts).await
+}
+
+fn change_of<'a>(o: &'a Outcome, name: &str) -> &'a gitops_agent::core::change::Change {
+    let found = o.changes.entries.iter().find(|c| c.subject.name == name);
+    found.unwrap_or_else(|| panic!("no change for {name}: {}", o.changes))
+}

@@ -14,8 +14,14 @@ use kube::{Client, Resource as _, ResourceExt};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+mod owners;
+
+pub use owners::{Owners, conflict};
+
 use crate::cluster::discovery::{self, Discovery, Resource};
-use crate::core::{Action, Change, ChangeSet, ObjectKey, RECREATE_ANNOTATION, parse_compact};
+use crate::core::{
+    Action, Change, ChangeSet, OWNER_LABEL, ObjectKey, RECREATE_ANNOTATION, parse_compact,
+};
 use crate::diff;
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +41,8 @@ pub struct Desired<'a> {
     /// The sync's inventory lists it: it was applied before, so it probably exists and is
     /// compared before any write. An object never applied is applied directly.
     pub inventoried: bool,
+    /// Another sync that owns it (by label), as found before the apply.
+    pub foreign_owner: Option<&'a str>,
 }
 
 /// What a sync can learn from, and tell, a cache of the live state (the drift detector's
@@ -295,6 +303,11 @@ impl ResourceManager {
             tracing::debug!(object = %id, "not known unchanged: compared with the cluster");
         }
 
+        if let Some(owner) = d.foreign_owner
+            && let Some(c) = conflict(id, owner, body)
+        {
+            return c;
+        }
         if !d.inventoried && !opts.dry_run {
             return self.apply_unseen(res, d, opts).await;
         }
@@ -303,6 +316,11 @@ impl ResourceManager {
             Ok(l) => l,
             Err(e) => return failed(id, "get", &e),
         };
+        if let Some(owner) = live.as_ref().and_then(|l| l.labels().get(OWNER_LABEL))
+            && let Some(c) = conflict(id, owner, body)
+        {
+            return c;
+        }
         let Some(live) = live else {
             // Absent: nothing to compare, so no dry-run first.
             let diff = created_diff(id, body);

@@ -19,6 +19,8 @@ pub const OWNER_LABEL: &str = "gitops-agent.io/sync";
 pub const RECREATE_ANNOTATION: &str = "gitops-agent.io/recreate";
 /// Annotation that keeps an object from ever being pruned (`disabled`).
 pub const PRUNE_ANNOTATION: &str = "gitops-agent.io/prune";
+/// Annotation (`"true"`, in Git) that lets a sync take over an object another sync owns.
+pub const ADOPT_ANNOTATION: &str = "gitops-agent.io/adopt";
 
 /// Compact JSON of a tree; a `Value` always serialises, so the fallback is unreachable.
 /// Objects travel between stages in this form: one copy, shared, never re-parsed to compare.

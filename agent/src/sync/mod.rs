@@ -179,14 +179,13 @@ impl Engine {
                 .await;
             return outcome;
         }
-        // 3. Record the intent, then apply in stages.
-        if let Err(e) = self
-            .record_intent(sync, &mut stored, &manifests, opts)
-            .await
-        {
+        // 3. Find what other syncs own, record the intent, then apply in stages.
+        let owners = self.owners(sync, &manifests, &previous, opts).await;
+        let intent = manifests.iter().filter(|m| !conflicted(m, &owners));
+        if let Err(e) = self.record_intent(sync, &mut stored, intent, opts).await {
             return outcome.failed(e);
         }
-        outcome.changes = match self.apply(&manifests, &previous, opts).await {
+        outcome.changes = match self.apply(&manifests, &previous, &owners, opts).await {
             Ok(changes) => changes,
             Err(e) => return outcome.failed(Failure::Source(e.to_string())),
         };
@@ -224,19 +223,17 @@ impl Engine {
     /// write (keeping the old revision and status), so that a sync that dies at any point
     /// leaves all it may have created on record for the next sync to prune or keep. Only
     /// a revision that adds objects writes.
-    async fn record_intent(
+    async fn record_intent<'a>(
         &self,
         sync: &config::Sync,
         stored: &mut Stored,
-        manifests: &[render::Manifest],
+        manifests: impl Iterator<Item = &'a render::Manifest>,
         opts: &Options,
     ) -> Result<(), Failure> {
         if opts.dry_run {
             return Ok(());
         }
-        let intent = stored
-            .inventory
-            .with_intent(manifests.iter().map(|m| &m.id));
+        let intent = stored.inventory.with_intent(manifests.map(|m| &m.id));
         if intent.entries.len() == stored.inventory.entries.len() {
             return Ok(());
         }
@@ -252,10 +249,34 @@ impl Engine {
         }
     }
 
+    /// Which objects this sync has never applied carry another sync's label (a dry run
+    /// reads every object, and checks it then).
+    async fn owners(
+        &self,
+        sync: &config::Sync,
+        manifests: &[render::Manifest],
+        previous: &Inventory,
+        opts: &Options,
+    ) -> apply::Owners {
+        if opts.dry_run {
+            return apply::Owners::default();
+        }
+        let unseen: Vec<&ObjectKey> = manifests
+            .iter()
+            .map(|m| &m.id)
+            .filter(|id| !previous.entries.contains(*id))
+            .collect();
+        if unseen.is_empty() {
+            return apply::Owners::default();
+        }
+        self.rm.foreign_owners(&sync.name, &unseen).await
+    }
+
     async fn apply(
         &self,
         manifests: &[render::Manifest],
         previous: &Inventory,
+        owners: &apply::Owners,
         opts: &Options,
     ) -> Result<ChangeSet, apply::Error> {
         let desired: Vec<Desired<'_>> = manifests
@@ -263,7 +284,8 @@ impl Engine {
             .map(|m| Desired {
                 id: &m.id,
                 object: &m.object,
-                inventoried: previous.entries.contains(&m.id),
+                inventoried: previous.entries.contains(&m.id) || owners.unchecked.contains(&m.id),
+                foreign_owner: owners.foreign.get(&m.id).map(String::as_str),
             })
             .collect();
         let aopts = apply::Options {
@@ -420,6 +442,15 @@ impl Engine {
 /// How much of an error the status keeps: the first problems and a count of the rest.
 const ERROR_LINES: usize = 20;
 const ERROR_BYTES: usize = 4096;
+
+/// Whether another sync owns the object and Git does not say to adopt it: then it is not
+/// applied, and not recorded as this sync's.
+fn conflicted(m: &render::Manifest, owners: &apply::Owners) -> bool {
+    owners
+        .foreign
+        .get(&m.id)
+        .is_some_and(|owner| apply::conflict(&m.id, owner, &m.object).is_some())
+}
 
 /// The revision rendered with the sync's namespace and owner label.
 fn render_revision(
