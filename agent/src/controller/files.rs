@@ -81,9 +81,26 @@ pub fn watch(
     Ok((FileWatch { _watcher: watcher }, rx))
 }
 
-/// Whether a changed path concerns `target` (the path itself or something below it).
+/// Whether a changed path is `target` or below it (a recursively watched tree).
 pub fn concerns(changed: &Path, target: &Path) -> bool {
-    changed.starts_with(target) || target.starts_with(changed)
+    changed.starts_with(target)
+}
+
+/// Whether a changed path is `dir` itself or one of its own entries: what happens next to
+/// it (a log file, the state directory in the same parent) is not its change.
+pub fn own_entry(changed: &Path, dir: &Path) -> bool {
+    changed == dir || changed.parent() == Some(dir)
+}
+
+/// Whether a changed path changes the config file: the file itself, or the `..data`
+/// symlink (and its timestamped target) that Kubernetes swaps in a mounted ConfigMap.
+pub fn is_config_change(changed: &Path, config: &Path) -> bool {
+    let swapped = changed.parent() == config.parent()
+        && changed
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".."));
+    changed == config || swapped
 }
 
 /// What the daemon watches on disk: the config file's folder (a valid edit reloads the
@@ -131,11 +148,11 @@ impl ConfigWatch {
         w: &mut super::Wiring,
         batch: &[PathBuf],
     ) -> Result<()> {
-        if batch.iter().any(|p| concerns(p, &ctl.config_path)) {
+        if batch.iter().any(|p| is_config_change(p, &ctl.config_path)) {
             self.reload(ctl, w)?;
         }
         if let Some(dir) = ctl.cfg.webhook.as_ref().map(|h| h.secrets_dir.clone())
-            && batch.iter().any(|p| concerns(p, &dir))
+            && batch.iter().any(|p| own_entry(p, &dir))
         {
             let _ = w.secrets_tx.send(crate::webhook::Secrets::read(&dir));
             tracing::info!("webhook secrets reloaded");
@@ -212,6 +229,41 @@ mod tests {
             tokio::time::timeout(Duration::from_millis(600), rx.recv())
                 .await
                 .is_err()
+        );
+    }
+
+    #[test]
+    fn only_a_directorys_own_entries_are_its_changes() {
+        let parent = Path::new("/etc/agent");
+        let secrets = parent.join("webhook");
+        let config = parent.join("config.yaml");
+        assert!(own_entry(&secrets.join("github"), &secrets));
+        assert!(
+            own_entry(&secrets.join("..data"), &secrets),
+            "a Secret rotation"
+        );
+        assert!(own_entry(&secrets, &secrets));
+        for beside in [
+            parent.to_path_buf(),
+            parent.join("agent.log"),
+            parent.join("state/x"),
+        ] {
+            assert!(!own_entry(&beside, &secrets), "{}", beside.display());
+            assert!(!is_config_change(&beside, &config), "{}", beside.display());
+        }
+        assert!(!own_entry(&secrets.join("nested/deep"), &secrets));
+        assert!(is_config_change(&config, &config));
+        assert!(
+            is_config_change(&parent.join("..data"), &config),
+            "a ConfigMap swap"
+        );
+        assert!(is_config_change(
+            &parent.join("..2026_12_01_10_00_00.1"),
+            &config
+        ));
+        assert!(
+            !concerns(parent, &parent.join("apps")),
+            "a parent is not below"
         );
     }
 
