@@ -1227,3 +1227,57 @@ async fn a_burst_of_two_thousand_drifts_raises_two_thousand_alerts() {
     let dropped = "gitops_agent_alert_deliveries_total{sink=\"webhook/ops\",result=\"dropped\"}";
     assert_eq!(sample(&metrics, dropped), 0.0, "{metrics}");
 }
+
+/// Graceful shutdown: SIGTERM while a sync waits minutes on health stops that sync where it
+/// is and the process exits cleanly at once, its inventory already listing what it applied
+/// (the intent recorded before the first write); the next start takes over from there.
+#[tokio::test]
+async fn sigterm_stops_a_sync_waiting_on_health_and_exits_with_the_inventory_right() {
+    let mut files = configmap_files(20);
+    files.push(("deploy/stuck.yaml".into(), stuck_deployment("stuck")));
+    let s = setup("drain", &borrowed(&files)).await;
+    let path = s.dir.path().join("config.yaml");
+    let (m, w) = (free_port(), free_port());
+    let text =
+        config(&s, "state", m, w, "").replace("health: {wait: false}", "health: {timeout: 10m}");
+    std::fs::write(&path, text).unwrap();
+    let mut agent = AgentProcess::start(s.dir.path(), "drained", &path, m, w);
+    agent.ready(&s.http).await;
+    let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(s.client.clone(), &s.ns.name);
+    let started = Instant::now();
+    while deployments.get_opt("stuck").await.unwrap().is_none() {
+        assert!(started.elapsed() < WAIT, "never applied:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // SAFETY: a plain kill(2) of our own child's pid.
+    assert_eq!(
+        unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) },
+        0
+    );
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        // Far below the 10 minutes the health wait would take; the grace period is 20 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "still running after SIGTERM:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!("exited {} ms after SIGTERM", started.elapsed().as_millis());
+    assert!(status.success(), "{status}:\n{}", agent.log());
+    let log = agent.log();
+    assert!(log.contains("sync stopped"), "{log}");
+    let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
+    let inventory = cms.get("gitops-agent-apps").await.unwrap().data.unwrap();
+    assert!(
+        inventory["inventory"].contains("apps/v1 Deployment")
+            && inventory["inventory"].lines().count() == 21,
+        "{inventory:?}"
+    );
+    agent.kill();
+}

@@ -529,29 +529,35 @@ async fn run(
 /// it and is stopped, at its next await, the moment leadership is lost. Leadership is lost
 /// at the renew deadline, before the lease can pass to another replica, so a stopped pass
 /// and the next leader never write at once.
+/// Shutting down ends it too: a drain stops the syncs in flight the same way.
 #[derive(Clone, Debug)]
-pub struct Claim(watch::Receiver<bool>);
+pub struct Claim {
+    leading: watch::Receiver<bool>,
+    stopping: watch::Receiver<bool>,
+}
 
 impl Claim {
-    /// A claim that follows `leading` (the receiver [`spawn`] returns).
-    pub fn new(leading: watch::Receiver<bool>) -> Self {
-        Claim(leading)
+    /// A claim that follows `leading` (the receiver [`spawn`] returns) until `stopping`
+    /// turns true.
+    pub fn new(leading: watch::Receiver<bool>, stopping: watch::Receiver<bool>) -> Self {
+        Claim { leading, stopping }
     }
 
     pub fn held(&self) -> bool {
-        *self.0.borrow()
+        *self.leading.borrow() && !*self.stopping.borrow()
     }
 
     /// Runs `work` while the claim is held: `None` when it was not held, or was lost first
     /// (then `work` is dropped where it waits, between two requests or inside one).
     pub async fn run<F: std::future::Future>(&self, work: F) -> Option<F::Output> {
-        let mut rx = self.0.clone();
-        if !*rx.borrow_and_update() {
+        let (mut leading, mut stopping) = (self.leading.clone(), self.stopping.clone());
+        if !self.held() {
             return None;
         }
         tokio::select! {
             biased;
-            _ = rx.wait_for(|leading| !*leading) => None,
+            _ = leading.wait_for(|l| !*l) => None,
+            _ = stopping.wait_for(|s| *s) => None,
             out = work => Some(out),
         }
     }
@@ -698,7 +704,8 @@ mod tests {
     #[tokio::test]
     async fn work_under_a_claim_stops_when_leadership_is_lost() {
         let (tx, rx) = watch::channel(true);
-        let claim = Claim::new(rx);
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let claim = Claim::new(rx, stop_rx.clone());
         assert_eq!(claim.run(async { 1 }).await, Some(1));
         let (started_tx, started) = oneshot::channel();
         let work = tokio::spawn({
@@ -721,6 +728,17 @@ mod tests {
             None,
             "nothing starts without it"
         );
+
+        // Shutting down ends a claim as losing the lease does.
+        let (_lead, leading) = watch::channel(true);
+        let claim = Claim::new(leading, stop_rx);
+        let work = tokio::spawn({
+            let claim = claim.clone();
+            async move { claim.run(std::future::pending::<()>()).await }
+        });
+        stop_tx.send(true).unwrap();
+        assert_eq!(work.await.unwrap(), None);
+        assert!(!claim.held());
     }
 
     #[test]

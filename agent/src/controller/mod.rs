@@ -23,6 +23,7 @@ use std::time::Duration;
 use kube::Client;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tracing::Instrument;
 
 use crate::cluster::RequestCounter;
 use crate::config::Config;
@@ -85,6 +86,8 @@ struct Wiring {
     metrics: Arc<Metrics>,
     health: Health,
     stop: watch::Sender<bool>,
+    /// The HTTP servers' tasks, joined at shutdown.
+    servers: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
     triggers: mpsc::Receiver<webhook::Trigger>,
     trigger_tx: mpsc::Sender<webhook::Trigger>,
     pending: webhook::Pending,
@@ -115,6 +118,7 @@ impl Wiring {
             metrics,
             health: Health::new(),
             stop: watch::channel(false).0,
+            servers: Default::default(),
             triggers,
             trigger_tx,
             pending: webhook::Pending::new(),
@@ -125,6 +129,18 @@ impl Wiring {
     }
 
     /// Completes when shutdown begins.
+    /// Waits (bounded) for the servers to finish the requests they have, after `stop`.
+    async fn join_servers(&self) {
+        let servers = std::mem::take(&mut *self.servers.lock().expect("servers lock"));
+        let all = futures::future::join_all(servers);
+        if tokio::time::timeout(Duration::from_secs(5), all)
+            .await
+            .is_err()
+        {
+            tracing::warn!("servers still busy after 5 s; leaving them");
+        }
+    }
+
     fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
         let mut rx = self.stop.subscribe();
         async move {
@@ -142,7 +158,11 @@ async fn serve_metrics(w: &Wiring, cfg: &Config) -> Result<()> {
         .map_err(|e| Error::Listen(addr.clone(), e))?;
     tracing::info!(%addr, "serving /metrics, /healthz, /readyz");
     let router = metrics::router(w.metrics.clone(), w.health.clone());
-    tokio::spawn(crate::http::server::serve(listener, router, w.stopped()));
+    let server = tokio::spawn(
+        crate::http::server::serve(listener, router, w.stopped())
+            .instrument(tracing::info_span!("metrics_server")),
+    );
+    w.servers.lock().expect("servers lock").push(server);
     Ok(())
 }
 
@@ -172,11 +192,11 @@ async fn serve_webhooks(
         w.pending.clone(),
         opts,
     );
-    tokio::spawn(crate::http::server::serve(
-        listener,
-        webhook::app(hooks),
-        w.stopped(),
-    ));
+    let server = tokio::spawn(
+        crate::http::server::serve(listener, webhook::app(hooks), w.stopped())
+            .instrument(tracing::info_span!("webhook_server")),
+    );
+    w.servers.lock().expect("servers lock").push(server);
     Ok(())
 }
 
@@ -226,7 +246,7 @@ pub async fn run(
         detector,
         metrics: w.metrics.clone(),
         dispatcher,
-        claim: leader::Claim::new(leading.clone()),
+        claim: leader::Claim::new(leading.clone(), w.stop.subscribe()),
     });
     let mut watch = files::ConfigWatch::new(&ctl.cfg, &ctl.config_path)?;
     w.health.set_ready(true);
@@ -237,11 +257,23 @@ pub async fn run(
         reports,
     };
     lp.run(&mut ctl, &mut w, &mut watch).await?;
-    tracing::info!("shutting down: waiting for the syncs in flight");
+    // Drain: syncs in flight stop where they are (their recorded intent keeps the
+    // inventory right), servers finish their requests, alerts get a grace; a second
+    // signal exits at once. The install's terminationGracePeriodSeconds covers it.
+    tracing::info!("shutting down: stopping the syncs in flight");
     w.health.set_not_ready("shutting down");
     let _ = w.stop.send(true);
+    tokio::spawn(
+        async {
+            shutdown::signal().await;
+            tracing::warn!("second signal: exiting without draining");
+            std::process::exit(130);
+        }
+        .instrument(tracing::info_span!("shutdown")),
+    );
     ctl.drain().await;
-    ctl.dispatcher.shutdown(Duration::from_secs(5)).await;
+    ctl.dispatcher.shutdown(ALERT_GRACE).await;
+    w.join_servers().await;
     if let Some(l) = lease
         && let Err(e) = l.release().await
     {
@@ -249,6 +281,9 @@ pub async fn run(
     }
     Ok(())
 }
+
+/// How long queued alerts may take to go out at shutdown.
+const ALERT_GRACE: Duration = Duration::from_secs(10);
 
 /// The event loop's inputs besides the controller.
 struct Loop {

@@ -64,6 +64,7 @@ pub struct Controller {
     leading: bool,
     /// Syncs run under it: losing the lease stops them at once.
     claim: Claim,
+    background: worker::Background,
 }
 
 /// What the controller is made of.
@@ -101,6 +102,7 @@ impl Controller {
             alerted: HashMap::new(),
             leading: false,
             claim: p.claim,
+            background: Default::default(),
         }
     }
 
@@ -205,6 +207,7 @@ impl Controller {
         let ctx = worker::Context {
             engine: self.engine.clone(),
             detector: self.detector.clone(),
+            background: self.background.clone(),
         };
         let (slots, claim) = (self.slots.clone(), self.claim.clone());
         let span = tracing::info_span!("sync", sync = %name, ?reason);
@@ -353,6 +356,8 @@ impl Controller {
                 self.report(&ran.outcome, ran.duration);
             }
         }
+        // Confirming the cache is worth nothing to a process that is about to exit.
+        self.background.lock().expect("background lock").abort_all();
     }
 }
 

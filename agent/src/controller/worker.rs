@@ -27,7 +27,12 @@ pub struct Ran {
 pub struct Context {
     pub engine: Arc<Engine>,
     pub detector: Detector,
+    /// Work a run leaves behind (confirming the cache), tracked so shutdown can end it.
+    pub background: Background,
 }
+
+/// Tasks that outlive the run that started them, tracked and instrumented.
+pub type Background = Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>;
 
 /// Runs `s` with `revision` of its source. `None` when nothing needed applying: a
 /// detect-only sync whose revision is unchanged only has its drift judged, since applying
@@ -110,10 +115,13 @@ async fn apply(
     let detector = ctx.detector.clone();
     let name = s.name.clone();
     let span = tracing::info_span!("confirm", sync = %name);
-    tokio::spawn(tracing::Instrument::instrument(
-        async move { detector.recheck_sync(&name).await },
-        span,
-    ));
+    let confirm =
+        tracing::Instrument::instrument(async move { detector.recheck_sync(&name).await }, span);
+    let mut background = ctx.background.lock().expect("background lock");
+    // Reap what has finished, so the set holds only what runs.
+    while background.try_join_next().is_some() {}
+    background.spawn(confirm);
+    drop(background);
     outcome
 }
 

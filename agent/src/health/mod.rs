@@ -130,6 +130,27 @@ pub fn worst(statuses: impl IntoIterator<Item = Status>) -> Status {
     statuses.into_iter().max().unwrap_or(Status::Healthy)
 }
 
+/// Kinds with no status at all: once applied they are as healthy as they will ever be,
+/// so the health wait need not read them.
+pub fn without_status(group: &str, kind: &str) -> bool {
+    match group {
+        "" => matches!(
+            kind,
+            "ConfigMap" | "Secret" | "ServiceAccount" | "LimitRange"
+        ),
+        "rbac.authorization.k8s.io" => {
+            matches!(
+                kind,
+                "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding"
+            )
+        }
+        "scheduling.k8s.io" => kind == "PriorityClass",
+        "storage.k8s.io" => kind == "StorageClass",
+        "networking.k8s.io" => kind == "IngressClass",
+        _ => false,
+    }
+}
+
 /// Assesses one live object given as raw JSON (`apiVersion`, `kind`, `metadata`, `spec`,
 /// `status`); `None` means it does not exist.
 pub fn assess(obj: Option<&Value>) -> Assessment {
@@ -170,6 +191,20 @@ mod tests {
     use super::*;
     use serde_json::json;
     use std::sync::Mutex;
+
+    #[test]
+    fn kinds_without_status_are_only_those_that_have_none() {
+        assert!(without_status("", "ConfigMap"));
+        assert!(without_status("rbac.authorization.k8s.io", "ClusterRole"));
+        for (group, kind) in [
+            ("", "Service"),
+            ("apps", "Deployment"),
+            ("", "Namespace"),
+            ("x.io", "ConfigMap"),
+        ] {
+            assert!(!without_status(group, kind), "{group}/{kind}");
+        }
+    }
 
     #[track_caller]
     fn check(obj: Value, status: Status, message: &str) {

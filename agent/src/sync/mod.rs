@@ -328,7 +328,8 @@ impl Engine {
 
     /// Waits for the revision's objects to be healthy. An object this sync did not write
     /// and the watch cache last saw Healthy is taken as it is, without a request: a
-    /// no-change resync makes no GET for health. The rest are polled.
+    /// no-change resync makes no GET for health. So is an applied object of a kind that
+    /// has no status (a ConfigMap). The rest are polled.
     async fn wait_healthy(
         &self,
         sync: &config::Sync,
@@ -343,13 +344,27 @@ impl Engine {
             .filter(|c| c.action == Action::Unchanged)
             .map(|c| &c.subject)
             .collect();
+        let applied: HashSet<&ObjectKey> = changes
+            .entries
+            .iter()
+            .filter(|c| c.action != Action::Failed)
+            .map(|c| &c.subject)
+            .collect();
         let mut known = HashMap::new();
         let mut targets = Vec::new();
         for m in manifests {
-            let cached = cache
-                .filter(|_| untouched.contains(&m.id))
-                .and_then(|c| c.health(&m.id))
-                .filter(|a| a.status == health::Status::Healthy);
+            let cached =
+                if health::without_status(&m.id.group, &m.id.kind) && applied.contains(&m.id) {
+                    Some(Assessment::new(
+                        health::Status::Healthy,
+                        "applied; has no status",
+                    ))
+                } else {
+                    cache
+                        .filter(|_| untouched.contains(&m.id))
+                        .and_then(|c| c.health(&m.id))
+                        .filter(|a| a.status == health::Status::Healthy)
+                };
             match cached {
                 Some(a) => {
                     known.insert(&m.id, a);
