@@ -17,7 +17,7 @@ use fixture::{Fixture, cm};
 use git::{HttpGit, Upstream};
 use gitops_agent::config;
 use gitops_agent::core::change::Action;
-use gitops_agent::sync::{Failure, Outcome};
+use gitops_agent::sync::{self, Failure, Outcome};
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -265,6 +265,22 @@ async fn crd_and_its_custom_resources_apply_in_order_in_one_commit() {
         "",
     )
     .await;
+    // `diff` first: the custom resources would be created with their CRD, not "failed".
+    let dry = sync::Options {
+        dry_run: true,
+        ..Default::default()
+    };
+    let (d, requests) = f.sync_with(&dry).await;
+    assert!(d.succeeded(), "{:?}\n{}", d.failure, d.changes);
+    let one = change_of(&d, "one");
+    assert_eq!(one.action, Action::Created, "{}", d.changes);
+    assert!(
+        one.message
+            .as_deref()
+            .unwrap()
+            .contains("would be created with its")
+    );
+    assert_eq!(requests.writes, 0);
     let (o, _) = f.sync().await;
     assert!(o.succeeded(), "{:?}\n{}", o.failure, o.changes);
     let subjects: Vec<String> = o
@@ -292,11 +308,46 @@ async fn crd_and_its_custom_resources_apply_in_order_in_one_commit() {
     let (again, requests) = f.sync().await;
     fixture::assert_all_unchanged(&again);
     assert_eq!(requests.writes, 0);
-    // The CRD is cluster-scoped: remove it so test runs do not accumulate.
+
+    // A CRD someone else installs after the engine discovered the cluster: a revision with
+    // its custom resources makes discovery look again instead of failing until a restart.
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(f.client.clone());
-    crds.delete(&format!("widgets.{group}"), &Default::default())
+    let gadgets = crd
+        .replace("widgets", "gadgets")
+        .replace("widget", "gadget")
+        .replace("Widget", "Gadget");
+    let gadgets: serde_json::Value = serde_saphyr::from_str(&gadgets).unwrap();
+    let gadgets = serde_json::from_value(gadgets).unwrap();
+    crds.create(&PostParams::default(), &gadgets).await.unwrap();
+    let name = format!("gadgets.{group}");
+    let started = std::time::Instant::now();
+    while !crds
+        .get(&name)
         .await
-        .unwrap();
+        .unwrap()
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Established" && c.status == "True")
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "{name} never established"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let gadget =
+        format!("apiVersion: {group}/v1\nkind: Gadget\nmetadata:\n  name: g\nspec: {{size: 3}}\n");
+    f.repo.push("main", &[("deploy/gadget.yaml", &gadget)], &[]);
+    let (o, _) = f.sync().await;
+    assert!(o.succeeded(), "{:?}\n{}", o.failure, o.changes);
+    assert_eq!(change_of(&o, "g").action, Action::Created);
+
+    // The CRDs are cluster-scoped: remove them so test runs do not accumulate.
+    for name in [format!("widgets.{group}"), name] {
+        crds.delete(&name, &Default::default()).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -161,7 +161,13 @@ fn is_stage_one(id: &ObjectKey) -> bool {
 pub struct ResourceManager {
     client: Client,
     discovery: RwLock<Arc<Discovery>>,
+    /// When discovery was last refreshed for a kind it did not know.
+    refreshed: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
+
+/// At most one refresh for unknown kinds this often: a revision that names a kind no
+/// cluster serves (a typo) must not re-discover on every sync.
+const UNKNOWN_KIND_REFRESH: Duration = Duration::from_secs(10);
 
 impl ResourceManager {
     pub async fn new(client: Client) -> Result<Self> {
@@ -173,7 +179,25 @@ impl ResourceManager {
         ResourceManager {
             client,
             discovery: RwLock::new(Arc::new(discovery)),
+            refreshed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Runs discovery again because a revision names a kind it does not know (a CRD
+    /// installed by someone else since the last discovery). Rate-limited; returns whether it
+    /// refreshed.
+    pub async fn refresh_for_unknown_kind(&self) -> Result<bool> {
+        {
+            let mut last = self.refreshed.lock().unwrap_or_else(|p| p.into_inner());
+            let now = tokio::time::Instant::now();
+            if last.is_some_and(|t| now.duration_since(t) < UNKNOWN_KIND_REFRESH) {
+                return Ok(false);
+            }
+            *last = Some(now);
+        }
+        let fresh = Discovery::run(&self.client).await?;
+        self.set_discovery(fresh);
+        Ok(true)
     }
 
     /// The API resources as last discovered.
@@ -244,12 +268,27 @@ impl ResourceManager {
         // exist before the Deployments that use them; objects of a rank go concurrently.
         let mut by_rank: BTreeMap<usize, Vec<Desired<'_>>> = BTreeMap::new();
         for d in stage_two {
+            if opts.dry_run && self.served_only_by(&crd_kinds, d.id) {
+                changes.push(would_create_with_crd(d));
+                continue;
+            }
             by_rank.entry(kind_rank(&d.id.kind)).or_default().push(d);
         }
         for group in by_rank.values() {
             changes.extend(self.apply_group(group, opts).await);
         }
         Ok(changes)
+    }
+
+    /// Whether `id`'s kind is not served yet and one of the revision's CRDs defines it: a
+    /// dry run cannot create the CRD, so it cannot dry-run the object either.
+    fn served_only_by(&self, crd_kinds: &[(String, String)], id: &ObjectKey) -> bool {
+        self.discovery()
+            .resolve(&id.group, &id.version, &id.kind)
+            .is_none()
+            && crd_kinds
+                .iter()
+                .any(|(g, k)| *g == id.group && *k == id.kind)
     }
 
     async fn apply_group(&self, group: &[Desired<'_>], opts: &Options) -> ChangeSet {
@@ -603,6 +642,14 @@ fn condition_true(data: &Value, type_: &str) -> bool {
 }
 
 /// The diff of an object about to be created: every line added.
+/// A custom resource whose CRD comes in the same revision, in a dry run: it would be
+/// created once its CRD is.
+fn would_create_with_crd(d: Desired<'_>) -> Change {
+    Change::new(d.id.clone(), Action::Created)
+        .with_message("would be created with its CustomResourceDefinition (in this revision)")
+        .with_diff(created_diff(d.id, d.object))
+}
+
 fn created_diff(id: &ObjectKey, body: &RawValue) -> Option<String> {
     diff::unified(&id.to_string(), None, Some(&parse_compact(body)))
 }

@@ -154,9 +154,23 @@ impl Engine {
             Err(e) => return outcome.failed(Failure::Store(e.to_string())),
         };
         let previous = stored.inventory.clone();
-        let discovery = self.rm.discovery();
-        // 1. Render and validate the whole revision before any write.
-        let manifests = match render_revision(sync, files, &discovery) {
+        let mut discovery = self.rm.discovery();
+        // 1. Render and validate the whole revision before any write; a kind discovery does
+        // not know yet makes it look again (once in a while) before that counts as an error.
+        let mut rendered = render_revision(sync, files, &discovery);
+        if let Err(errors) = &rendered
+            && errors.iter().any(|e| {
+                matches!(
+                    e.error,
+                    render::Error::UnknownKind { .. } | render::Error::UnknownVersion { .. }
+                )
+            })
+            && matches!(self.rm.refresh_for_unknown_kind().await, Ok(true))
+        {
+            discovery = self.rm.discovery();
+            rendered = render_revision(sync, files, &discovery);
+        }
+        let manifests = match rendered {
             Ok(m) => m,
             Err(errors) => {
                 outcome.failure = Some(Failure::Render {
