@@ -473,10 +473,11 @@ async fn a_first_sync_applies_unseen_objects_in_one_request_and_tells_created_fr
         msg.contains("immutable") && msg.contains("gitops-agent.io/recreate"),
         "{msg}"
     );
-    // Nothing was read before writing: one apply per object, then the failed object's
-    // read (for the recreate decision), and the inventory's read, intent and final write.
+    // Nothing was read before writing: one list of other syncs' ConfigMaps, one apply per
+    // object, then the failed object's read (for the recreate decision), and the
+    // inventory's read, intent and final write.
     assert_eq!(requests.dry_runs, 0, "{requests:?}");
-    assert!(requests.total <= 3 + 1 + 3, "{requests:?}");
+    assert!(requests.total <= 1 + 3 + 1 + 3, "{requests:?}");
     assert_eq!(
         f.configmaps().get("old").await.unwrap().data.unwrap()["value"],
         "git"

@@ -224,12 +224,14 @@ mod tests {
             batch.iter().any(|p| p.ends_with("config.yaml")),
             "{batch:?}"
         );
-        // Nothing else arrives for the same burst.
-        assert!(
-            tokio::time::timeout(Duration::from_millis(600), rx.recv())
-                .await
-                .is_err()
-        );
+        // Nothing else arrives for the same burst: the next batch is the next write's.
+        std::fs::write(dir.path().join("marker"), "m").unwrap();
+        let next = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(next.iter().any(|p| p.ends_with("marker")), "{next:?}");
+        assert!(!next.iter().any(|p| p.ends_with("config.yaml")), "{next:?}");
     }
 
     #[test]
