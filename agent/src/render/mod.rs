@@ -99,7 +99,8 @@ impl Default for Limits {
             max_depth: JSON_MAX_DEPTH,
             max_nodes_per_file: 2_000_000,
             max_alias_replay: 100_000,
-            max_objects: 50_000,
+            // Issue 10: one sync holds 100,000 objects; the source's 256 MiB bounds the memory.
+            max_objects: 200_000,
         }
     }
 }
