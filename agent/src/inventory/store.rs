@@ -81,17 +81,22 @@ impl Store {
         else {
             return Ok(Stored::default());
         };
+        self.decode(sync, &name, cm).await
+    }
+
+    /// A head as read (its shards read too, when it names them).
+    async fn decode(&self, sync: &str, name: &str, cm: ConfigMap) -> Result<Stored> {
         let data = cm.data.unwrap_or_default();
         let (text, digest) = match data.get("shards") {
             Some(shards) => {
-                let (digest, text) = self.load_shards(sync, &name, shards).await?;
+                let (digest, text) = self.load_shards(sync, name, shards).await?;
                 (text, Some(digest))
             }
             None => (data.get("inventory").cloned().unwrap_or_default(), None),
         };
         let entries = decode_entries(&text).map_err(|(line, message)| Error::Corrupt {
             namespace: self.namespace.clone(),
-            name: name.clone(),
+            name: name.to_string(),
             line,
             message,
         })?;
@@ -155,7 +160,7 @@ impl Store {
         Ok((digest, text))
     }
 
-    /// Lists every stored sync record (for `status`).
+    /// Lists every stored sync record (for `status`), from the one list of heads.
     pub async fn list(&self) -> Result<Vec<(String, Record)>> {
         let lp = ListParams::default().labels(INVENTORY_LABEL);
         let list = self
@@ -174,7 +179,8 @@ impl Store {
             else {
                 continue;
             };
-            out.push((sync.clone(), self.load(&sync).await?.record));
+            let name = cm.metadata.name.clone().unwrap_or_default();
+            out.push((sync.clone(), self.decode(&sync, &name, cm).await?.record));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
