@@ -352,34 +352,15 @@ impl Engine {
         cache: Option<&dyn apply::LiveCache>,
         discovery: &Discovery,
     ) -> health::Result<Vec<(ObjectKey, Assessment)>> {
-        let untouched: HashSet<&ObjectKey> = changes
+        let actions: HashMap<&ObjectKey, Action> = changes
             .entries
             .iter()
-            .filter(|c| c.action == Action::Unchanged)
-            .map(|c| &c.subject)
-            .collect();
-        let applied: HashSet<&ObjectKey> = changes
-            .entries
-            .iter()
-            .filter(|c| c.action != Action::Failed)
-            .map(|c| &c.subject)
+            .map(|c| (&c.subject, c.action))
             .collect();
         let mut known = HashMap::new();
         let mut targets = Vec::new();
         for m in manifests {
-            let cached =
-                if health::without_status(&m.id.group, &m.id.kind) && applied.contains(&m.id) {
-                    Some(Assessment::new(
-                        health::Status::Healthy,
-                        "applied; has no status",
-                    ))
-                } else {
-                    cache
-                        .filter(|_| untouched.contains(&m.id))
-                        .and_then(|c| c.health(&m.id))
-                        .filter(|a| a.status == health::Status::Healthy)
-                };
-            match cached {
+            match known_health(m, actions.get(&m.id).copied(), cache) {
                 Some(a) => {
                     known.insert(&m.id, a);
                 }
@@ -471,6 +452,27 @@ impl Engine {
 /// How much of an error the status keeps: the first problems and a count of the rest.
 const ERROR_LINES: usize = 20;
 const ERROR_BYTES: usize = 4096;
+
+/// An object's health known without a request, given what this sync did to it: an
+/// applied object of a kind without status is Healthy; one the sync did not write is as
+/// the watch cache last saw it, when that was Healthy.
+fn known_health(
+    m: &render::Manifest,
+    action: Option<Action>,
+    cache: Option<&dyn apply::LiveCache>,
+) -> Option<Assessment> {
+    let applied = action.is_some_and(|a| a != Action::Failed);
+    if applied && health::without_status(&m.id.group, &m.id.kind) {
+        return Some(Assessment::new(
+            health::Status::Healthy,
+            "applied; has no status",
+        ));
+    }
+    cache
+        .filter(|_| action == Some(Action::Unchanged))
+        .and_then(|c| c.health(&m.id))
+        .filter(|a| a.status == health::Status::Healthy)
+}
 
 /// Whether another sync owns the object and Git does not say to adopt it: then it is not
 /// applied, and not recorded as this sync's.
