@@ -117,6 +117,25 @@ impl AgentProcess {
             .unwrap()
     }
 
+    /// Waits until the metrics sample `series` reaches `at_least`, failing after `within`.
+    async fn wait_sample(
+        &self,
+        http: &reqwest::Client,
+        series: &str,
+        at_least: f64,
+        within: Duration,
+    ) {
+        let started = Instant::now();
+        while sample(&self.metrics(http).await, series) < at_least {
+            assert!(
+                started.elapsed() < within,
+                "{series} never reached {at_least}:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     async fn push_hook(
         &self,
         http: &reqwest::Client,
@@ -1084,16 +1103,9 @@ async fn a_leader_that_loses_its_lease_mid_pass_writes_nothing_after() {
         .unwrap()
         .to_string();
     // B's pass has ended (its health wait timed out); A's, had it gone on, would have ended first.
-    let started = Instant::now();
     let done = "gitops_agent_sync_duration_seconds_count{sync=\"apps\",result=\"failed\"}";
-    while sample(&b.metrics(&s.http).await, done) < 1.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(180),
-            "B's pass never ended:\n{}",
-            b.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    b.wait_sample(&s.http, done, 1.0, Duration::from_secs(180))
+        .await;
     let user = format!("system:serviceaccount:{ns}:replica-a");
     let (before, after) = writes_by(&control_plane().audit_log(), &user, &taken);
     eprintln!(
@@ -1159,15 +1171,9 @@ async fn a_burst_of_two_thousand_drifts_raises_two_thousand_alerts() {
     let agent = AgentProcess::start(s.dir.path(), "burst", &path, m, w);
     agent.ready(&s.http).await;
     let synced = "gitops_agent_sync_duration_seconds_count{sync=\"apps\",result=\"succeeded\"}";
-    let started = Instant::now();
-    while sample(&agent.metrics(&s.http).await, synced) < 1.0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "no sync:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    agent
+        .wait_sample(&s.http, synced, 1.0, Duration::from_secs(300))
+        .await;
     let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
     let pp = PatchParams::apply("kubectl-edit").force();
     futures::stream::iter(0..2000)
