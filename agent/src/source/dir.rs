@@ -50,6 +50,9 @@ pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
                 }
                 continue;
             }
+            if !limits.reads(&rel) {
+                continue;
+            }
             let target = if kind.is_symlink() {
                 link_target(dir, &root, &path, &rel)?
             } else if kind.is_file() {
@@ -226,6 +229,9 @@ mod tests {
         std::fs::write(root.join("apps/sub/a.yaml"), "a").unwrap();
         std::fs::write(root.join("apps/a.yaml"), "a").unwrap();
         std::os::unix::fs::symlink("a.yaml", root.join("apps/link.yaml")).unwrap();
+        // Not manifests: skipped unread, even a FIFO or a link that leads out.
+        std::fs::write(root.join("apps/README.md"), "x".repeat(5 << 20)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("apps/passwd")).unwrap();
         let limits = Limits::default();
         let files = read_dir(&root, &limits).unwrap();
         assert_eq!(
@@ -240,28 +246,31 @@ mod tests {
         assert_eq!(files[2].content, b"a");
 
         std::fs::write(dir.path().join("secret"), "s").unwrap();
-        std::os::unix::fs::symlink("../../secret", root.join("apps/escape")).unwrap();
+        std::os::unix::fs::symlink("../../secret", root.join("apps/escape.yaml")).unwrap();
         let err = read_dir(&root, &limits).unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
-                "apps/escape: symlink to ../../secret leaves {}",
+                "apps/escape.yaml: symlink to ../../secret leaves {}",
                 root.display()
             )
         );
-        std::fs::remove_file(root.join("apps/escape")).unwrap();
+        std::fs::remove_file(root.join("apps/escape.yaml")).unwrap();
         // Through a directory link that itself leads out.
-        std::os::unix::fs::symlink(dir.path(), root.join("apps/out")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), root.join("apps/out.yaml")).unwrap();
         let err = read_dir(&root, &limits).unwrap_err();
-        assert!(err.to_string().starts_with("apps/out: symlink to"), "{err}");
-        std::fs::remove_file(root.join("apps/out")).unwrap();
-        std::os::unix::fs::symlink("sub", root.join("apps/dir")).unwrap();
+        assert!(
+            err.to_string().starts_with("apps/out.yaml: symlink to"),
+            "{err}"
+        );
+        std::fs::remove_file(root.join("apps/out.yaml")).unwrap();
+        std::os::unix::fs::symlink("sub", root.join("apps/dir.yaml")).unwrap();
         let err = read_dir(&root, &limits).unwrap_err();
         assert_eq!(
             err.to_string(),
-            "apps/dir: symlink to sub: links to directories are not followed"
+            "apps/dir.yaml: symlink to sub: links to directories are not followed"
         );
-        std::fs::remove_file(root.join("apps/dir")).unwrap();
+        std::fs::remove_file(root.join("apps/dir.yaml")).unwrap();
 
         let small = Limits {
             max_file_size: 0,

@@ -137,6 +137,23 @@ pub struct Limits {
     pub max_depth: usize,
     /// Longest a fetch may take, connection included.
     pub fetch_timeout: Duration,
+    /// The file name endings read (case-insensitive); `None` reads every file. Anything
+    /// else is skipped before its content is read and counts toward no limit: a repository
+    /// may hold docs, images and binaries beside its manifests.
+    pub only: Option<Vec<String>>,
+}
+
+impl Limits {
+    /// The endings a plain manifest directory is made of.
+    pub const MANIFESTS: [&'static str; 3] = [".yaml", ".yml", ".json"];
+
+    /// Whether the file at `path` is read at all.
+    pub fn reads(&self, path: &str) -> bool {
+        let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();
+        self.only
+            .as_ref()
+            .is_none_or(|ends| ends.iter().any(|end| name.ends_with(end.as_str())))
+    }
 }
 
 impl Default for Limits {
@@ -147,6 +164,7 @@ impl Default for Limits {
             max_total_bytes: 256 * 1024 * 1024,
             max_depth: 32,
             fetch_timeout: Duration::from_secs(120),
+            only: Some(Self::MANIFESTS.map(String::from).to_vec()),
         }
     }
 }

@@ -84,8 +84,11 @@ fn reads_files_recursively_sorted_with_repository_paths() {
             ("README.md", Blob(b"readme")),
         ],
     );
-    let limits = Limits::default();
-    let all = read_tree(&repo, c, "", &limits).unwrap();
+    let every = Limits {
+        only: None,
+        ..Limits::default()
+    };
+    let all = read_tree(&repo, c, "", &every).unwrap();
     assert_eq!(
         paths(&all),
         [
@@ -95,6 +98,7 @@ fn reads_files_recursively_sorted_with_repository_paths() {
             "deploy/z.yaml"
         ]
     );
+    let limits = Limits::default();
     for path in ["deploy", "./deploy/", "/deploy"] {
         let sub = read_tree(&repo, c, path, &limits).unwrap();
         assert_eq!(
@@ -185,24 +189,24 @@ fn symlinks_inside_are_followed_and_escapes_are_refused() {
     let c = commit(
         &repo,
         "main",
-        &[("apps/d/x.yaml", Blob(b"x")), ("apps/dir", Link("d"))],
+        &[("apps/d/x.yaml", Blob(b"x")), ("apps/dir.yaml", Link("d"))],
     );
     let err = read_tree(&repo, c, "apps", &limits).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "apps/dir: symlink to d: links to directories are not followed"
+        "apps/dir.yaml: symlink to d: links to directories are not followed"
     );
-    let c = commit(&repo, "main", &[("apps/loop", Link("loop"))]);
+    let c = commit(&repo, "main", &[("apps/loop.yml", Link("loop.yml"))]);
     let err = read_tree(&repo, c, "apps", &limits).unwrap_err();
     assert!(
-        err.to_string().starts_with("apps/loop: symlink to"),
+        err.to_string().starts_with("apps/loop.yml: symlink to"),
         "{err}"
     );
-    let c = commit(&repo, "main", &[("apps/dangling", Link("nope.yaml"))]);
+    let c = commit(&repo, "main", &[("apps/dangling.json", Link("nope.yaml"))]);
     let err = read_tree(&repo, c, "apps", &limits).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "apps/dangling: symlink to nope.yaml: the target does not exist"
+        "apps/dangling.json: symlink to nope.yaml: the target does not exist"
     );
 }
 
@@ -238,11 +242,29 @@ fn file_size_and_file_count_caps() {
         "main",
         &[
             ("a/ten.yaml", Blob(b"0123456789")),
-            ("a/x", Blob(b"x")),
-            ("a/y", Blob(b"y")),
+            ("a/x.yaml", Blob(b"x")),
+            ("a/y.yaml", Blob(b"y")),
         ],
     );
     assert_eq!(read_tree(&repo, c, "a", &limits).unwrap().len(), 3);
+    // What is not a manifest is skipped unread, whatever its size or number.
+    let c = commit(
+        &repo,
+        "main",
+        &[
+            ("a/ten.yaml", Blob(b"0123456789")),
+            ("a/logo.png", Blob(&[0u8; 64])),
+            ("a/README.md", Blob(b"0123456789ABCDEF")),
+            ("a/x.txt", Blob(b"x")),
+            ("a/y.sh", Blob(b"y")),
+            ("a/UPPER.YAML", Blob(b"u")),
+            ("a/link.md", Link("../b/missing")),
+        ],
+    );
+    assert_eq!(
+        paths(&read_tree(&repo, c, "a", &limits).unwrap()),
+        ["a/UPPER.YAML", "a/ten.yaml"]
+    );
 
     let c = commit(&repo, "main", &[("a/big.yaml", Blob(b"0123456789A"))]);
     let err = read_tree(&repo, c, "a", &limits).unwrap_err();
@@ -254,19 +276,22 @@ fn file_size_and_file_count_caps() {
     let c = commit(
         &repo,
         "main",
-        &[("a/big", Blob(b"0123456789A")), ("b/l", Link("../a/big"))],
+        &[
+            ("a/big", Blob(b"0123456789A")),
+            ("b/l.yaml", Link("../a/big")),
+        ],
     );
     let err = read_tree(&repo, c, "", &limits).unwrap_err();
-    assert!(err.to_string().starts_with("a/big: 11 bytes"), "{err}");
+    assert!(err.to_string().starts_with("b/l.yaml: 11 bytes"), "{err}");
 
     let c = commit(
         &repo,
         "main",
         &[
-            ("a/1", Blob(b"")),
-            ("a/2", Blob(b"")),
-            ("a/3", Blob(b"")),
-            ("a/4", Blob(b"")),
+            ("a/1.yaml", Blob(b"")),
+            ("a/2.yaml", Blob(b"")),
+            ("a/3.yaml", Blob(b"")),
+            ("a/4.yaml", Blob(b"")),
         ],
     );
     let err = read_tree(&repo, c, "a", &limits).unwrap_err();
@@ -282,7 +307,10 @@ fn file_size_and_file_count_caps() {
     let c = commit(
         &repo,
         "main",
-        &[("a/1", Blob(b"0123456789")), ("a/2", Blob(b"0123456789"))],
+        &[
+            ("a/1.yaml", Blob(b"0123456789")),
+            ("a/2.yaml", Blob(b"0123456789")),
+        ],
     );
     let err = read_tree(&repo, c, "a", &thin).unwrap_err();
     assert_eq!(

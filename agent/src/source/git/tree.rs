@@ -13,7 +13,8 @@ const MAX_SYMLINK_HOPS: usize = 8;
 /// Reads every file under `path` of `commit` from `repo`'s object database (no checkout),
 /// recursively, sorted by path; paths are relative to the repository root.
 ///
-/// Rules, each an error naming the path: a submodule (gitlink) is refused; a file over
+/// Only the files `limits` reads are loaded (a link by its own name); the rest are
+/// skipped unread. Rules, each an error naming the path: a submodule (gitlink) is refused; a file over
 /// `limits.max_file_size` (checked from the object header, before loading it) and more
 /// than `limits.max_files` files are refused. A symlink whose target stays under `path`
 /// and is a file is followed (its content is the target's, at the link's path); one that
@@ -110,6 +111,7 @@ impl TreeReader<'_> {
                 path: path.to_owned(),
                 commit: id,
             }),
+            _ if !self.limits.reads(path) => Ok(()),
             MODE_LINK => {
                 let target_id = self.follow(path, id)?;
                 self.file(path, target_id)
