@@ -17,7 +17,7 @@ use fixture::{Fixture, cm};
 use git::{HttpGit, Upstream};
 use gitops_agent::config;
 use gitops_agent::core::change::Action;
-use gitops_agent::sync::{self, Failure, Outcome};
+use gitops_agent::sync::{self, Engine, Failure, Outcome};
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
@@ -813,35 +813,20 @@ async fn shards_of(f: &Fixture) -> Vec<ConfigMap> {
     f.configmaps().list(&lp).await.unwrap().items
 }
 
-/// Two syncs declare one object: the second never takes it over silently. Its sync fails
-/// for that object naming both syncs, the object keeps its owner and stays out of the
-/// second's inventory; Git's adopt annotation hands it over, and then the first sync, which
-/// still lists it, is the one refused.
+/// Two syncs of two agents (each sees only its own declarations) declare one object: the
+/// second never takes it over silently. Its sync fails for that object naming both syncs,
+/// the object keeps its owner and stays out of the second's inventory; Git's adopt
+/// annotation hands it over, and then the first sync, which still lists it, is the one
+/// refused.
 #[tokio::test]
 async fn an_object_of_another_sync_is_not_adopted_without_the_annotation() {
-    let adopt = "---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  annotations: {gitops-agent.io/adopt: \"true\"}\ndata:\n  value: other\n";
-    let mut f = Fixture::new(
-        "owners",
-        &[
-            (
-                "deploy/a.yaml",
-                &format!("{}---\n{}", cm("shared", "apps"), cm("mine", "1")),
-            ),
-            (
-                "other/b.yaml",
-                &format!("{}---\n{}", cm("shared", "other"), cm("theirs", "1")),
-            ),
-        ],
-        "",
-    )
-    .await;
-    assert!(f.sync().await.0.succeeded());
-    let mut other = f.cfg.syncs[0].clone();
-    other.name = "other".into();
-    other.path = "other".into();
+    let (mut f, other) = shared_fixture("owners").await;
+    let adopt = format!("---\n{ADOPT_SHARED}");
     let label = |c: &ConfigMap| c.labels().get("gitops-agent.io/sync").cloned();
+    let agent2 = Engine::new(f.client.clone(), &f.ns.name).await.unwrap();
+    let sync_other = || sync_on(&agent2, &f, &other);
 
-    let o = sync_as(&f, &other).await;
+    let o = sync_other().await;
     let shared = change_of(&o, "shared");
     assert_eq!(shared.action, Action::Failed, "{}", o.changes);
     let msg = shared.message.as_deref().unwrap();
@@ -872,7 +857,7 @@ async fn an_object_of_another_sync_is_not_adopted_without_the_annotation() {
         )],
         &[],
     );
-    let o = sync_as(&f, &other).await;
+    let o = sync_other().await;
     assert!(o.succeeded(), "{:?}", o.failure);
     assert_eq!(
         label(&f.configmaps().get("shared").await.unwrap()).as_deref(),
@@ -896,10 +881,114 @@ async fn an_object_of_another_sync_is_not_adopted_without_the_annotation() {
     );
 }
 
+/// `shared` as the second sync declares it to take it over.
+const ADOPT_SHARED: &str = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: shared\n  annotations: {gitops-agent.io/adopt: \"true\"}\ndata:\n  value: other\n";
+
+/// A repository where sync `apps` (synced once) and sync `other` (returned, not synced)
+/// both declare ConfigMap `shared`, beside one ConfigMap of their own each.
+async fn shared_fixture(name: &str) -> (Fixture, config::Sync) {
+    let mut f = Fixture::new(
+        name,
+        &[
+            (
+                "deploy/a.yaml",
+                &format!("{}---\n{}", cm("mine", "1"), cm("shared", "apps")),
+            ),
+            (
+                "other/b.yaml",
+                &format!("{}---\n{}", cm("theirs", "1"), cm("shared", "other")),
+            ),
+        ],
+        "",
+    )
+    .await;
+    assert!(f.sync().await.0.succeeded());
+    let mut other = f.cfg.syncs[0].clone();
+    other.name = "other".into();
+    other.path = "other".into();
+    (f, other)
+}
+
 /// Syncs `s` (another sync of the fixture's repository) once.
 async fn sync_as(f: &Fixture, s: &config::Sync) -> Outcome {
+    sync_on(&f.engine, f, s).await
+}
+
+/// Syncs `s` once on `engine` (another agent's, or the fixture's).
+async fn sync_on(engine: &Engine, f: &Fixture, s: &config::Sync) -> Outcome {
     let opts = Default::default();
-    gitops_agent::controller::sync_once(&f.engine, Some(&f.client), &f.cfg, s, &opts).await
+    gitops_agent::controller::sync_once(engine, Some(&f.client), &f.cfg, s, &opts).await
+}
+
+/// Two syncs of one agent declare one object: the second is stopped at render, before it
+/// writes anything, naming the file, line, object and both syncs; then the first keeps
+/// syncing, and the adopt annotation in Git hands the object over, after which the first
+/// is the one stopped until its Git drops the object.
+#[tokio::test]
+async fn two_syncs_of_one_agent_declaring_one_object_are_stopped_at_render() {
+    let (mut f, other) = shared_fixture("declared").await;
+    let adopt = ADOPT_SHARED;
+
+    let before = f.counter.snapshot();
+    let o = sync_as(&f, &other).await;
+    let failure = o.failure.as_ref().expect("stopped").to_string();
+    assert!(
+        failure.contains("other/b.yaml:")
+            && failure.contains("ConfigMap/")
+            && failure.contains("/shared: also declared by sync \"apps\""),
+        "{failure}"
+    );
+    assert!(o.changes.entries.is_empty(), "{}", o.changes);
+    assert!(
+        f.configmaps().get("theirs").await.is_err(),
+        "nothing applied"
+    );
+    let status = f.engine.store().load("other").await.unwrap();
+    assert!(
+        status
+            .status
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("also declared by sync")),
+        "{:?}",
+        status.status
+    );
+    assert_eq!(
+        (f.counter.snapshot() - before).writes,
+        1,
+        "only the status of the stopped sync"
+    );
+    assert!(f.sync().await.0.succeeded(), "the first keeps syncing");
+
+    // Git hands it over: the second takes it, and the first is stopped until it drops it.
+    f.repo.push(
+        "main",
+        &[(
+            "other/b.yaml",
+            &format!("{}---\n{adopt}", cm("theirs", "1")),
+        )],
+        &[],
+    );
+    let o = sync_as(&f, &other).await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    let live = f.configmaps().get("shared").await.unwrap();
+    assert_eq!(live.labels()["gitops-agent.io/sync"], "other");
+    let (o, _) = f.sync().await;
+    let failure = o.failure.expect("stopped").to_string();
+    assert!(
+        failure.contains("also declared by sync \"other\""),
+        "{failure}"
+    );
+    f.repo
+        .push("main", &[("deploy/a.yaml", &cm("mine", "1"))], &[]);
+    let (o, _) = f.sync().await;
+    assert!(o.succeeded(), "{:?}", o.failure);
+    let live = f.configmaps().get("shared").await.unwrap();
+    assert_eq!(
+        live.data.unwrap()["value"],
+        "other",
+        "not pruned by the first"
+    );
 }
 
 fn change_of<'a>(o: &'a Outcome, name: &str) -> &'a gitops_agent::core::change::Change {

@@ -9,7 +9,9 @@ use kube::api::ListParams;
 use serde_json::value::RawValue;
 
 use super::ResourceManager;
-use crate::core::{ADOPT_ANNOTATION, Action, Change, OWNER_LABEL, ObjectKey, parse_compact};
+use crate::core::{
+    ADOPT_ANNOTATION, Action, Change, OWNER_LABEL, ObjectKey, adopts, parse_compact,
+};
 
 /// What the lists found.
 #[derive(Debug, Default)]
@@ -79,14 +81,7 @@ pub fn conflict(id: &ObjectKey, owner: &str, body: &RawValue) -> Option<Change> 
             OWNER_LABEL.replace('/', "~1")
         ))
         .and_then(|v| v.as_str())?;
-    let adopt = desired
-        .pointer(&format!(
-            "/metadata/annotations/{}",
-            ADOPT_ANNOTATION.replace('/', "~1")
-        ))
-        .and_then(|v| v.as_str())
-        == Some("true");
-    if owner == me || adopt {
+    if owner == me || adopts(body) {
         return None;
     }
     Some(Change::new(id.clone(), Action::Failed).with_message(format!(

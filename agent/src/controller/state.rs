@@ -334,6 +334,7 @@ impl Controller {
         for s in &self.cfg.syncs {
             if !new.syncs.iter().any(|n| n.name == s.name) {
                 self.detector.forget(&s.name);
+                self.engine.forget(&s.name);
                 self.seen.remove(&s.name);
                 self.metrics.forget_sync(&s.name);
             }

@@ -22,6 +22,19 @@ pub const PRUNE_ANNOTATION: &str = "gitops-agent.io/prune";
 /// Annotation (`"true"`, in Git) that lets a sync take over an object another sync owns.
 pub const ADOPT_ANNOTATION: &str = "gitops-agent.io/adopt";
 
+/// Whether an object (compact JSON) carries the adopt annotation set to `"true"`. Looks
+/// for the name in the text before parsing: nearly no object has it.
+pub fn adopts(object: &RawValue) -> bool {
+    object.get().contains(ADOPT_ANNOTATION)
+        && parse_compact(object)
+            .pointer(&format!(
+                "/metadata/annotations/{}",
+                ADOPT_ANNOTATION.replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+            == Some("true")
+}
+
 /// Compact JSON of a tree; a `Value` always serialises, so the fallback is unreachable.
 /// Objects travel between stages in this form: one copy, shared, never re-parsed to compare.
 pub fn compact(value: &Value) -> Box<RawValue> {

@@ -281,6 +281,10 @@ pub enum Error {
     InvalidList(&'static str),
     #[error("{field}: {reason}")]
     InvalidData { field: String, reason: &'static str },
+    #[error(
+        "also declared by sync {sync:?}; one object belongs to one sync: remove it from one of them"
+    )]
+    DeclaredByOtherSync { sync: String },
 }
 
 /// An [`Error`] with where it was found.

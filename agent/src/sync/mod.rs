@@ -20,6 +20,8 @@ use crate::prune;
 use crate::render::{self, Renderer, Scopes};
 use crate::source;
 
+mod claims;
+
 /// Why a sync did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -121,6 +123,7 @@ impl Scopes for Discovery {
 pub struct Engine {
     rm: ResourceManager,
     store: inventory::Store,
+    claims: claims::Claims,
 }
 
 impl Engine {
@@ -129,7 +132,13 @@ impl Engine {
         Ok(Engine {
             rm: ResourceManager::new(client).await?,
             store,
+            claims: claims::Claims::default(),
         })
+    }
+
+    /// Forgets what a sync that left the configuration declared.
+    pub fn forget(&self, sync: &str) {
+        self.claims.forget(sync);
     }
 
     pub fn client(&self) -> &Client {
@@ -170,6 +179,13 @@ impl Engine {
             discovery = self.rm.discovery();
             rendered = render_revision(sync, files, &discovery);
         }
+        let rendered = rendered.and_then(|manifests| {
+            let recorded: HashSet<&ObjectKey> = previous.entries.iter().collect();
+            let declared = self
+                .claims
+                .declare(&sync.name, &manifests, |k| recorded.contains(k));
+            declared.map(|()| manifests)
+        });
         let manifests = match rendered {
             Ok(m) => m,
             Err(errors) => {
