@@ -136,6 +136,23 @@ impl AgentProcess {
         }
     }
 
+    /// Waits until the metrics hold exactly `line`, failing after `WAIT`.
+    async fn wait_line(&self, http: &reqwest::Client, line: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let metrics = self.metrics(http).await;
+            if metrics.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no {line}:\n{metrics}\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     async fn push_hook(
         &self,
         http: &reqwest::Client,
@@ -375,7 +392,11 @@ async fn signed_push_webhook_applies_the_new_revision_and_bad_ones_get_4xx() {
             .await,
         202
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The receiver decides before it answers: a push that matches no source triggers
+    // nothing, so there is nothing to wait for.
+    let metrics = agent.metrics(&s.http).await;
+    let unmatched = r#"gitops_agent_webhook_requests_total{provider="github",result="unmatched"}"#;
+    assert_eq!(sample(&metrics, unmatched), 1.0, "{metrics}");
     assert_eq!(
         cms.get("a").await.unwrap().data.unwrap()["value"],
         "1",
@@ -437,16 +458,14 @@ async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
     let writes = r#"gitops_agent_api_requests_total{kind="writes"}"#;
     let dry_runs = r#"gitops_agent_api_requests_total{kind="dry_runs"}"#;
     // After the first sync the daemon confirms each object once in the background; wait
-    // until that is over (the request count stands still).
-    let mut before = agent.metrics(&s.http).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let now = agent.metrics(&s.http).await;
-        if sample(&now, total) == sample(&before, total) && sample(&now, synced) >= 1.0 {
-            break;
-        }
-        before = now;
-    }
+    // until the watch cache vouches for every object, and knows the Deployment healthy
+    // (else the resync would rightly read it while waiting for health).
+    let confirmed = r#"gitops_agent_unconfirmed_objects{sync="apps"} 0"#;
+    agent.wait_sample(&s.http, synced, 1.0, WAIT).await;
+    agent.wait_line(&s.http, confirmed).await;
+    agent
+        .wait_line(&s.http, r#"gitops_agent_unhealthy_objects{sync="apps"} 0"#)
+        .await;
 
     // A push webhook for the revision already applied: the daemon resyncs it, and as the
     // watch cache knows every object unchanged on both sides, it sends no dry-run and
@@ -498,17 +517,8 @@ async fn a_webhook_for_an_unchanged_revision_resyncs_from_the_watch_cache() {
     )
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
     wait_value(&cms, "cm3", "1", &agent).await;
-    let mut before = agent.metrics(&s.http).await;
-    loop {
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        let now = agent.metrics(&s.http).await;
-        if sample(&now, total) == sample(&before, total) {
-            break;
-        }
-        before = now;
-    }
+    agent.wait_line(&s.http, confirmed).await;
     let [_, w, d] = resync().await;
     assert_eq!((w, d), (0.0, 0.0), "writes, dry-runs after a heal");
 }
@@ -755,7 +765,9 @@ async fn drift_raises_one_signed_alert_and_self_heal_restores() {
     agent.ready(&s.http).await;
     let cms: Api<ConfigMap> = Api::namespaced(s.client.clone(), &s.ns.name);
     wait_value(&cms, "a", "1", &agent).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The watches have seen every object and found it as Git has it.
+    let confirmed = r#"gitops_agent_unconfirmed_objects{sync="apps"} 0"#;
+    agent.wait_line(&s.http, confirmed).await;
 
     let deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
         Api::namespaced(s.client.clone(), &s.ns.name);

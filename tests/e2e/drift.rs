@@ -15,6 +15,7 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use fixture::{Fixture, cm};
+use gitops_agent::core::ObjectKey;
 use gitops_agent::core::change::Action;
 use gitops_agent::drift::{Detector, Options, Report};
 use gitops_agent::sync;
@@ -57,6 +58,31 @@ async fn detected(
     det.set_desired("apps", self_heal, o.desired).await;
     assert!(det.wait_ready(WAIT).await, "watches listed");
     (f, det, rx)
+}
+
+/// Waits until the detector's watch is current with Deployment `name` as it is now, so it
+/// has seen every change made to it before the call. Versions are opaque (equality is all
+/// a client may check), so it compares with the live object, read again each time.
+async fn seen(det: &Detector, api: &Api<Deployment>, name: &str, ns: &str) {
+    let id = ObjectKey {
+        group: "apps".into(),
+        kind: "Deployment".into(),
+        namespace: Some(ns.into()),
+        name: name.into(),
+        version: "v1".into(),
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let live = api.get(name).await.unwrap().metadata.resource_version;
+        if live.is_some() && det.seen_version(&id) == live {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the watch never caught up with {name} at {live:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 async fn edit_cm(f: &Fixture, manager: &str, value: &str) {
@@ -107,11 +133,24 @@ async fn out_of_band_change_is_reported_once_with_fields_and_manager_detect_only
         }
         other => panic!("expected drift, got {other:?}"),
     }
-    assert_eq!(det.drifted().get("apps"), Some(&1));
+    assert_eq!(det.counts()["apps"].drifted, 1);
 
     // Further events on the same drifted object (its status churns as pods start) do not
-    // repeat the alert: the next report is about the next, different change.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // repeat the alert: the next report is about the next, different change. Once all 5
+    // replicas are available and the watch has judged that, any repeat would be queued.
+    let deadline = std::time::Instant::now() + WAIT;
+    while deployments
+        .get("web")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.available_replicas)
+        != Some(5)
+    {
+        assert!(std::time::Instant::now() < deadline, "never 5 available");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen(&det, &deployments, "web", &f.ns.name).await;
     edit_cm(&f, "kubectl-edit", "changed").await;
     match next(&mut rx).await {
         Report::Detected {
@@ -184,7 +223,7 @@ async fn self_heal_restores_edited_and_deleted_objects() {
 #[tokio::test]
 async fn autoscaler_owned_replicas_are_not_drift() {
     // Git leaves replicas to an autoscaler.
-    let (f, _det, mut rx) = detected(
+    let (f, det, mut rx) = detected(
         "hpa",
         &[
             ("deploy/web.yaml", &web(None)),
@@ -196,7 +235,8 @@ async fn autoscaler_owned_replicas_are_not_drift() {
     .await;
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
     harness::scale(&deployments, "web", "horizontal-pod-autoscaler", 4).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Judged (and anything it reported queued) before the marker.
+    seen(&det, &deployments, "web", &f.ns.name).await;
     // A marker change afterwards: the first report must be about it, not the replicas.
     edit_cm(&f, "kubectl-edit", "marker").await;
     match next(&mut rx).await {
@@ -306,23 +346,24 @@ async fn a_status_update_while_a_sync_applies_leaves_the_object_known_unchanged(
     .await;
     let deployments: Api<Deployment> = Api::namespaced(f.client.clone(), &f.ns.name);
     // The deployment controller writes the revision annotation once (metadata, so judged);
-    // confirm the object after that.
+    // confirm the object once the watch has seen that.
     let deadline = std::time::Instant::now() + WAIT;
-    while deployments
-        .get("web")
-        .await
-        .unwrap()
-        .metadata
-        .annotations
-        .is_none_or(|a| !a.contains_key("deployment.kubernetes.io/revision"))
-    {
+    loop {
+        let live = deployments.get("web").await.unwrap();
+        if live
+            .metadata
+            .annotations
+            .is_some_and(|a| a.contains_key("deployment.kubernetes.io/revision"))
+        {
+            break;
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "no revision annotation"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    seen(&det, &deployments, "web", &f.ns.name).await;
     det.recheck_sync("apps").await;
     let opts = sync::Options {
         dry_run: false,
@@ -343,7 +384,7 @@ async fn a_status_update_while_a_sync_applies_leaves_the_object_known_unchanged(
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    seen(&det, &deployments, "web", &f.ns.name).await;
     let (o, requests) = f.sync_with(&opts).await;
     assert!(o.succeeded(), "{:?}", o.failure);
     assert_eq!(requests.dry_runs, 0, "status is not drift: {requests:?}");

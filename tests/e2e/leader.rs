@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use gitops_agent::cluster::{RequestCounter, counted_client};
 use gitops_agent::controller::leader::{self, Handle, Options};
 use harness::{TestNamespace, control_plane};
 use k8s_openapi::api::coordination::v1::Lease;
@@ -35,16 +36,34 @@ struct Candidate {
     identity: &'static str,
     leading: watch::Receiver<bool>,
     handle: Handle,
+    /// Every request this replica made.
+    requests: RequestCounter,
 }
 
 async fn candidate(namespace: &str, identity: &'static str) -> Candidate {
     // Each replica has its own client, as separate pods would.
-    let client = control_plane().client().await;
+    let requests = RequestCounter::default();
+    let client = counted_client(control_plane().config().await, &requests).unwrap();
     let (leading, handle) = leader::spawn(client, options(namespace, identity)).unwrap();
     Candidate {
         identity,
         leading,
         handle,
+        requests,
+    }
+}
+
+/// Waits until `c` has made `n` requests (looked at the lease `n` times, or tried to).
+async fn wait_requests(c: &Candidate, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while c.requests.snapshot().total < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} made {} requests",
+            c.identity,
+            c.requests.snapshot().total
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -143,7 +162,15 @@ async fn one_leads_and_a_crashed_leader_is_replaced_once_its_lease_expires() {
 
     // Leadership is stable: the same one leads through several renewals, the other follows.
     let first = lease(&client, &ns.name).await;
-    tokio::time::sleep(LEASE_DURATION).await;
+    // Through a lease duration's worth of renewals (one every retry period) and the
+    // follower's looks at the lease meanwhile.
+    let renewals = (LEASE_DURATION.as_millis() / RETRY.as_millis()) as u64;
+    let (l0, f0) = (
+        leader.requests.snapshot().total,
+        follower.requests.snapshot().total,
+    );
+    wait_requests(&leader, l0 + renewals).await;
+    wait_requests(&follower, f0 + 2).await;
     assert!(*leader.leading.borrow() && !*follower.leading.borrow());
     let later = lease(&client, &ns.name).await;
     assert_eq!(holder(&later), leader.identity);
@@ -231,7 +258,8 @@ async fn a_released_lease_is_taken_over_within_a_retry_period() {
 
     // Releasing a lease held by someone else leaves it alone.
     let bystander = candidate(&ns.name, "replica-c").await;
-    tokio::time::sleep(RETRY * 3).await;
+    // It has looked at the held lease twice and not taken it.
+    wait_requests(&bystander, 2).await;
     assert!(!*bystander.leading.borrow());
     bystander.handle.release().await.unwrap();
     assert_eq!(holder(&lease(&client, &ns.name).await), follower.identity);

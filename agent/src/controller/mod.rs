@@ -237,6 +237,13 @@ pub async fn run(
     let dispatcher = alerts::dispatcher(&client, &cfg, w.metrics.clone()).await;
     let engine = Engine::new(client.clone(), &cfg.namespace).await?;
     let (detector, reports) = Detector::new(client.clone(), opts.drift.clone());
+    // The detector's gauges are read at every scrape: they change between the loop's passes.
+    let counted = detector.clone();
+    w.metrics.on_scrape(move |m| {
+        for (sync, c) in counted.counts() {
+            m.set_watched(&sync, c);
+        }
+    });
     let mut ctl = Controller::new(Parts {
         client: client.clone(),
         config_path,
@@ -308,9 +315,6 @@ impl Loop {
             ctl.detector.set_active(leading);
             ctl.set_leading(leading);
             ctl.tick();
-            for (sync, n) in ctl.detector.drifted() {
-                ctl.metrics.set_drifted(&sync, n);
-            }
             let wake = ctl.next_wake();
             tokio::select! {
                 _ = tokio::time::sleep_until(wake) => {}

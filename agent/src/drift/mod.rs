@@ -28,6 +28,16 @@ use crate::diff;
 use crate::health::{self, Assessment};
 use crate::sync::DesiredObject;
 
+/// How many of a sync's objects are in each state worth a gauge.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub drifted: usize,
+    /// Not confirmed to match Git (a resync reads each of them).
+    pub unconfirmed: usize,
+    /// Not known healthy from the watch (progressing, degraded, gone, or not seen yet).
+    pub unhealthy: usize,
+}
+
 /// What the detector reports, as data; alerts and metrics are derived from it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Report {
@@ -105,6 +115,9 @@ struct Entry {
     /// The object's health as the watch last saw it (status changes included), so that a
     /// sync that did not write the object can know its health without a request.
     health: Option<Assessment>,
+    /// The resourceVersion the watch last saw (status changes included): what the watch
+    /// knows of the object is current once this is the live one.
+    seen_version: Option<String>,
     heals: VecDeque<Instant>,
     fight_until: Option<Instant>,
 }
@@ -227,6 +240,7 @@ impl Detector {
                         seen: None,
                         checked: None,
                         health: None,
+                        seen_version: None,
                         active: None,
                         heals: VecDeque::new(),
                         fight_until: None,
@@ -271,6 +285,12 @@ impl Detector {
         self.recheck(keys).await;
     }
 
+    /// The resourceVersion of `id` the watch saw last, status updates included, once any
+    /// report about it is sent.
+    pub fn seen_version(&self, id: &ObjectKey) -> Option<String> {
+        self.lock().entries.get(id)?.seen_version.clone()
+    }
+
     /// Forgets a sync that left the configuration.
     pub fn forget(&self, sync: &str) {
         let mut st = self.lock();
@@ -296,12 +316,17 @@ impl Detector {
         true
     }
 
-    /// Objects currently drifted, per sync (for the drifted-objects gauge).
-    pub fn drifted(&self) -> HashMap<String, usize> {
+    /// Per sync, the objects currently drifted, those not confirmed to match (which a
+    /// resync reads) and those not known healthy, for the gauges.
+    pub fn counts(&self) -> HashMap<String, Counts> {
         let st = self.lock();
-        let mut out: HashMap<String, usize> = HashMap::new();
-        for e in st.entries.values() {
-            *out.entry(e.sync.clone()).or_default() += usize::from(e.active.is_some());
+        let mut out: HashMap<String, Counts> = HashMap::new();
+        for (k, e) in &st.entries {
+            let c = out.entry(e.sync.clone()).or_default();
+            c.drifted += usize::from(e.active.is_some());
+            c.unconfirmed += usize::from(!e.confirmed() || st.dirty.contains(k));
+            let healthy = e.health.as_ref().map(|h| h.status) == Some(health::Status::Healthy);
+            c.unhealthy += usize::from(!healthy);
         }
         out
     }
@@ -354,11 +379,13 @@ impl Detector {
 
     fn record_seen(&self, ar: &ApiResource, o: DynamicObject) {
         let k = Self::live_key(ar, &o);
+        let version = o.metadata.resource_version.clone();
         let live = to_json(o, ar);
         let fp = fingerprint(&live);
         if let Some(e) = self.lock().entries.get_mut(&k) {
             e.seen = Some(fp);
             e.health = Some(health::assess(Some(&live)));
+            e.seen_version = version;
         }
     }
 
@@ -386,31 +413,36 @@ impl Detector {
             return;
         }
         let k = Self::live_key(ar, &o);
+        let version = o.metadata.resource_version.clone();
         let live = to_json(o, ar);
         let fp = fingerprint(&live);
         let assessed = health::assess((!deleted).then_some(&live));
         {
             let mut st = self.lock();
-            if let Some(e) = st.entries.get_mut(&k) {
-                e.health = Some(assessed);
-            }
-            let paused = match st.entries.get(&k) {
-                None => return, // not ours (any more)
-                // Only status or server-managed metadata changed: nothing to judge, now or
-                // after a pause (a controller's status updates must not make a sync re-read).
-                Some(e) if !deleted && e.seen == Some(fp) => return,
-                Some(e) => st.paused.contains(&e.sync),
+            let st = &mut *st;
+            let Some(e) = st.entries.get_mut(&k) else {
+                return; // not ours (any more)
             };
-            if paused {
+            e.health = Some(assessed);
+            // Only status or server-managed metadata changed: nothing to judge, now or
+            // after a pause (a controller's status updates must not make a sync re-read).
+            if !deleted && e.seen == Some(fp) {
+                e.seen_version = version;
+                return;
+            }
+            if st.paused.contains(&e.sync) {
+                e.seen_version = version;
                 st.dirty.insert(k);
                 return;
             }
-            if let Some(e) = st.entries.get_mut(&k) {
-                e.seen = if deleted { None } else { Some(fp) };
-            }
+            e.seen = if deleted { None } else { Some(fp) };
         }
         self.check(&k, if deleted { None } else { Some(live) })
             .await;
+        // Last, so that a caller who sees this version also sees what judging it reported.
+        if let Some(e) = self.lock().entries.get_mut(&k) {
+            e.seen_version = version;
+        }
     }
 
     /// Judges these objects afresh, a bounded number at a time: after a restart every

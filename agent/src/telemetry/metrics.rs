@@ -226,6 +226,8 @@ pub struct Metrics {
     sync_duration: HistogramFamily<SyncResultLabels>,
     objects: Family<ObjectLabels, Counter>,
     drifted: Family<SyncLabels, Gauge>,
+    unconfirmed: Family<SyncLabels, Gauge>,
+    unhealthy: Family<SyncLabels, Gauge>,
     webhook_requests: Family<WebhookLabels, Counter>,
     fetch_duration: HistogramFamily<SourceLabels>,
     fetch_failures: Family<SourceLabels, Counter>,
@@ -237,7 +239,17 @@ pub struct Metrics {
     /// Read at every scrape, so the request counters are current even while the event
     /// loop sleeps (drift checks make requests between its passes).
     requests: std::sync::OnceLock<crate::cluster::RequestCounter>,
+    /// Run at every scrape, to set gauges from state kept elsewhere.
+    on_scrape: std::sync::OnceLock<ScrapeHook>,
     leader: Gauge,
+}
+
+struct ScrapeHook(Box<dyn Fn(&Metrics) + Send + Sync>);
+
+impl std::fmt::Debug for ScrapeHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ScrapeHook")
+    }
 }
 
 impl Default for Metrics {
@@ -253,6 +265,8 @@ impl Metrics {
             sync_duration: Family::new_with_constructor(sync_buckets),
             objects: Family::default(),
             drifted: Family::default(),
+            unconfirmed: Family::default(),
+            unhealthy: Family::default(),
             webhook_requests: Family::default(),
             fetch_duration: Family::new_with_constructor(fetch_buckets),
             fetch_failures: Family::default(),
@@ -261,6 +275,7 @@ impl Metrics {
             revisions: Mutex::new(HashMap::new()),
             api_requests: Family::default(),
             requests: std::sync::OnceLock::new(),
+            on_scrape: std::sync::OnceLock::new(),
             leader: Gauge::default(),
         };
         // The registry appends the unit and the counter `_total` suffix itself.
@@ -280,6 +295,16 @@ impl Metrics {
             "gitops_agent_drifted_objects",
             "Objects whose live state differs from Git, as last detected",
             m.drifted.clone(),
+        );
+        r.register(
+            "gitops_agent_unconfirmed_objects",
+            "Objects of a sync the watch cache cannot vouch for yet: a resync reads each of them",
+            m.unconfirmed.clone(),
+        );
+        r.register(
+            "gitops_agent_unhealthy_objects",
+            "Objects of a sync not known healthy from the watches (progressing, degraded, gone or not seen yet)",
+            m.unhealthy.clone(),
         );
         r.register(
             "gitops_agent_webhook_requests",
@@ -385,6 +410,12 @@ impl Metrics {
         self.drifted.remove(&SyncLabels {
             sync: sync.to_string(),
         });
+        self.unconfirmed.remove(&SyncLabels {
+            sync: sync.to_string(),
+        });
+        self.unhealthy.remove(&SyncLabels {
+            sync: sync.to_string(),
+        });
         for result in [
             SyncResult::Succeeded,
             SyncResult::Failed,
@@ -410,13 +441,20 @@ impl Metrics {
         }
     }
 
-    /// How many of a sync's objects were found drifted by the last check.
-    pub fn set_drifted(&self, sync: &str, objects: usize) {
-        self.drifted
-            .get_or_create(&SyncLabels {
-                sync: sync.to_string(),
-            })
-            .set(i64::try_from(objects).unwrap_or(i64::MAX));
+    /// The detector's gauges of one sync.
+    pub fn set_watched(&self, sync: &str, counts: crate::drift::Counts) {
+        let labels = SyncLabels {
+            sync: sync.to_string(),
+        };
+        for (family, n) in [
+            (&self.drifted, counts.drifted),
+            (&self.unconfirmed, counts.unconfirmed),
+            (&self.unhealthy, counts.unhealthy),
+        ] {
+            family
+                .get_or_create(&labels)
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
 
     pub fn webhook_request(&self, provider: &str, result: WebhookResult) {
@@ -478,6 +516,11 @@ impl Metrics {
         let _ = self.requests.set(counter);
     }
 
+    /// Runs `hook` before every scrape from now on (the first hook set stays).
+    pub fn on_scrape(&self, hook: impl Fn(&Metrics) + Send + Sync + 'static) {
+        let _ = self.on_scrape.set(ScrapeHook(Box::new(hook)));
+    }
+
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
     }
@@ -486,6 +529,9 @@ impl Metrics {
     pub fn encode(&self) -> Result<String> {
         if let Some(counter) = self.requests.get() {
             self.record_api(counter.snapshot());
+        }
+        if let Some(hook) = self.on_scrape.get() {
+            (hook.0)(self);
         }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
@@ -685,7 +731,14 @@ mod tests {
             }),
         );
         m.observe_sync("shop", &held, Duration::from_millis(50));
-        m.set_drifted("shop", 2);
+        m.set_watched(
+            "shop",
+            crate::drift::Counts {
+                drifted: 2,
+                unconfirmed: 3,
+                unhealthy: 1,
+            },
+        );
         m.webhook_request("github", WebhookResult::Accepted);
         m.webhook_request("github", WebhookResult::Unauthorized);
         m.observe_git_fetch::<(), ()>("repo", Duration::from_millis(300), &Ok(()));
@@ -741,6 +794,8 @@ mod tests {
             );
         }
         has_line(&body, r#"gitops_agent_drifted_objects{sync="shop"} 2"#);
+        has_line(&body, r#"gitops_agent_unconfirmed_objects{sync="shop"} 3"#);
+        has_line(&body, r#"gitops_agent_unhealthy_objects{sync="shop"} 1"#);
         has_line(
             &body,
             r#"gitops_agent_webhook_requests_total{provider="github",result="accepted"} 1"#,
