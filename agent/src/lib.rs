@@ -16,6 +16,7 @@ pub mod health;
 pub mod http;
 pub mod inventory;
 pub mod notify;
+pub mod oci;
 pub mod prune;
 pub mod render;
 pub mod secrets;

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 
 use gitops_agent::core::Action;
 use gitops_agent::telemetry::logging;
-use gitops_agent::{cluster, config, controller, health, inventory, render, source, sync};
+use gitops_agent::{cluster, config, controller, health, inventory, oci, render, source, sync};
 
 #[derive(Debug, Parser)]
 #[command(name = "gitops-agent", version = gitops_agent::VERSION, about = "Keeps a Kubernetes cluster in step with Git: server-side apply, prune, drift alerts.", long_about = None)]
@@ -68,6 +68,65 @@ pub enum Command {
     Run,
     /// Show each sync's last revision, time, counts per action, health and last error.
     Status,
+    /// Oracle Cloud diagnostics.
+    Oci {
+        #[command(subcommand)]
+        command: OciCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum OciCommand {
+    /// Sign one request with the configured OCI identity and send it, or print it signed
+    /// (like `oci raw-request`): for finding out why OCI answers 401.
+    RawRequest {
+        /// GET, HEAD, DELETE, PUT, POST or PATCH.
+        method: String,
+        /// The full URL, query included.
+        url: String,
+        /// The request body, from a file.
+        #[arg(long, value_name = "FILE")]
+        body: Option<PathBuf>,
+        /// Sign with this HTTP date instead of now (to compare with another signer).
+        #[arg(long, value_name = "HTTP-DATE")]
+        date: Option<String>,
+        /// An extra header, NAME:VALUE (repeatable).
+        #[arg(long = "header", value_name = "NAME:VALUE")]
+        headers: Vec<String>,
+        /// Print the request and its signed headers instead of sending it.
+        #[arg(long)]
+        print_only: bool,
+        #[command(flatten)]
+        oci: OciProfile,
+    },
+}
+
+/// Where the OCI identity comes from: a profile of the OCI config file.
+#[derive(Debug, clap::Args)]
+pub struct OciProfile {
+    /// The OCI config file.
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "OCI_CLI_CONFIG_FILE",
+        default_value = "~/.oci/config"
+    )]
+    pub config_file: String,
+    /// The profile in it.
+    #[arg(long, env = "OCI_CLI_PROFILE", default_value = "DEFAULT")]
+    pub profile: String,
+}
+
+impl OciProfile {
+    fn identity(&self) -> anyhow::Result<oci::auth::Identity> {
+        let path = match self.config_file.strip_prefix("~/") {
+            Some(rest) => std::env::var_os("HOME")
+                .map_or_else(|| PathBuf::from("/"), PathBuf::from)
+                .join(rest),
+            None => PathBuf::from(&self.config_file),
+        };
+        Ok(oci::auth::Identity::from_config_file(&path, &self.profile)?)
+    }
 }
 
 impl Cli {
@@ -115,8 +174,68 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status => status(&self).await,
+            Command::Oci { command } => oci_command(command).await,
         }
     }
+}
+
+async fn oci_command(command: OciCommand) -> anyhow::Result<ExitCode> {
+    let OciCommand::RawRequest {
+        method,
+        url,
+        body,
+        date,
+        headers,
+        print_only,
+        oci: profile,
+    } = command;
+    let identity = profile.identity()?;
+    let body = match &body {
+        Some(path) => {
+            std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let signed = oci::raw_request(&identity, &method, &url, body, date.as_deref(), &headers)?;
+    if print_only {
+        println!("{} {}", signed.method, signed.uri);
+        let mut lines: Vec<String> = signed
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
+            .collect();
+        lines.sort();
+        for line in lines {
+            println!("{line}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let client =
+        gitops_agent::http::client::build(&Default::default()).map_err(anyhow::Error::msg)?;
+    let response = client
+        .request(signed.method, signed.uri.to_string())
+        .headers(signed.headers)
+        .body(signed.body)
+        .send()
+        .await?;
+    let status = response.status();
+    let request_id = response
+        .headers()
+        .get("opc-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    println!(
+        "{status}{}",
+        request_id
+            .map(|id| format!(" (opc-request-id {id})"))
+            .unwrap_or_default()
+    );
+    println!("{}", response.text().await?);
+    Ok(if status.is_success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
 
 fn validate(dir: &std::path::Path, namespace: &str) -> anyhow::Result<ExitCode> {
