@@ -4,6 +4,9 @@
 //! (keyId `ST$<token>`) give the same Authorization header and the same signed headers,
 //! on GET, HEAD, DELETE, PUT, POST (with a body and with none) and PATCH.
 
+#[path = "../harness/mod.rs"]
+mod harness;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -16,32 +19,6 @@ const TENANCY: &str =
     "ocid1.tenancy.oc1..aaaaaaaaba3pv6wkcr4jqae5f15p2b2m2yt2j6rx32uzr4h25vqstifsfdsq";
 const USER: &str = "ocid1.user.oc1..aaaaaaaat5nvwcna5j6aqzjcaty5eqbb6qt2jvpkanghtgdaqedqw3rynjq";
 const FINGERPRINT: &str = "20:3b:97:13:55:1c:5b:0d:d3:37:d8:50:4e:c5:3a:34";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The venv tests/setup made for the versions in tests/oci/versions.
-fn oracle_python() -> PathBuf {
-    let versions = std::fs::read_to_string(repo().join("tests/oci/versions")).unwrap();
-    let cli = versions
-        .lines()
-        .find_map(|l| l.strip_prefix("oci_cli="))
-        .expect("tests/oci/versions names oci_cli");
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache"));
-    let python = cache.join(format!("gitops-agent/python/oci-cli-{cli}/bin/python"));
-    assert!(
-        python.exists(),
-        "{} is missing: run tests/setup (it installs the oci SDK the tests compare with)",
-        python.display()
-    );
-    python
-}
 
 /// A request of the cases, as both signers get it.
 struct Case {
@@ -142,8 +119,8 @@ fn keys(dir: &Path) -> Vec<(&'static str, PathBuf, Option<&'static str>)> {
 
 /// What the SDK set on each request.
 fn oracle(spec: Value) -> Vec<BTreeMap<String, String>> {
-    let mut child = Command::new(oracle_python())
-        .arg(repo().join("tests/oci/sign.py"))
+    let mut child = Command::new(harness::oci_python())
+        .arg(harness::repo_root().join("tests/oci/sign.py"))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -29,7 +29,26 @@ pub struct ControlPlane {
 
 static CONTROL_PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
 
-fn repo_root() -> PathBuf {
+/// The official `oci` Python SDK and CLI (the OCI oracle): the venv `tests/setup` makes
+/// for the versions in `tests/oci/versions`.
+pub fn oci_python() -> PathBuf {
+    let versions = std::fs::read_to_string(repo_root().join("tests/oci/versions")).unwrap();
+    let cli = versions
+        .lines()
+        .find_map(|l| l.strip_prefix("oci_cli="))
+        .expect("tests/oci/versions names oci_cli");
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
+    let cache = std::env::var_os("XDG_CACHE_HOME").map_or(home.join(".cache"), PathBuf::from);
+    let python = cache.join(format!("gitops-agent/python/oci-cli-{cli}/bin/python"));
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/setup (it installs the oci SDK the tests compare with)",
+        python.display()
+    );
+    python
+}
+
+pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("agent/ has a parent")
@@ -119,9 +138,9 @@ impl ControlPlane {
             .join("audit.log")
     }
 
-    /// A kubeconfig at `path` for service account `namespace/name`, with a fresh token, so
-    /// that a process runs as that account (RBAC applies, and the audit log names it).
-    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str, path: &Path) {
+    /// A new service account `namespace/name` and a token the API server issued for it
+    /// (the TokenRequest API, an hour long).
+    pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
         use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
         use k8s_openapi::api::core::v1::ServiceAccount;
         let client = self.client().await;
@@ -136,13 +155,18 @@ impl ControlPlane {
             },
             ..Default::default()
         };
-        let token = sas
-            .create_token_request(name, &PostParams::default(), &req)
+        sas.create_token_request(name, &PostParams::default(), &req)
             .await
             .unwrap()
             .status
             .unwrap()
-            .token;
+            .token
+    }
+
+    /// A kubeconfig at `path` for service account `namespace/name`, with a fresh token, so
+    /// that a process runs as that account (RBAC applies, and the audit log names it).
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str, path: &Path) {
+        let token = self.service_account_token(namespace, name).await;
         let mut kc = Kubeconfig::read_from(&self.kubeconfig).expect("read test kubeconfig");
         for user in &mut kc.auth_infos {
             if let Some(auth) = user.auth_info.as_mut() {

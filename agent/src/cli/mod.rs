@@ -71,7 +71,7 @@ pub enum Command {
     /// Oracle Cloud diagnostics.
     Oci {
         #[command(subcommand)]
-        command: OciCommand,
+        command: Box<OciCommand>,
     },
 }
 
@@ -101,9 +101,22 @@ pub enum OciCommand {
     },
 }
 
-/// Where the OCI identity comes from: a profile of the OCI config file.
+/// Where the OCI identity comes from: a profile of the OCI config file, or OKE workload
+/// identity (the pod's environment, with overrides).
 #[derive(Debug, clap::Args)]
 pub struct OciProfile {
+    /// api_key or security_token (from the config file's profile), or oke_workload_identity.
+    #[arg(long, value_name = "KIND")]
+    pub auth: Option<String>,
+    /// Trust only this CA (PEM) for the OCI endpoints, instead of the platform's roots.
+    #[arg(long, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Workload identity: the service-account token file.
+    #[arg(long, value_name = "PATH", default_value = oci::auth::workload::TOKEN_PATH)]
+    pub service_account_token: PathBuf,
+    /// Workload identity: the token exchange's port.
+    #[arg(long, value_name = "PORT", default_value_t = oci::auth::workload::PORT)]
+    pub token_exchange_port: u16,
     /// The OCI config file.
     #[arg(
         long,
@@ -118,7 +131,21 @@ pub struct OciProfile {
 }
 
 impl OciProfile {
-    fn identity(&self) -> anyhow::Result<oci::auth::Identity> {
+    async fn identity(&self) -> anyhow::Result<oci::auth::Identity> {
+        match self.auth.as_deref() {
+            None | Some("api_key" | "security_token") => {}
+            Some("oke_workload_identity") => {
+                let opts = oci::auth::workload::Options {
+                    token_path: self.service_account_token.clone(),
+                    port: self.token_exchange_port,
+                    ..oci::auth::workload::Options::from_env()?
+                };
+                return Ok(oci::auth::Identity::workload(opts).await?);
+            }
+            Some(other) => anyhow::bail!(
+                "--auth {other}: expected api_key, security_token or oke_workload_identity"
+            ),
+        }
         let path = match self.config_file.strip_prefix("~/") {
             Some(rest) => std::env::var_os("HOME")
                 .map_or_else(|| PathBuf::from("/"), PathBuf::from)
@@ -174,7 +201,7 @@ impl Cli {
                 Ok(ExitCode::SUCCESS)
             }
             Command::Status => status(&self).await,
-            Command::Oci { command } => oci_command(command).await,
+            Command::Oci { command } => oci_command(*command).await,
         }
     }
 }
@@ -189,7 +216,7 @@ async fn oci_command(command: OciCommand) -> anyhow::Result<ExitCode> {
         print_only,
         oci: profile,
     } = command;
-    let identity = profile.identity()?;
+    let identity = profile.identity().await?;
     let body = match &body {
         Some(path) => {
             std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
@@ -210,14 +237,14 @@ async fn oci_command(command: OciCommand) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let client =
-        gitops_agent::http::client::build(&Default::default()).map_err(anyhow::Error::msg)?;
-    let response = client
-        .request(signed.method, signed.uri.to_string())
-        .headers(signed.headers)
-        .body(signed.body)
-        .send()
-        .await?;
+    let ca = match &profile.ca_file {
+        Some(path) => {
+            Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
+    let client = oci::Client::new(identity, ca.as_deref())?;
+    let response = client.send(&signed).await?;
     let status = response.status();
     let request_id = response
         .headers()

@@ -21,6 +21,78 @@ pub enum Error {
     Date(String),
     #[error("header {0:?}: expected NAME:VALUE with a valid name and value")]
     Header(String),
+    #[error(transparent)]
+    Workload(#[from] auth::workload::Error),
+    #[error("{0}")]
+    Client(String),
+    #[error("{url}: {reason}")]
+    Send { url: String, reason: String },
+}
+
+/// Signs and sends OCI requests with one identity; a 401 renews the credentials once (a
+/// workload identity's token) and sends the request again.
+pub struct Client {
+    http: reqwest::Client,
+    identity: auth::Identity,
+}
+
+impl Client {
+    /// `ca`: the only CA to trust (PEM), instead of the platform's roots.
+    pub fn new(identity: auth::Identity, ca: Option<&[u8]>) -> Result<Self, Error> {
+        let opts = Default::default();
+        let http = match ca {
+            Some(pem) => crate::http::client::build_with_roots(&opts, pem),
+            None => crate::http::client::build(&opts),
+        };
+        Ok(Client {
+            http: http.map_err(Error::Client)?,
+            identity,
+        })
+    }
+
+    pub fn identity(&self) -> &auth::Identity {
+        &self.identity
+    }
+
+    /// Sends `request` signed (its `authorization`, if any, replaced).
+    pub async fn send(&self, request: &Signed) -> Result<reqwest::Response, Error> {
+        let mut renewed = false;
+        loop {
+            let creds = self.identity.credentials();
+            let mut headers = request.headers.clone();
+            headers.remove(http::header::AUTHORIZATION);
+            let credentials = (creds.key_id.as_str(), creds.key.as_ref());
+            let body_headers = signing::BodyHeaders::ForMethod;
+            signing::sign(
+                &request.method,
+                &request.uri,
+                &mut headers,
+                &request.body,
+                credentials,
+                body_headers,
+                SystemTime::now(),
+            )?;
+            let url = request.uri.to_string();
+            let response = self
+                .http
+                .request(request.method.clone(), &url)
+                .headers(headers)
+                .body(request.body.clone())
+                .send()
+                .await
+                .map_err(|e| Error::Send {
+                    url: crate::http::client::redact(&url, false),
+                    reason: crate::http::client::describe(e),
+                })?;
+            if response.status() != reqwest::StatusCode::UNAUTHORIZED || renewed {
+                return Ok(response);
+            }
+            renewed = true;
+            if !self.identity.renew(&creds).await? {
+                return Ok(response);
+            }
+        }
+    }
 }
 
 /// A request, signed.

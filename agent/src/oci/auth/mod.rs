@@ -4,6 +4,7 @@
 //! OKE workload identity, the in-cluster form, exchanges the pod's service-account token.
 
 pub mod config_file;
+pub mod workload;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -31,6 +32,7 @@ pub enum Error {
 pub enum Kind {
     ApiKey,
     SessionToken,
+    WorkloadIdentity,
 }
 
 impl Kind {
@@ -38,6 +40,7 @@ impl Kind {
         match self {
             Kind::ApiKey => "api key",
             Kind::SessionToken => "session token",
+            Kind::WorkloadIdentity => "OKE workload identity",
         }
     }
 }
@@ -71,7 +74,23 @@ pub struct Identity {
     pub region: Option<String>,
     /// For `check`: the principal, never a token or a key.
     pub principal: String,
-    credentials: Credentials,
+    source: Keys,
+}
+
+/// Where the credentials come from.
+#[derive(Clone)]
+enum Keys {
+    Fixed(Credentials),
+    Workload(Arc<workload::Refresher>),
+}
+
+impl std::fmt::Debug for Keys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Keys::Fixed(c) => c.fmt(f),
+            Keys::Workload(r) => r.session().fmt(f),
+        }
+    }
 }
 
 impl Identity {
@@ -106,13 +125,62 @@ impl Identity {
             kind,
             region: p.get("region").map(str::to_owned),
             principal,
-            credentials: Credentials { key_id, key },
+            source: Keys::Fixed(Credentials { key_id, key }),
         })
+    }
+
+    /// OKE workload identity: exchanges the pod's service-account token now, then keeps
+    /// the session fresh in the background.
+    pub async fn workload(opts: workload::Options) -> Result<Self, workload::Error> {
+        let region = opts.region.clone();
+        let principal = format!(
+            "the service account whose token is {}",
+            opts.token_path.display()
+        );
+        Ok(Identity {
+            kind: Kind::WorkloadIdentity,
+            region,
+            principal,
+            source: Keys::Workload(workload::Refresher::start(opts).await?),
+        })
+    }
+
+    /// When the current credentials expire, for those that do.
+    pub fn expires(&self) -> Option<std::time::SystemTime> {
+        match &self.source {
+            Keys::Fixed(_) => None,
+            Keys::Workload(r) => Some(r.session().expires),
+        }
+    }
+
+    /// Why the last refresh failed, while the current credentials are still in use.
+    pub fn refresh_error(&self) -> Option<String> {
+        match &self.source {
+            Keys::Fixed(_) => None,
+            Keys::Workload(r) => r.last_error(),
+        }
+    }
+
+    /// New credentials after OCI refused these (a 401): `Ok(false)` when they cannot be
+    /// renewed (an API key).
+    pub async fn renew(&self, refused: &Credentials) -> Result<bool, workload::Error> {
+        let Keys::Workload(r) = &self.source else {
+            return Ok(false);
+        };
+        let session = r.session();
+        // Refused credentials older than the current ones: already renewed.
+        if session.credentials().key_id != refused.key_id {
+            return Ok(true);
+        }
+        r.refresh(session.issued).await.map(|()| true)
     }
 
     /// What the next request signs with.
     pub fn credentials(&self) -> Credentials {
-        self.credentials.clone()
+        match &self.source {
+            Keys::Fixed(c) => c.clone(),
+            Keys::Workload(r) => r.session().credentials(),
+        }
     }
 }
 

@@ -1,0 +1,412 @@
+//! OKE workload identity end to end, on loopback: a service account of the local control
+//! plane, a token the API server issued for it (TokenRequest), and the stand-ins of
+//! tests/oci/standin.py (the token exchange checks that token with a TokenReview; Vault and
+//! Notifications verify every request's signature against the session key in the RPST).
+//! The agent signs with nothing but that token; the official `oci` SDK, as a client of the
+//! same stand-ins, shows they speak the real wire format.
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine as _;
+use gitops_agent::oci;
+use harness::{TestNamespace, control_plane};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(60);
+const SECRET_ID: &str = "ocid1.vaultsecret.oc1.iad.standin";
+const TOPIC_ID: &str = "ocid1.onstopic.oc1.iad.standin";
+
+/// The stand-ins, serving until dropped.
+struct StandIn {
+    child: Child,
+    dir: tempfile::TempDir,
+    exchange: u16,
+    services: u16,
+}
+
+impl StandIn {
+    fn start(token_lifetime: u64, exchange_port: u16) -> StandIn {
+        let dir = tempfile::tempdir().unwrap();
+        let content = base64::engine::general_purpose::STANDARD.encode("db-password");
+        std::fs::write(
+            dir.path().join("secrets.json"),
+            format!("{{\"{SECRET_ID}\": \"{content}\"}}"),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("topics.json"), format!("[\"{TOPIC_ID}\"]")).unwrap();
+        let child = Command::new(harness::oci_python())
+            .arg(harness::repo_root().join("tests/oci/standin.py"))
+            .args(["--dir".as_ref(), dir.path().as_os_str()])
+            .args([
+                "--kubeconfig".as_ref(),
+                control_plane().kubeconfig().as_os_str(),
+            ])
+            .args(["--token-lifetime", &token_lifetime.to_string()])
+            .args(["--exchange-port", &exchange_port.to_string()])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let ports = dir.path().join("ports.json");
+        let started = Instant::now();
+        while !ports.exists() {
+            assert!(started.elapsed() < WAIT, "the stand-ins never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let ports: Value = serde_json::from_slice(&std::fs::read(ports).unwrap()).unwrap();
+        let port = |k: &str| ports[k].as_u64().unwrap() as u16;
+        StandIn {
+            exchange: port("exchange"),
+            services: port("services"),
+            child,
+            dir,
+        }
+    }
+
+    fn ca(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A plain client that trusts the stand-ins' CA (to send what the agent would not).
+    fn http(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap();
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .unwrap()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.services)
+    }
+
+    fn log(&self, name: &str) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    fn exchanges(&self) -> usize {
+        self.log("requests.jsonl")
+            .iter()
+            .filter(|r| r["role"] == "exchange" && r["status"] == 200)
+            .count()
+    }
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A namespace, the stand-ins (token lifetime and exchange port) and a work directory.
+async fn setup(
+    prefix: &str,
+    lifetime: u64,
+    port: u16,
+) -> (TestNamespace, StandIn, tempfile::TempDir) {
+    harness::init_logging();
+    let client = control_plane().client().await;
+    let ns = TestNamespace::create(&client, prefix).await;
+    (
+        ns,
+        StandIn::start(lifetime, port),
+        tempfile::tempdir().unwrap(),
+    )
+}
+
+/// A token the local API server issued for a new service account, in a file.
+async fn token_file(ns: &TestNamespace, dir: &Path) -> PathBuf {
+    let token = control_plane()
+        .service_account_token(&ns.name, "gitops-agent")
+        .await;
+    let path = dir.join("token");
+    std::fs::write(&path, token).unwrap();
+    path
+}
+
+/// `gitops-agent oci raw-request` with workload identity against the stand-ins.
+fn raw_request(s: &StandIn, token: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
+        .args(["oci", "raw-request"])
+        .args(args)
+        .args([
+            "--auth",
+            "oke_workload_identity",
+            "--token-exchange-port",
+            &s.exchange.to_string(),
+        ])
+        .arg("--service-account-token")
+        .arg(token)
+        .arg("--ca-file")
+        .arg(s.ca())
+        .env("OCI_RESOURCE_PRINCIPAL_VERSION", "2.2")
+        .env("OCI_RESOURCE_PRINCIPAL_REGION", "us-ashburn-1")
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH", s.ca())
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_agent_signs_with_workload_identity_and_the_stand_ins_verify_it() {
+    let (ns, s, work) = setup("oci-wi", 600, 0).await;
+    let token = token_file(&ns, work.path()).await;
+
+    // Vault: the secret bundle, with nothing but the service-account token.
+    let bundle = s.url(&format!("/20190301/secretbundles/{SECRET_ID}"));
+    let out = raw_request(&s, &token, &["GET", &bundle]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("200 OK"), "{stdout}");
+    let content = base64::engine::general_purpose::STANDARD.encode("db-password");
+    assert!(stdout.contains(&content), "{stdout}");
+
+    // Notifications: a signed POST with a body; the stand-in saw which workload sent it.
+    let body = work.path().join("message.json");
+    std::fs::write(
+        &body,
+        r#"{"title":"drift","body":"Deployment/shop/web drifted"}"#,
+    )
+    .unwrap();
+    let path = format!("/20181201/topics/{TOPIC_ID}/messages");
+    let out = raw_request(
+        &s,
+        &token,
+        &["POST", &s.url(&path), "--body", body.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let messages = s.log("messages.jsonl");
+    assert_eq!(messages.len(), 1);
+    assert_eq!(
+        messages[0]["principal"],
+        format!("system:serviceaccount:{}:gitops-agent", ns.name)
+    );
+
+    // What OCI would refuse, the stand-ins refuse: a body that is not the signed one, a
+    // stale date, a topic that is gone.
+    let url = s.url(&path);
+    let printed = |extra: &[&str]| {
+        let args = [
+            &[
+                "POST",
+                &url,
+                "--body",
+                body.to_str().unwrap(),
+                "--print-only",
+            ],
+            extra,
+        ]
+        .concat();
+        headers_of(&raw_request(&s, &token, &args).stdout)
+    };
+    let headers = printed(&[]);
+    let http = s.http();
+    let send = |headers: Vec<(String, String)>, body: &'static str| {
+        let mut req = http.post(s.url(&path)).body(body);
+        // The client sets the length of what it sends.
+        for (n, v) in headers.into_iter().filter(|(n, _)| n != "content-length") {
+            req = req.header(n, v);
+        }
+        async move { req.send().await.unwrap() }
+    };
+    // Same length, other bytes: only the hash tells.
+    let altered = send(
+        headers,
+        r#"{"title":"drift","body":"Deployment/shop/web DRIFTED"}"#,
+    )
+    .await;
+    assert_eq!(altered.status(), 401);
+    assert!(
+        altered
+            .text()
+            .await
+            .unwrap()
+            .contains("does not match its signed hash")
+    );
+    let old = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(600));
+    let response = send(
+        printed(&["--date", &old]),
+        r#"{"title":"drift","body":"Deployment/shop/web drifted"}"#,
+    )
+    .await;
+    assert_eq!(response.status(), 401);
+    assert!(
+        response
+            .text()
+            .await
+            .unwrap()
+            .contains("more than 5 minutes")
+    );
+    let out = raw_request(
+        &s,
+        &token,
+        &[
+            "POST",
+            &s.url("/20181201/topics/ocid1.onstopic.oc1..gone/messages"),
+            "--body",
+            body.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("404"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // A token the cluster did not issue is refused at the exchange, with a clear error.
+    let forged = work.path().join("forged");
+    std::fs::write(&forged, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln").unwrap();
+    let out = raw_request(&s, &forged, &["GET", &bundle]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("the token exchange refused the service account (403)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("eyJ"), "no token in errors: {stderr}");
+}
+
+fn headers_of(stdout: &[u8]) -> Vec<(String, String)> {
+    let text = String::from_utf8_lossy(stdout);
+    text.lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| (n.to_owned(), v.to_owned()))
+        .collect()
+}
+
+/// The session is refreshed at about half its life with a new key, before it expires; an
+/// expired token is refused, and requests signed after the refresh go through.
+#[tokio::test]
+async fn workload_identity_refreshes_at_half_life_with_a_new_key() {
+    let (ns, s, work) = setup("oci-refresh", 6, 0).await;
+    let opts = oci::auth::workload::Options {
+        service_host: "127.0.0.1".into(),
+        port: s.exchange,
+        token_path: token_file(&ns, work.path()).await,
+        ca_path: s.ca(),
+        region: None,
+    };
+    let identity = oci::auth::Identity::workload(opts).await.unwrap();
+    let first = identity.credentials();
+    let first_expiry = identity.expires().unwrap();
+    let started = Instant::now();
+    while identity.credentials().key_id == first.key_id {
+        assert!(started.elapsed() < WAIT, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refreshed = SystemTime::now();
+    assert!(
+        refreshed < first_expiry,
+        "refreshed before the first token expired"
+    );
+    let second = identity.credentials();
+    assert_ne!(
+        first.key.public_spki_der(),
+        second.key.public_spki_der(),
+        "a new key"
+    );
+    assert!(s.exchanges() >= 2);
+
+    // Past the first token's expiry: it is refused; the identity's current one is not.
+    while SystemTime::now() <= first_expiry {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let url = s.url(&format!("/20190301/secretbundles/{SECRET_ID}"));
+    let signed = |creds: &oci::auth::Credentials| {
+        let mut headers = http::HeaderMap::new();
+        let uri: http::Uri = url.parse().unwrap();
+        let c = (creds.key_id.as_str(), creds.key.as_ref());
+        let body = oci::signing::BodyHeaders::ForMethod;
+        oci::signing::sign(
+            &http::Method::GET,
+            &uri,
+            &mut headers,
+            b"",
+            c,
+            body,
+            SystemTime::now(),
+        )
+        .unwrap();
+        headers
+    };
+    let http = s.http();
+    let old = http.get(&url).headers(signed(&first)).send().await.unwrap();
+    assert_eq!(old.status(), 401);
+    assert!(old.text().await.unwrap().contains("expired"));
+    let ca = std::fs::read(s.ca()).unwrap();
+    let oci_client = oci::Client::new(identity, Some(&ca)).unwrap();
+    let request =
+        oci::raw_request(oci_client.identity(), "GET", &url, Vec::new(), None, &[]).unwrap();
+    let response = oci_client.send(&request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    eprintln!(
+        "refreshed {:?} after the first exchange (token lifetime 6 s); {} exchanges",
+        refreshed
+            .duration_since(first_expiry - Duration::from_secs(6))
+            .unwrap_or_default(),
+        s.exchanges()
+    );
+}
+
+/// The official SDK, as a client of the stand-ins (exchange on OKE's fixed port 12250):
+/// its workload-identity signer gets a token, and its Vault and Notifications clients
+/// are answered, so the stand-ins speak the real wire format.
+#[tokio::test]
+async fn the_oci_sdk_is_a_client_of_the_stand_ins() {
+    let (ns, s, work) = setup("oci-sdk", 600, oci::auth::workload::PORT).await;
+    let token = token_file(&ns, work.path()).await;
+    let script = format!(
+        r#"
+import oci
+signer = oci.auth.signers.get_oke_workload_identity_resource_principal_signer(service_account_token_path={token:?})
+endpoint = "https://127.0.0.1:{port}"
+secrets = oci.secrets.SecretsClient({{}}, signer=signer, service_endpoint=endpoint)
+bundle = secrets.get_secret_bundle({SECRET_ID:?}).data
+print("secret", bundle.secret_bundle_content.content)
+ons = oci.ons.NotificationDataPlaneClient({{}}, signer=signer, service_endpoint=endpoint)
+details = oci.ons.models.MessageDetails(title="t", body="from the sdk")
+print("message", ons.publish_message({TOPIC_ID:?}, details).data.message_id)
+"#,
+        token = token.display().to_string(),
+        port = s.services,
+    );
+    let out = Command::new(harness::oci_python())
+        .args(["-c", &script])
+        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        .env("OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH", s.ca())
+        .env("OCI_RESOURCE_PRINCIPAL_REGION", "us-ashburn-1")
+        .env("REQUESTS_CA_BUNDLE", s.ca())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let content = base64::engine::general_purpose::STANDARD.encode("db-password");
+    assert!(stdout.contains(&format!("secret {content}")), "{stdout}");
+    assert!(stdout.contains("message "), "{stdout}");
+    assert_eq!(
+        s.log("messages.jsonl")[0]["message"]["body"],
+        "from the sdk"
+    );
+}

@@ -1,0 +1,313 @@
+"""Stand-ins for the OCI endpoints the agent calls, on loopback, with TLS from a CA of their
+own (a certificate for IP 127.0.0.1, as OKE's token exchange has for the API server's
+service IP). They verify for real and refuse what OCI would refuse:
+
+* the OKE workload-identity token exchange (POST /resourcePrincipalSessionTokens): takes
+  only a service-account token the local control plane issued (checked with a TokenReview
+  against its API server) and answers, as OKE does, a quoted base64 of {"token": "ST$<rpst>"};
+  the RPST is a JWT signed by the stand-in, with a short lifetime and the pod's session
+  public key in its `jwk` claim;
+* Vault secret bundles (GET /20190301/secretbundles/{id}) and Notifications
+  (POST /20181201/topics/{id}/messages): each request's OCI signature is verified against
+  the session key its RPST carries, refusing expired or foreign tokens, stale dates, wrong
+  hosts, unsigned or altered bodies.
+
+Usage: standin.py --dir DIR --kubeconfig PATH [--exchange-port N] [--token-lifetime S].
+Writes DIR/ca.pem and DIR/ports.json ({"exchange": N, "services": N}) once serving; reads
+DIR/secrets.json ({id: base64 content}) and DIR/topics.json ([ids]) on every request;
+appends every request's outcome to DIR/requests.jsonl and published messages to
+DIR/messages.jsonl.
+"""
+
+import argparse
+import base64
+import datetime
+import email.utils
+import hashlib
+import ipaddress
+import json
+import os
+import ssl
+import tempfile
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import jwt
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.x509.oid import NameOID
+from oci._vendor import requests
+
+MAX_SKEW = 300
+BODY_HEADERS = ["content-length", "content-type", "x-content-sha256"]
+
+
+class Refused(Exception):
+    def __init__(self, status, code, message):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def make_tls(directory):
+    """A CA, and a server certificate it signs for IP 127.0.0.1; the CA goes to ca.pem."""
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "oci stand-in CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+        .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    with open(os.path.join(directory, "ca.pem"), "wb") as f:
+        f.write(ca.public_bytes(pem))
+    chain = os.path.join(directory, "server.pem")
+    with open(chain, "wb") as f:
+        f.write(cert.public_bytes(pem))
+        f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(chain)
+    return context
+
+
+class Apiserver:
+    """TokenReview against the local control plane, with the admin kubeconfig's credentials."""
+
+    def __init__(self, kubeconfig):
+        with open(kubeconfig) as f:
+            kc = yaml.safe_load(f)
+        cluster = kc["clusters"][0]["cluster"]
+        user = kc["users"][0]["user"]
+        self.server = cluster["server"]
+        self.files = tempfile.mkdtemp()
+        def write(name, data):
+            path = os.path.join(self.files, name)
+            with open(path, "wb") as f:
+                f.write(base64.b64decode(data))
+            return path
+        self.ca = write("ca.crt", cluster["certificate-authority-data"])
+        self.cert = (write("tls.crt", user["client-certificate-data"]), write("tls.key", user["client-key-data"]))
+
+    def review(self, token):
+        body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}}
+        r = requests.post(
+            self.server + "/apis/authentication.k8s.io/v1/tokenreviews",
+            json=body, verify=self.ca, cert=self.cert, timeout=10,
+        )
+        r.raise_for_status()
+        return r.json().get("status", {})
+
+
+class State:
+    def __init__(self, args):
+        self.dir = args.dir
+        self.lifetime = args.token_lifetime
+        self.apiserver = Apiserver(args.kubeconfig)
+        self.signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        self.lock = threading.Lock()
+        self.services_host = None
+
+    def log(self, name, entry):
+        with self.lock, open(os.path.join(self.dir, name), "a") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def read(self, name, default):
+        try:
+            with open(os.path.join(self.dir, name)) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return default
+
+    def rpst(self, user, pod_key):
+        now = int(time.time())
+        public = serialization.load_der_public_key(base64.b64decode(pod_key))
+        numbers = public.public_numbers()
+        b64url = lambda n: base64.urlsafe_b64encode(n.to_bytes((n.bit_length() + 7) // 8, "big")).rstrip(b"=").decode()
+        claims = {
+            "sub": user["username"], "iat": now, "exp": now + self.lifetime,
+            "res_tenant": "ocid1.tenancy.oc1..standin", "res_compartment": "ocid1.compartment.oc1..standin",
+            "res_type": "workload", "ttype": "res",
+            "var_namespace": user["username"].split(":")[2], "var_service_account": user["username"].split(":")[3],
+            "jwk": {"kty": "RSA", "alg": "RS256", "kid": "session", "n": b64url(numbers.n), "e": b64url(numbers.e)},
+        }
+        return jwt.encode(claims, self.signing_key, algorithm="RS256")
+
+    def verify(self, method, path, headers, body):
+        """The RPST's claims, when the request is signed as OCI requires; Refused otherwise."""
+        auth = headers.get("authorization", "")
+        if not auth.startswith("Signature "):
+            raise Refused(401, "NotAuthenticated", "no Signature authorization")
+        params = {}
+        for part in auth[len("Signature "):].split(","):
+            k, _, v = part.partition("=")
+            params[k.strip()] = v.strip().strip('"')
+        if params.get("version") != "1" or params.get("algorithm") != "rsa-sha256":
+            raise Refused(401, "NotAuthenticated", "unsupported signature version or algorithm")
+        key_id = params.get("keyId", "")
+        if not key_id.startswith("ST$"):
+            raise Refused(401, "NotAuthenticated", "not a security token key id")
+        try:
+            claims = jwt.decode(key_id[3:], self.signing_key.public_key(), algorithms=["RS256"])
+        except jwt.ExpiredSignatureError:
+            raise Refused(401, "NotAuthenticated", "the security token has expired")
+        except jwt.InvalidTokenError as e:
+            raise Refused(401, "NotAuthenticated", f"the security token is not valid: {e}")
+        signed = params.get("headers", "").split(" ")
+        need = ["date", "(request-target)", "host"] + (BODY_HEADERS if method in ("POST", "PUT", "PATCH") else [])
+        if any(h not in signed for h in need):
+            raise Refused(401, "NotAuthenticated", f"headers {need} must be signed, got {signed}")
+        date = email.utils.parsedate_to_datetime(headers.get("date", "Thu, 01 Jan 1970 00:00:00 GMT"))
+        if abs(time.time() - date.timestamp()) > MAX_SKEW:
+            raise Refused(401, "NotAuthenticated", "the date is more than 5 minutes off")
+        if headers.get("host") != self.services_host:
+            raise Refused(401, "NotAuthenticated", f"signed for host {headers.get('host')}, not this one")
+        if "x-content-sha256" in signed:
+            digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+            if headers.get("x-content-sha256") != digest or headers.get("content-length") != str(len(body)):
+                raise Refused(401, "NotAuthenticated", "the body does not match its signed hash or length")
+        lines = []
+        for h in signed:
+            value = f"{method.lower()} {path}" if h == "(request-target)" else headers.get(h, "")
+            lines.append(f"{h}: {value}")
+        jwk = claims["jwk"]
+        n = int.from_bytes(base64.urlsafe_b64decode(jwk["n"] + "=="), "big")
+        e = int.from_bytes(base64.urlsafe_b64decode(jwk["e"] + "=="), "big")
+        try:
+            rsa.RSAPublicNumbers(e, n).public_key().verify(
+                base64.b64decode(params.get("signature", "")), "\n".join(lines).encode(),
+                padding.PKCS1v15(), hashes.SHA256(),
+            )
+        except Exception:
+            raise Refused(401, "NotAuthenticated", "the signature does not verify")
+        return claims
+
+
+def handler(state, role):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args):
+            pass
+
+        def answer(self, status, payload, content_type="application/json"):
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", content_type)
+            self.send_header("content-length", str(len(data)))
+            self.send_header("opc-request-id", uuid.uuid4().hex)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def handle_any(self):
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length) if length else b""
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            entry = {"role": role, "method": self.command, "path": self.path}
+            try:
+                status, payload = (exchange if role == "exchange" else service)(state, self.command, self.path, headers, body)
+                entry["status"] = status
+                self.answer(status, payload)
+            except Refused as r:
+                entry.update(status=r.status, refused=r.message)
+                self.answer(r.status, {"code": r.code, "message": r.message})
+            state.log("requests.jsonl", entry)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = handle_any
+
+    return Handler
+
+
+def exchange(state, method, path, headers, body):
+    if method != "POST" or path != "/resourcePrincipalSessionTokens":
+        raise Refused(404, "NotFound", "no such endpoint")
+    auth = headers.get("authorization", "")
+    if not auth.startswith("Bearer "):
+        raise Refused(401, "NotAuthenticated", "no bearer token")
+    review = state.apiserver.review(auth[len("Bearer "):])
+    user = review.get("user", {})
+    if not review.get("authenticated") or not user.get("username", "").startswith("system:serviceaccount:"):
+        raise Refused(403, "NotAuthorized", "not a service account of this cluster")
+    pod_key = json.loads(body or b"{}").get("podKey", "")
+    pod_key = pod_key.replace("-----BEGIN PUBLIC KEY-----", "").replace("-----END PUBLIC KEY-----", "").replace("\n", "")
+    try:
+        rpst = state.rpst(user, pod_key)
+    except Exception:
+        raise Refused(400, "InvalidParameter", "podKey is not an RSA public key")
+    token = base64.b64encode(json.dumps({"token": "ST$" + rpst}).encode()).decode()
+    return 200, json.dumps(token).encode()
+
+
+def service(state, method, path, headers, body):
+    claims = state.verify(method, path, headers, body)
+    route = path.split("?")[0]
+    if method == "GET" and route.startswith("/20190301/secretbundles/"):
+        secret_id = route.rsplit("/", 1)[1]
+        secrets = state.read("secrets.json", {})
+        if secret_id not in secrets:
+            raise Refused(404, "NotAuthorizedOrNotFound", "secret not found or not authorized")
+        return 200, {
+            "secretId": secret_id, "versionNumber": 1, "stages": ["CURRENT", "LATEST"],
+            "secretBundleContent": {"contentType": "BASE64", "content": secrets[secret_id]},
+        }
+    if method == "POST" and route.startswith("/20181201/topics/") and route.endswith("/messages"):
+        topic = route.split("/")[3]
+        if topic not in state.read("topics.json", []):
+            raise Refused(404, "NotAuthorizedOrNotFound", "topic not found or not authorized")
+        message = json.loads(body)
+        if "body" not in message:
+            raise Refused(400, "InvalidParameter", "body is required")
+        state.log("messages.jsonl", {"topic": topic, "message": message, "principal": claims["sub"]})
+        return 200, {"messageId": uuid.uuid4().hex, "timeStamp": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    raise Refused(404, "NotFound", f"no such operation: {method} {route}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True)
+    p.add_argument("--kubeconfig", required=True)
+    p.add_argument("--exchange-port", type=int, default=0)
+    p.add_argument("--token-lifetime", type=int, default=30)
+    args = p.parse_args()
+    state = State(args)
+    tls = make_tls(args.dir)
+    servers = {}
+    for role, port in (("exchange", args.exchange_port), ("services", 0)):
+        server = ThreadingHTTPServer(("127.0.0.1", port), handler(state, role))
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
+        servers[role] = server
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    ports = {role: s.server_address[1] for role, s in servers.items()}
+    state.services_host = f"127.0.0.1:{ports['services']}"
+    tmp = os.path.join(args.dir, "ports.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(ports, f)
+    os.rename(tmp, os.path.join(args.dir, "ports.json"))
+    # Until the test closes our stdin.
+    import sys
+    sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
