@@ -58,6 +58,7 @@ fn dispatcher(
             agent: AgentInfo::new(ns, "agent-0"),
             secret: None,
             http: Default::default(),
+            oci: None,
         },
     )
     .unwrap();
@@ -316,7 +317,7 @@ sinks:
     ))
     .unwrap();
     let agent = AgentInfo::new(&ns.name, "agent-0");
-    let built = sinks::build_all(&cfg, &client, &agent, &Default::default())
+    let built = sinks::build_all(&cfg, &client, &agent, &Default::default(), None)
         .await
         .unwrap();
     let d = Dispatcher::new(built, DeliveryOptions::default());
@@ -350,7 +351,7 @@ sinks:
         "sinks:\n  - {{type: webhook, name: ops, url: 'http://{addr}/', secretRef: {{name: gone, key: k}}}}\n"
     ))
     .unwrap();
-    let e = sinks::build_all(&cfg, &client, &agent, &Default::default())
+    let e = sinks::build_all(&cfg, &client, &agent, &Default::default(), None)
         .await
         .err()
         .expect("no Secret")

@@ -5,6 +5,8 @@
 //! The agent signs with nothing but that token; the official `oci` SDK, as a client of the
 //! same stand-ins, shows they speak the real wire format.
 
+#[path = "../harness/git.rs"]
+mod git;
 #[path = "../harness/mod.rs"]
 mod harness;
 
@@ -409,4 +411,93 @@ print("message", ons.publish_message({TOPIC_ID:?}, details).data.message_id)
         s.log("messages.jsonl")[0]["message"]["body"],
         "from the sdk"
     );
+}
+
+/// The daemon with an OCI Notifications alert sink and nothing but its service-account
+/// token: an out-of-band edit is published to the topic, signed with workload identity.
+#[tokio::test]
+async fn drift_is_published_to_oci_notifications_with_workload_identity() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams};
+    let (ns, s, work) = setup("oci-ons", 600, 0).await;
+    let token = token_file(&ns, work.path()).await;
+    let upstream = git::Upstream::new();
+    let repo = upstream.create("apps");
+    repo.push("main", &[("deploy/a.yaml", &harness::cm("a", "1"))], &[]);
+    let config = format!(
+        "stateDir: {dir}/state\nnamespace: {ns}\n\
+         sources:\n  - name: apps\n    url: {url}\n    ref: {{branch: main}}\n    interval: 1h\n\
+         syncs:\n  - name: apps\n    source: apps\n    path: deploy\n    namespace: {ns}\n    health: {{wait: false}}\n\
+         alerts:\n  sinks:\n    - type: ociNotifications\n      name: ons\n      topicId: {TOPIC_ID}\n      endpoint: https://127.0.0.1:{port}\n\
+         oci:\n  auth: workloadIdentity\n  region: us-ashburn-1\n  caFile: {ca}\n\
+         \x20 tokenExchange: {{host: 127.0.0.1, port: {exchange}, serviceAccountToken: {token}, clusterCa: {ca}}}\n",
+        dir = work.path().display(),
+        ns = ns.name,
+        url = repo.file_url(),
+        port = s.services,
+        ca = s.ca().display(),
+        exchange = s.exchange,
+        token = token.display(),
+    );
+    let path = work.path().join("config.yaml");
+    std::fs::write(&path, config).unwrap();
+    let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
+    let mut agent = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let agent_log = || std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default();
+    let cms: Api<ConfigMap> = Api::namespaced(control_plane().client().await, &ns.name);
+    let started = Instant::now();
+    while cms.get_opt("a").await.unwrap().is_none() {
+        assert!(started.elapsed() < WAIT, "never applied:\n{}", agent_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Watched and confirmed first (the sync's own alert, if any, comes before).
+    let pp = PatchParams {
+        field_manager: Some("kubectl-edit".into()),
+        ..Default::default()
+    };
+    let edit = serde_json::json!({"data": {"value": "edited"}});
+    let published = || {
+        s.log("messages.jsonl").into_iter().find(|m| {
+            m["message"]["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("ConfigMap") && b.contains("/a"))
+        })
+    };
+    let started = Instant::now();
+    let message = loop {
+        cms.patch("a", &pp, &Patch::Merge(&edit)).await.unwrap();
+        if let Some(m) = published() {
+            break m;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no message:\n{}\n{:?}",
+            agent_log(),
+            s.log("requests.jsonl")
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let _ = agent.kill();
+    let _ = agent.wait();
+    assert_eq!(
+        message["principal"],
+        format!("system:serviceaccount:{}:gitops-agent", ns.name)
+    );
+    assert!(
+        message["message"]["title"]
+            .as_str()
+            .unwrap()
+            .starts_with("gitops-agent: "),
+        "{message}"
+    );
+    assert!(!agent_log().contains("eyJ"), "no token in the log");
 }

@@ -71,6 +71,20 @@ impl AlertsConfig {
                     s.name()
                 ));
             }
+            if let SinkConfig::OciNotifications {
+                topic_id, endpoint, ..
+            } = s
+            {
+                if !topic_id.starts_with("ocid1.onstopic.") {
+                    out.push(format!(
+                        "alert sink {}: topicId must be an ocid1.onstopic OCID",
+                        s.id()
+                    ));
+                }
+                if let Some(Err(why)) = endpoint.as_deref().map(crate::http::client::parse_url) {
+                    out.push(format!("alert sink {}: endpoint: {why}", s.id()));
+                }
+            }
             if let SinkConfig::Webhook { url, .. } = s
                 && let Err(why) = crate::http::client::parse_url(url)
             {
@@ -110,6 +124,15 @@ pub enum SinkConfig {
         /// The HMAC key.
         secret_ref: SecretKeyRef,
     },
+    /// OCI Notifications: PublishMessage to a topic, signed with the `oci:` identity.
+    OciNotifications {
+        name: String,
+        /// `ocid1.onstopic...`.
+        topic_id: String,
+        /// The Notifications endpoint; default `https://notification.<region>.oraclecloud.com`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        endpoint: Option<String>,
+    },
     /// A Slack-compatible incoming webhook.
     Slack {
         name: String,
@@ -134,6 +157,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Events { name, .. }
             | SinkConfig::Webhook { name, .. }
+            | SinkConfig::OciNotifications { name, .. }
             | SinkConfig::Slack { name, .. } => name,
         }
     }
@@ -142,6 +166,7 @@ impl SinkConfig {
         match self {
             SinkConfig::Events { .. } => "events",
             SinkConfig::Webhook { .. } => "webhook",
+            SinkConfig::OciNotifications { .. } => "ociNotifications",
             SinkConfig::Slack { .. } => "slack",
         }
     }
@@ -154,7 +179,7 @@ impl SinkConfig {
     /// The Secret whose value the caller resolves into [`SinkResources::secret`].
     pub fn secret_ref(&self) -> Option<&SecretKeyRef> {
         match self {
-            SinkConfig::Events { .. } => None,
+            SinkConfig::Events { .. } | SinkConfig::OciNotifications { .. } => None,
             SinkConfig::Webhook { secret_ref, .. } | SinkConfig::Slack { secret_ref, .. } => {
                 Some(secret_ref)
             }

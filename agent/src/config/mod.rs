@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod alerts;
+pub mod oci;
 mod raw;
 mod validate;
 
@@ -71,6 +72,8 @@ pub struct Config {
     pub resync: Duration,
     /// Where alerts go.
     pub alerts: AlertsConfig,
+    /// The OCI identity, when anything uses OCI.
+    pub oci: Option<oci::OciConfig>,
     /// How many syncs the daemon runs at once (one sync never runs twice at once).
     pub concurrency: usize,
 }

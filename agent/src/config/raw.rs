@@ -29,6 +29,8 @@ pub(super) struct RawConfig {
     pub(super) alerts: Option<Spanned<super::alerts::AlertsConfig>>,
     #[serde(default)]
     pub(super) concurrency: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub(super) oci: Option<Spanned<super::oci::OciConfig>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -104,10 +104,21 @@ impl Validator {
                     for p in a.value.problems() {
                         self.at(&a, p);
                     }
+                    if raw.oci.is_none()
+                        && a.value.sinks.iter().any(|s| s.kind() == "ociNotifications")
+                    {
+                        self.at(&a, "alerts: an ociNotifications sink needs the oci: section (the identity it signs with)");
+                    }
                     a.value
                 }
                 None => Default::default(),
             },
+            oci: raw.oci.map(|o| {
+                for p in o.value.problems() {
+                    self.at(&o, p);
+                }
+                o.value
+            }),
         }
     }
 

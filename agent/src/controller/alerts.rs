@@ -17,11 +17,14 @@ use crate::telemetry::metrics::{self, Metrics};
 pub async fn dispatcher(client: &Client, cfg: &Config, metrics: Arc<Metrics>) -> Dispatcher {
     let info = notify::AgentInfo::new(&cfg.namespace, super::identity());
     let mut sinks = Vec::new();
+    // One OCI client for every sink that signs (made on first use).
+    let oci = cfg.oci.clone().map(crate::oci::Shared::new);
     for s in &cfg.alerts.sinks {
         let one = AlertsConfig {
             sinks: vec![s.clone()],
         };
-        match notify::sinks::build_all(&one, client, &info, &Default::default()).await {
+        match notify::sinks::build_all(&one, client, &info, &Default::default(), oci.clone()).await
+        {
             Ok(mut built) => sinks.append(&mut built),
             Err(e) => tracing::error!(error = %e, "alert sink left out"),
         }

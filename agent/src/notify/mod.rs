@@ -48,6 +48,9 @@ pub enum Error {
     },
     #[error("alert sink {sink}: {message}")]
     Config { sink: String, message: String },
+    /// OCI could not be reached or refused (an identity not yet obtained, a failed send).
+    #[error("alert sink {sink}: {message}")]
+    Oci { sink: String, message: String },
     #[error("{secret}: {message}")]
     Secret { secret: String, message: String },
     #[error("{secret}: {source}")]
@@ -83,6 +86,7 @@ impl Error {
                 kube::Error::Api(s) => s.code == 429 || s.code >= 500,
                 _ => true,
             },
+            Error::Oci { .. } => true,
             Error::Config { .. } | Error::Secret { .. } | Error::SecretRead { .. } => false,
         }
     }

@@ -170,6 +170,7 @@ fn webhook_sink(name: &str, url: String) -> Arc<dyn Sink> {
             agent: agent(),
             secret: Some(SecretBytes::new(KEY)),
             http: http(),
+            oci: None,
         },
     )
     .unwrap()
@@ -192,6 +193,7 @@ fn slack_sink(url: String, blocks: bool) -> Arc<dyn Sink> {
             agent: agent(),
             secret: Some(SecretBytes::new(url)),
             http: http(),
+            oci: None,
         },
     )
     .unwrap()
@@ -1172,6 +1174,7 @@ fn building_needs_the_secret_and_never_prints_it() {
         agent: agent(),
         secret: None,
         http: HttpOptions::default(),
+        oci: None,
     };
     // With its secret an HTTPS sink builds (rustls with ring, platform roots).
     let with_secret = SinkResources {

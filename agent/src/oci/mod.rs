@@ -5,6 +5,7 @@
 pub mod auth;
 pub mod signing;
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
@@ -27,6 +28,77 @@ pub enum Error {
     Client(String),
     #[error("{url}: {reason}")]
     Send { url: String, reason: String },
+}
+
+/// The agent's OCI client, made on first use from the `oci:` configuration, and again on
+/// a later use when that failed: an exchange that fails at start must not stop what needs
+/// no OCI, and may work a minute later.
+pub struct Shared {
+    cfg: crate::config::oci::OciConfig,
+    client: tokio::sync::Mutex<Option<Arc<Client>>>,
+}
+
+impl Shared {
+    pub fn new(cfg: crate::config::oci::OciConfig) -> Arc<Self> {
+        Arc::new(Shared {
+            cfg,
+            client: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The region calls go to: the configuration's, else the pod's.
+    pub fn region(&self) -> Option<String> {
+        let env = std::env::var("OCI_RESOURCE_PRINCIPAL_REGION").ok();
+        self.cfg.region.clone().or(env.filter(|r| !r.is_empty()))
+    }
+
+    pub async fn client(&self) -> Result<Arc<Client>, Error> {
+        let mut slot = self.client.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let identity = identity(&self.cfg, self.region()).await?;
+        let ca = match &self.cfg.ca_file {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| Error::Client(format!("{}: {e}", path.display())))?,
+            ),
+            None => None,
+        };
+        let client = Arc::new(Client::new(identity, ca.as_deref())?);
+        *slot = Some(client.clone());
+        Ok(client)
+    }
+}
+
+/// The identity the configuration names, what an OKE pod's environment says filling in.
+async fn identity(
+    cfg: &crate::config::oci::OciConfig,
+    region: Option<String>,
+) -> Result<auth::Identity, Error> {
+    use crate::config::oci::OciAuth;
+    use auth::workload;
+    if let (OciAuth::ConfigFile, Some(f)) = (cfg.auth, &cfg.config_file) {
+        return Ok(auth::Identity::from_config_file(&f.path, &f.profile)?);
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let t = &cfg.token_exchange;
+    let host = t.host.clone().or_else(|| env("KUBERNETES_SERVICE_HOST"));
+    let ca = t
+        .cluster_ca
+        .clone()
+        .or_else(|| env("OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH").map(Into::into));
+    let opts = workload::Options {
+        service_host: host.ok_or(workload::Error::Unset("KUBERNETES_SERVICE_HOST"))?,
+        port: t.port.unwrap_or(workload::PORT),
+        token_path: t
+            .service_account_token
+            .clone()
+            .unwrap_or_else(|| workload::TOKEN_PATH.into()),
+        ca_path: ca.unwrap_or_else(|| workload::CA_PATH.into()),
+        region,
+    };
+    Ok(auth::Identity::workload(opts).await?)
 }
 
 /// Signs and sends OCI requests with one identity; a 401 renews the credentials once (a

@@ -2,6 +2,7 @@
 //! and its secret. Each delivers one alert per call; the dispatcher retries.
 
 pub mod events;
+pub mod oci_notifications;
 pub mod slack;
 pub mod webhook;
 
@@ -55,6 +56,8 @@ pub struct SinkResources {
     /// The value behind the sink's [`SinkConfig::secret_ref`], resolved by the caller.
     pub secret: Option<SecretBytes>,
     pub http: client::Options,
+    /// Required by `ociNotifications` sinks: the agent's OCI client.
+    pub oci: Option<Arc<crate::oci::Shared>>,
 }
 
 /// An event stamped with the time it was raised (not delivered: retries keep it).
@@ -91,10 +94,16 @@ pub(crate) async fn post(sink: &str, shown_url: &str, req: reqwest::RequestBuild
         url: shown_url.to_string(),
         source: e.without_url(),
     })?;
-    let status = resp.status();
-    if status.is_success() {
+    if resp.status().is_success() {
         return Ok(());
     }
+    Err(status_error(sink, shown_url, resp).await)
+}
+
+/// The error for a response that is not a success: its status, `Retry-After` (seconds),
+/// and the first line of its body, read through a cap.
+pub(crate) async fn status_error(sink: &str, shown_url: &str, resp: reqwest::Response) -> Error {
+    let status = resp.status();
     let retry_after = resp
         .headers()
         .get(reqwest::header::RETRY_AFTER)
@@ -103,13 +112,13 @@ pub(crate) async fn post(sink: &str, shown_url: &str, req: reqwest::RequestBuild
         .map(Duration::from_secs);
     let body = read_capped(resp, ERROR_BODY_MAX).await;
     let body = crate::core::truncate(body.trim().lines().next().unwrap_or(""), 200);
-    Err(Error::Status {
+    Error::Status {
         sink: sink.to_string(),
         url: shown_url.to_string(),
         status,
         body,
         retry_after,
-    })
+    }
 }
 
 /// Builds one sink from its configuration and what it needs.
@@ -151,6 +160,17 @@ pub fn build(cfg: &SinkConfig, res: SinkResources) -> Result<Arc<dyn Sink>> {
             let secret = res.secret.ok_or_else(|| missing("the secretRef value"))?;
             Arc::new(WebhookSink::new(id, url, secret, res.agent, &res.http)?)
         }
+        SinkConfig::OciNotifications {
+            topic_id, endpoint, ..
+        } => {
+            let oci = res.oci.ok_or_else(|| missing("the oci: section"))?;
+            Arc::new(oci_notifications::OciNotificationsSink::new(
+                id,
+                topic_id.clone(),
+                endpoint.clone(),
+                oci,
+            ))
+        }
         SinkConfig::Slack { blocks, .. } => {
             let secret = res.secret.ok_or_else(|| missing("the secretRef value"))?;
             Arc::new(SlackSink::new(id, &secret, *blocks, res.agent, &res.http)?)
@@ -165,6 +185,7 @@ pub async fn build_all(
     client: &Client,
     agent: &AgentInfo,
     http: &client::Options,
+    oci: Option<Arc<crate::oci::Shared>>,
 ) -> Result<Vec<Arc<dyn Sink>>> {
     let secrets = SecretResolver::new(Some(client.clone()), &agent.namespace);
     let mut sinks = Vec::with_capacity(cfg.sinks.len());
@@ -183,6 +204,7 @@ pub async fn build_all(
                 agent: agent.clone(),
                 secret,
                 http: http.clone(),
+                oci: oci.clone(),
             },
         )?);
     }
