@@ -441,6 +441,29 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
     );
     let path = work.path().join("config.yaml");
     std::fs::write(&path, config).unwrap();
+    // `check` reports the identity: kind, region, expiry; never the token.
+    let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("oci:      OKE workload identity"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("region us-ashburn-1") && stdout.contains("token expires"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("eyJ"), "{stdout}");
     let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
     let mut agent = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
         .args(["run", "--config"])

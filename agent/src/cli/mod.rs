@@ -171,7 +171,7 @@ impl Cli {
                 println!("user:     {}", id.username);
                 println!("groups:   {}", id.groups.join(", "));
                 println!("via:      {origin}");
-                Ok(ExitCode::SUCCESS)
+                check_oci(&self.config).await
             }
             Command::Validate { dir, namespace } => validate(&dir, &namespace),
             Command::Diff { ref sync } => {
@@ -202,6 +202,41 @@ impl Cli {
             }
             Command::Status => status(&self).await,
             Command::Oci { command } => oci_command(*command).await,
+        }
+    }
+}
+
+/// The OCI identity the configuration names, if it names one: kind, region, principal and
+/// when its token expires (never the token). A failure is reported and fails the check.
+async fn check_oci(config: &std::path::Path) -> anyhow::Result<ExitCode> {
+    let Some(oci_cfg) = config::load(config).ok().and_then(|c| c.oci) else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let shared = oci::Shared::new(oci_cfg);
+    match shared.client().await {
+        Ok(client) => {
+            let id = client.identity();
+            println!(
+                "oci:      {} ({}), region {}",
+                id.kind.as_str(),
+                id.principal,
+                shared.region().unwrap_or_else(|| "not set".into())
+            );
+            if let Some(at) = id.expires() {
+                let left = at
+                    .duration_since(std::time::SystemTime::now())
+                    .unwrap_or_default();
+                println!(
+                    "          token expires {} (in {}s)",
+                    httpdate::fmt_http_date(at),
+                    left.as_secs()
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("oci:      {e}");
+            Ok(ExitCode::from(1))
         }
     }
 }
