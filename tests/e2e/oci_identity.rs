@@ -22,6 +22,7 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(60);
 const SECRET_ID: &str = "ocid1.vaultsecret.oc1.iad.standin";
 const TOPIC_ID: &str = "ocid1.onstopic.oc1.iad.standin";
+const SLACK_SECRET: &str = "ocid1.vaultsecret.oc1.iad.slack";
 
 /// The stand-ins, serving until dropped.
 struct StandIn {
@@ -421,6 +422,26 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
     use kube::api::{Api, Patch, PatchParams};
     let (ns, s, work) = setup("oci-ons", 600, 0).await;
     let token = token_file(&ns, work.path()).await;
+    // A Slack-compatible receiver whose URL (the credential) is kept in Vault.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let hook = {
+        let received = received.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |body: String| async move {
+                received.lock().unwrap().push(body);
+                "ok"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        format!("http://127.0.0.1:{port}/hook")
+    };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secrets =
+        serde_json::json!({SECRET_ID: b64.encode("db-password"), SLACK_SECRET: b64.encode(&hook)});
+    std::fs::write(s.dir.path().join("secrets.json"), secrets.to_string()).unwrap();
     let upstream = git::Upstream::new();
     let repo = upstream.create("apps");
     repo.push("main", &[("deploy/a.yaml", &harness::cm("a", "1"))], &[]);
@@ -429,7 +450,9 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
          sources:\n  - name: apps\n    url: {url}\n    ref: {{branch: main}}\n    interval: 1h\n\
          syncs:\n  - name: apps\n    source: apps\n    path: deploy\n    namespace: {ns}\n    health: {{wait: false}}\n\
          alerts:\n  sinks:\n    - type: ociNotifications\n      name: ons\n      topicId: {TOPIC_ID}\n      endpoint: https://127.0.0.1:{port}\n\
-         oci:\n  auth: workloadIdentity\n  region: us-ashburn-1\n  caFile: {ca}\n\
+             \x20   - {{type: slack, name: team, blocks: false, ociVault: {{secretId: {SLACK_SECRET}}}}}\n\
+             \x20   - {{type: slack, name: gone, ociVault: {{secretId: ocid1.vaultsecret.oc1.iad.gone}}}}\n\
+         oci:\n  auth: workloadIdentity\n  region: us-ashburn-1\n  caFile: {ca}\n  endpoints: {{secrets: https://127.0.0.1:{port}}}\n\
          \x20 tokenExchange: {{host: 127.0.0.1, port: {exchange}, serviceAccountToken: {token}, clusterCa: {ca}}}\n",
         dir = work.path().display(),
         ns = ns.name,
@@ -509,8 +532,23 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // The Slack sink, built with its URL from Vault, got the same alert.
+    let started = Instant::now();
+    while !received
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| b.contains("ConfigMap"))
+    {
+        assert!(started.elapsed() < WAIT, "no Slack alert:\n{}", agent_log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let _ = agent.kill();
     let _ = agent.wait();
+    assert!(
+        !agent_log().contains(&hook),
+        "the Vault-held URL is never logged"
+    );
     assert_eq!(
         message["principal"],
         format!("system:serviceaccount:{}:gitops-agent", ns.name)

@@ -16,6 +16,21 @@ pub struct SecretKeyRef {
     pub namespace: Option<String>,
 }
 
+/// A secret of OCI Vault, read with GetSecretBundle (its CURRENT version).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OciVaultRef {
+    /// `ocid1.vaultsecret...`.
+    pub secret_id: String,
+}
+
+/// Where a credential is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    Kubernetes(&'a SecretKeyRef),
+    OciVault(&'a OciVaultRef),
+}
+
 /// The object the agent's own Events are recorded on (its Pod, Deployment, a Lease…).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -71,6 +86,17 @@ impl AlertsConfig {
                     s.name()
                 ));
             }
+            if let Some(why) = s.credential_problem() {
+                out.push(format!("alert sink {}: {why}", s.id()));
+            }
+            if let Some(Credential::OciVault(v)) = s.credential()
+                && !v.secret_id.starts_with("ocid1.vaultsecret.")
+            {
+                out.push(format!(
+                    "alert sink {}: ociVault.secretId must be an ocid1.vaultsecret OCID",
+                    s.id()
+                ));
+            }
             if let SinkConfig::OciNotifications {
                 topic_id, endpoint, ..
             } = s
@@ -121,8 +147,12 @@ pub enum SinkConfig {
         name: String,
         /// `https://`; `http://` only to a loopback address.
         url: String,
-        /// The HMAC key.
-        secret_ref: SecretKeyRef,
+        /// The HMAC key, from a Kubernetes Secret...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_ref: Option<SecretKeyRef>,
+        /// ...or from OCI Vault.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oci_vault: Option<OciVaultRef>,
     },
     /// OCI Notifications: PublishMessage to a topic, signed with the `oci:` identity.
     OciNotifications {
@@ -136,8 +166,12 @@ pub enum SinkConfig {
     /// A Slack-compatible incoming webhook.
     Slack {
         name: String,
-        /// The incoming-webhook URL (it is the credential).
-        secret_ref: SecretKeyRef,
+        /// The incoming-webhook URL (it is the credential), from a Kubernetes Secret...
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        secret_ref: Option<SecretKeyRef>,
+        /// ...or from OCI Vault.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        oci_vault: Option<OciVaultRef>,
         /// Add Block Kit `blocks` beside the plain `text`.
         #[serde(default = "yes")]
         blocks: bool,
@@ -176,13 +210,38 @@ impl SinkConfig {
         format!("{}/{}", self.kind(), self.name())
     }
 
-    /// The Secret whose value the caller resolves into [`SinkResources::secret`].
-    pub fn secret_ref(&self) -> Option<&SecretKeyRef> {
+    /// Where the credential the caller resolves into [`SinkResources::secret`] is.
+    pub fn credential(&self) -> Option<Credential<'_>> {
+        match self.credential_fields()? {
+            (Some(r), _) => Some(Credential::Kubernetes(r)),
+            (None, Some(v)) => Some(Credential::OciVault(v)),
+            (None, None) => None,
+        }
+    }
+
+    /// Whether the sink names its credential once, as a Secret key or a Vault secret.
+    fn credential_problem(&self) -> Option<&'static str> {
+        match self.credential_fields()? {
+            (Some(_), Some(_)) => Some("give secretRef or ociVault, not both"),
+            (None, None) => Some("secretRef or ociVault is required"),
+            _ => None,
+        }
+    }
+
+    /// A sink's two ways of naming its credential; `None` for sinks that have none.
+    fn credential_fields(&self) -> Option<(&Option<SecretKeyRef>, &Option<OciVaultRef>)> {
         match self {
             SinkConfig::Events { .. } | SinkConfig::OciNotifications { .. } => None,
-            SinkConfig::Webhook { secret_ref, .. } | SinkConfig::Slack { secret_ref, .. } => {
-                Some(secret_ref)
+            SinkConfig::Webhook {
+                secret_ref,
+                oci_vault,
+                ..
             }
+            | SinkConfig::Slack {
+                secret_ref,
+                oci_vault,
+                ..
+            } => Some((secret_ref, oci_vault)),
         }
     }
 }

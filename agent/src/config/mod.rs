@@ -12,7 +12,7 @@ pub mod oci;
 mod raw;
 mod validate;
 
-pub use alerts::{AgentRef, AlertsConfig, SecretKeyRef, SinkConfig};
+pub use alerts::{AgentRef, AlertsConfig, Credential, OciVaultRef, SecretKeyRef, SinkConfig};
 use validate::Validator;
 
 #[derive(Debug, thiserror::Error)]

@@ -8,6 +8,7 @@
 //!   # configFile: {path: /etc/oci/config, profile: DEFAULT}
 //!   # caFile: /etc/oci/ca.pem       # trust only this CA for OCI endpoints (private endpoints)
 //!   # tokenExchange: {host: 10.96.0.1, port: 12250, serviceAccountToken: PATH, clusterCa: PATH}
+//!   # endpoints: {secrets: https://secrets.vaults.us-ashburn-1.oci.oraclecloud.com}
 //! ```
 
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ pub struct OciConfig {
     /// Overrides of what an OKE pod's environment says (for workload identity).
     #[serde(default)]
     pub token_exchange: TokenExchange,
+    /// Service endpoints instead of the region's (`secrets`: Vault's secret bundles).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub endpoints: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -106,6 +110,29 @@ mod tests {
         assert!(err.contains("needs the oci: section"), "{err}");
         assert!(
             err.contains("topicId must be an ocid1.onstopic OCID"),
+            "{err}"
+        );
+
+        let sinks = "alerts:\n  sinks:\n    - {type: webhook, name: a, url: https://h.example/x, secretRef: {name: s, key: k}, ociVault: {secretId: ocid1.vaultsecret.oc1..s}}\n    - {type: slack, name: b}\n    - {type: slack, name: c, ociVault: {secretId: x}}\n";
+        let err = crate::config::parse(Path::new("c.yaml"), &format!("{BASE}{sinks}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("webhook/a: give secretRef or ociVault, not both"),
+            "{err}"
+        );
+        assert!(
+            err.contains("slack/b: secretRef or ociVault is required"),
+            "{err}"
+        );
+        assert!(
+            err.contains("slack/c: ociVault.secretId must be an ocid1.vaultsecret OCID"),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "an ociNotifications sink or an ociVault credential needs the oci: section"
+            ),
             "{err}"
         );
 

@@ -105,9 +105,12 @@ impl Validator {
                         self.at(&a, p);
                     }
                     if raw.oci.is_none()
-                        && a.value.sinks.iter().any(|s| s.kind() == "ociNotifications")
+                        && a.value.sinks.iter().any(|s| {
+                            s.kind() == "ociNotifications"
+                                || matches!(s.credential(), Some(super::Credential::OciVault(_)))
+                        })
                     {
-                        self.at(&a, "alerts: an ociNotifications sink needs the oci: section (the identity it signs with)");
+                        self.at(&a, "alerts: an ociNotifications sink or an ociVault credential needs the oci: section (the identity it signs with)");
                     }
                     a.value
                 }

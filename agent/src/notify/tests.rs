@@ -157,11 +157,12 @@ fn webhook_sink(name: &str, url: String) -> Arc<dyn Sink> {
     let cfg = SinkConfig::Webhook {
         name: name.into(),
         url,
-        secret_ref: SecretKeyRef {
+        secret_ref: Some(SecretKeyRef {
             name: "hmac".into(),
             key: "secret".into(),
             namespace: None,
-        },
+        }),
+        oci_vault: None,
     };
     build(
         &cfg,
@@ -179,11 +180,12 @@ fn webhook_sink(name: &str, url: String) -> Arc<dyn Sink> {
 fn slack_sink(url: String, blocks: bool) -> Arc<dyn Sink> {
     let cfg = SinkConfig::Slack {
         name: "team".into(),
-        secret_ref: SecretKeyRef {
+        secret_ref: Some(SecretKeyRef {
             name: "slack".into(),
             key: "url".into(),
             namespace: None,
-        },
+        }),
+        oci_vault: None,
         blocks,
     };
     build(
@@ -1062,27 +1064,32 @@ fn sink_config_reads_from_yaml() {
             SinkConfig::Webhook {
                 name: "ops".into(),
                 url: "https://alerts.example.com/gitops".into(),
-                secret_ref: SecretKeyRef {
+                secret_ref: Some(SecretKeyRef {
                     name: "alert-hmac".into(),
                     key: "secret".into(),
                     namespace: None,
-                },
+                }),
+                oci_vault: None,
             },
             SinkConfig::Slack {
                 name: "team".into(),
-                secret_ref: SecretKeyRef {
+                secret_ref: Some(SecretKeyRef {
                     name: "slack".into(),
                     key: "url".into(),
                     namespace: Some("chat".into()),
-                },
+                }),
+                oci_vault: None,
                 blocks: true,
             },
         ]
     );
     assert!(c.problems().is_empty(), "{:?}", c.problems());
     assert_eq!(c.sinks[1].id(), "webhook/ops");
-    assert_eq!(c.sinks[2].secret_ref().unwrap().key, "url");
-    assert_eq!(c.sinks[0].secret_ref(), None);
+    match c.sinks[2].credential() {
+        Some(crate::config::Credential::Kubernetes(r)) => assert_eq!(r.key, "url"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(c.sinks[0].credential(), None);
 }
 
 #[test]
@@ -1163,11 +1170,12 @@ fn building_needs_the_secret_and_never_prints_it() {
     let cfg = SinkConfig::Webhook {
         name: "ops".into(),
         url: "https://h.example/x".into(),
-        secret_ref: SecretKeyRef {
+        secret_ref: Some(SecretKeyRef {
             name: "s".into(),
             key: "k".into(),
             namespace: None,
-        },
+        }),
+        oci_vault: None,
     };
     let res = SinkResources {
         client: None,

@@ -4,6 +4,7 @@
 
 pub mod auth;
 pub mod signing;
+pub mod vault;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -28,6 +29,8 @@ pub enum Error {
     Client(String),
     #[error("{url}: {reason}")]
     Send { url: String, reason: String },
+    #[error("OCI Vault secret {secret_id}: {reason}")]
+    Vault { secret_id: String, reason: String },
 }
 
 /// The agent's OCI client, made on first use from the `oci:` configuration, and again on
@@ -44,6 +47,11 @@ impl Shared {
             cfg,
             client: tokio::sync::Mutex::new(None),
         })
+    }
+
+    /// The configured endpoint of a service (`secrets`, `notifications`), if any.
+    pub fn endpoint(&self, service: &str) -> Option<String> {
+        self.cfg.endpoints.get(service).cloned()
     }
 
     /// The region calls go to: the configuration's, else the pod's.

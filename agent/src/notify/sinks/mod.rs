@@ -15,7 +15,7 @@ use kube::Client;
 use serde::{Deserialize, Serialize};
 
 use super::{Error, Event, Result};
-use crate::config::alerts::{AlertsConfig, SinkConfig};
+use crate::config::alerts::{AlertsConfig, Credential, SinkConfig};
 use crate::core::ObjectKey;
 use crate::http::client;
 use crate::secrets::{SecretBytes, SecretResolver};
@@ -190,11 +190,21 @@ pub async fn build_all(
     let secrets = SecretResolver::new(Some(client.clone()), &agent.namespace);
     let mut sinks = Vec::with_capacity(cfg.sinks.len());
     for s in &cfg.sinks {
-        let secret = match s.secret_ref() {
-            Some(r) => Some(secrets.key(r).await.map_err(|e| Error::Config {
-                sink: s.id(),
-                message: e.to_string(),
-            })?),
+        let failed = |message: String| Error::Config {
+            sink: s.id(),
+            message,
+        };
+        let secret = match s.credential() {
+            Some(Credential::Kubernetes(r)) => {
+                Some(secrets.key(r).await.map_err(|e| failed(e.to_string()))?)
+            }
+            Some(Credential::OciVault(v)) => {
+                let oci = oci
+                    .as_ref()
+                    .ok_or_else(|| failed("ociVault needs the oci: section".into()))?;
+                let value = crate::oci::vault::secret(oci, &v.secret_id).await;
+                Some(SecretBytes::new(value.map_err(|e| failed(e.to_string()))?))
+            }
             None => None,
         };
         sinks.push(build(

@@ -1,0 +1,56 @@
+//! OCI Vault secrets: GetSecretBundle (`GET /20190301/secretbundles/{secretId}`, the CURRENT
+//! version), content decoded from its BASE64 bundle. The value is returned, never printed.
+
+use base64::Engine as _;
+
+use super::{Error, Shared};
+
+/// The secret's current value.
+pub async fn secret(shared: &Shared, secret_id: &str) -> Result<Vec<u8>, Error> {
+    let fail = |reason: String| Error::Vault {
+        secret_id: secret_id.to_owned(),
+        reason,
+    };
+    let base = match shared.endpoint("secrets") {
+        Some(e) => e,
+        None => match shared.region() {
+            Some(r) => format!("https://secrets.vaults.{r}.oci.oraclecloud.com"),
+            None => {
+                return Err(fail(
+                    "no endpoint, and no region (oci.region or OCI_RESOURCE_PRINCIPAL_REGION)"
+                        .into(),
+                ));
+            }
+        },
+    };
+    let url = format!(
+        "{}/20190301/secretbundles/{secret_id}",
+        base.trim_end_matches('/')
+    );
+    let client = shared.client().await?;
+    let request = super::raw_request(client.identity(), "GET", &url, Vec::new(), None, &[])?;
+    let response = client.send(&request).await?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| fail(crate::http::client::describe(e)))?;
+    if !status.is_success() {
+        // OCI's error bodies are {"code", "message"}: no secret material.
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let code = v["code"].as_str().unwrap_or("");
+        return Err(fail(format!("{status} {code}")));
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|_| fail("the answer is not JSON".into()))?;
+    let content = &v["secretBundleContent"];
+    if content["contentType"] != "BASE64" {
+        return Err(fail("the bundle's contentType is not BASE64".into()));
+    }
+    let text = content["content"]
+        .as_str()
+        .ok_or_else(|| fail("the bundle has no content".into()))?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text)
+        .map_err(|_| fail("the bundle's content is not base64".into()))
+}
