@@ -34,7 +34,30 @@ struct StandIn {
 
 impl StandIn {
     fn start(token_lifetime: u64, exchange_port: u16) -> StandIn {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(
+            tempfile::tempdir().unwrap(),
+            token_lifetime,
+            (exchange_port, 0),
+        )
+    }
+
+    /// Stops these stand-ins and starts new ones on the same ports with a new signing key:
+    /// every RPST issued before is refused from now on.
+    fn restart(mut self) -> StandIn {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let ports = (self.exchange, self.services);
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        std::fs::remove_file(dir.path().join("ports.json")).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("requests.jsonl"));
+        Self::start_in(dir, 600, ports)
+    }
+
+    fn start_in(
+        dir: tempfile::TempDir,
+        token_lifetime: u64,
+        (exchange_port, services_port): (u16, u16),
+    ) -> StandIn {
         let content = base64::engine::general_purpose::STANDARD.encode("db-password");
         std::fs::write(
             dir.path().join("secrets.json"),
@@ -51,6 +74,7 @@ impl StandIn {
             ])
             .args(["--token-lifetime", &token_lifetime.to_string()])
             .args(["--exchange-port", &exchange_port.to_string()])
+            .args(["--services-port", &services_port.to_string()])
             .stdin(Stdio::piped())
             .spawn()
             .unwrap();
@@ -360,12 +384,26 @@ async fn workload_identity_refreshes_at_half_life_with_a_new_key() {
         oci::raw_request(oci_client.identity(), "GET", &url, Vec::new(), None, &[]).unwrap();
     let response = oci_client.send(&request).await.unwrap();
     assert_eq!(response.status(), 200);
+
+    // OCI stops honouring the current token (here: the stand-ins restart with a new key):
+    // the 401 renews the session once and the same request is sent again, and succeeds.
+    let before = oci_client.identity().credentials().key_id;
+    let s = s.restart();
+    let response = oci_client.send(&request).await.unwrap();
+    assert_eq!(response.status(), 200, "renewed after the 401");
+    assert_ne!(oci_client.identity().credentials().key_id, before);
+    let services: Vec<Value> = s
+        .log("requests.jsonl")
+        .into_iter()
+        .filter(|r| r["role"] == "services")
+        .collect();
+    assert_eq!(services.len(), 2, "one refused, one accepted: {services:?}");
+    assert_eq!(services[0]["status"], 401);
     eprintln!(
-        "refreshed {:?} after the first exchange (token lifetime 6 s); {} exchanges",
+        "refreshed {:?} after the first exchange (token lifetime 6 s)",
         refreshed
             .duration_since(first_expiry - Duration::from_secs(6))
             .unwrap_or_default(),
-        s.exchanges()
     );
 }
 

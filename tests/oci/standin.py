@@ -12,7 +12,9 @@ service IP). They verify for real and refuse what OCI would refuse:
   the session key its RPST carries, refusing expired or foreign tokens, stale dates, wrong
   hosts, unsigned or altered bodies.
 
-Usage: standin.py --dir DIR --kubeconfig PATH [--exchange-port N] [--token-lifetime S].
+Usage: standin.py --dir DIR --kubeconfig PATH [--exchange-port N] [--services-port N]
+[--token-lifetime S]. A restart on the same ports with a new signing key makes every RPST
+issued before it invalid (how a 401 is provoked).
 Writes DIR/ca.pem and DIR/ports.json ({"exchange": N, "services": N}) once serving; reads
 DIR/secrets.json ({id: base64 content}) and DIR/topics.json ([ids]) on every request;
 appends every request's outcome to DIR/requests.jsonl and published messages to
@@ -53,7 +55,11 @@ class Refused(Exception):
 
 
 def make_tls(directory):
-    """A CA, and a server certificate it signs for IP 127.0.0.1; the CA goes to ca.pem."""
+    """A CA, and a server certificate it signs for IP 127.0.0.1; the CA goes to ca.pem.
+    A restart in the same directory keeps them (clients trust that CA)."""
+    chain = os.path.join(directory, "server.pem")
+    if os.path.exists(chain):
+        return tls_context(chain)
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "oci stand-in CA")])
@@ -82,10 +88,13 @@ def make_tls(directory):
     pem = serialization.Encoding.PEM
     with open(os.path.join(directory, "ca.pem"), "wb") as f:
         f.write(ca.public_bytes(pem))
-    chain = os.path.join(directory, "server.pem")
     with open(chain, "wb") as f:
         f.write(cert.public_bytes(pem))
         f.write(key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return tls_context(chain)
+
+
+def tls_context(chain):
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(chain)
@@ -228,11 +237,12 @@ def handler(state, role):
             try:
                 status, payload = (exchange if role == "exchange" else service)(state, self.command, self.path, headers, body)
                 entry["status"] = status
-                self.answer(status, payload)
             except Refused as r:
                 entry.update(status=r.status, refused=r.message)
-                self.answer(r.status, {"code": r.code, "message": r.message})
+                status, payload = r.status, {"code": r.code, "message": r.message}
+            # Logged before the answer: whoever got the answer finds the entry.
             state.log("requests.jsonl", entry)
+            self.answer(status, payload)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = handle_any
 
@@ -288,12 +298,14 @@ def main():
     p.add_argument("--dir", required=True)
     p.add_argument("--kubeconfig", required=True)
     p.add_argument("--exchange-port", type=int, default=0)
+    p.add_argument("--services-port", type=int, default=0)
     p.add_argument("--token-lifetime", type=int, default=30)
     args = p.parse_args()
     state = State(args)
     tls = make_tls(args.dir)
     servers = {}
-    for role, port in (("exchange", args.exchange_port), ("services", 0)):
+    for role, port in (("exchange", args.exchange_port), ("services", args.services_port)):
+        ThreadingHTTPServer.allow_reuse_address = True
         server = ThreadingHTTPServer(("127.0.0.1", port), handler(state, role))
         server.socket = tls.wrap_socket(server.socket, server_side=True)
         servers[role] = server

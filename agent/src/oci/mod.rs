@@ -110,7 +110,8 @@ async fn identity(
 }
 
 /// Signs and sends OCI requests with one identity; a 401 renews the credentials once (a
-/// workload identity's token) and sends the request again.
+/// workload identity's token) and sends the request again, and an idempotent request whose
+/// pooled connection was closed goes once more.
 pub struct Client {
     http: reqwest::Client,
     identity: auth::Identity,
@@ -153,17 +154,22 @@ impl Client {
                 SystemTime::now(),
             )?;
             let url = request.uri.to_string();
-            let response = self
-                .http
-                .request(request.method.clone(), &url)
-                .headers(headers)
-                .body(request.body.clone())
-                .send()
-                .await
-                .map_err(|e| Error::Send {
-                    url: crate::http::client::redact(&url, false),
-                    reason: crate::http::client::describe(e),
-                })?;
+            let send = || {
+                let req = self.http.request(request.method.clone(), &url);
+                req.headers(headers.clone())
+                    .body(request.body.clone())
+                    .send()
+            };
+            let response = match send().await {
+                // A pooled connection the server closed meanwhile: an idempotent request
+                // goes once more, on a new connection.
+                Err(e) if e.is_request() && request.method.is_idempotent() => send().await,
+                other => other,
+            };
+            let response = response.map_err(|e| Error::Send {
+                url: crate::http::client::redact(&url, false),
+                reason: crate::http::client::describe(e),
+            })?;
             if response.status() != reqwest::StatusCode::UNAUTHORIZED || renewed {
                 return Ok(response);
             }
