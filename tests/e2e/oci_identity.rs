@@ -319,11 +319,15 @@ fn headers_of(stdout: &[u8]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// How long the refresh test's tokens live: short enough to watch a refresh and an expiry,
+/// long enough that a slow machine still refreshes (at half-life) well before expiry.
+const LIFETIME: u64 = 20;
+
 /// The session is refreshed at about half its life with a new key, before it expires; an
 /// expired token is refused, and requests signed after the refresh go through.
 #[tokio::test]
 async fn workload_identity_refreshes_at_half_life_with_a_new_key() {
-    let (ns, s, work) = setup("oci-refresh", 6, 0).await;
+    let (ns, s, work) = setup("oci-refresh", LIFETIME, 0).await;
     let opts = oci::auth::workload::Options {
         service_host: "127.0.0.1".into(),
         port: s.exchange,
@@ -400,9 +404,9 @@ async fn workload_identity_refreshes_at_half_life_with_a_new_key() {
     assert_eq!(services.len(), 2, "one refused, one accepted: {services:?}");
     assert_eq!(services[0]["status"], 401);
     eprintln!(
-        "refreshed {:?} after the first exchange (token lifetime 6 s)",
+        "refreshed {:?} after the first exchange (token lifetime {LIFETIME} s)",
         refreshed
-            .duration_since(first_expiry - Duration::from_secs(6))
+            .duration_since(first_expiry - Duration::from_secs(LIFETIME))
             .unwrap_or_default(),
     );
 }
