@@ -487,14 +487,24 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
     let upstream = git::Upstream::new();
     let repo = upstream.create("apps");
     repo.push("main", &[("deploy/a.yaml", &harness::cm("a", "1"))], &[]);
+    // The webhook receiver, with the password of the Notifications subscription URL.
+    let hooks = work.path().join("hooks");
+    std::fs::create_dir_all(&hooks).unwrap();
+    std::fs::write(hooks.join("oci-notifications"), "ons-password").unwrap();
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let config = format!(
         "stateDir: {dir}/state\nnamespace: {ns}\n\
-         sources:\n  - name: apps\n    url: {url}\n    ref: {{branch: main}}\n    interval: 1h\n\
+         sources:\n  - name: apps\n    url: {url}\n    ref: {{branch: main}}\n    interval: 1h\n    triggers: {{ociNotifications: [{TOPIC_ID}]}}\n\
+         webhook: {{listen: \"127.0.0.1:{hook_port}\", secretsDir: {hooks}}}\n\
          syncs:\n  - name: apps\n    source: apps\n    path: deploy\n    namespace: {ns}\n    health: {{wait: false}}\n\
          alerts:\n  sinks:\n    - type: ociNotifications\n      name: ons\n      topicId: {TOPIC_ID}\n      endpoint: https://127.0.0.1:{port}\n\
              \x20   - {{type: slack, name: team, blocks: false, ociVault: {{secretId: {SLACK_SECRET}}}}}\n\
              \x20   - {{type: slack, name: gone, ociVault: {{secretId: ocid1.vaultsecret.oc1.iad.gone}}}}\n\
-         oci:\n  auth: workloadIdentity\n  region: us-ashburn-1\n  caFile: {ca}\n  endpoints: {{secrets: https://127.0.0.1:{port}}}\n\
+         oci:\n  auth: workloadIdentity\n  region: us-ashburn-1\n  caFile: {ca}\n  endpoints: {{secrets: \"https://127.0.0.1:{port}\", notifications: \"https://127.0.0.1:{port}\"}}\n\
          \x20 tokenExchange: {{host: 127.0.0.1, port: {exchange}, serviceAccountToken: {token}, clusterCa: {ca}}}\n",
         dir = work.path().display(),
         ns = ns.name,
@@ -503,6 +513,7 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
         ca = s.ca().display(),
         exchange = s.exchange,
         token = token.display(),
+        hooks = hooks.display(),
     );
     let path = work.path().join("config.yaml");
     std::fs::write(&path, config).unwrap();
@@ -574,6 +585,47 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
+    // Notifications as a trigger: the subscription is confirmed (a GET of its URL), and a
+    // message makes the agent fetch now (the source's interval is an hour).
+    let http = reqwest::Client::new();
+    let deliver = |extra: &[(&str, String)]| {
+        let mut req = http
+            .post(format!(
+                "http://127.0.0.1:{hook_port}/hooks/oci-notifications"
+            ))
+            .basic_auth("ons", Some("ons-password"))
+            .header("content-type", "application/json")
+            .header("x-oci-ns-topicocid", TOPIC_ID)
+            .body("{}");
+        for (n, v) in extra {
+            req = req.header(*n, v);
+        }
+        req.send()
+    };
+    let confirmation = format!(
+        "https://127.0.0.1:{}/20181201/subscriptions/ocid1.onssubscription.oc1..s/confirmation?token=t",
+        s.services
+    );
+    let r = deliver(&[("x-oci-ns-confirmationurl", confirmation)])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(s.log("confirmations.jsonl").len(), 1);
+    repo.push("main", &[("deploy/a.yaml", &harness::cm("a", "2"))], &[]);
+    let r = deliver(&[("x-oci-ns-messageid", "m-1".into())])
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+    let started = Instant::now();
+    while cms.get("a").await.unwrap().data.unwrap()["value"] != "2" {
+        assert!(
+            started.elapsed() < WAIT,
+            "the message did not trigger a fetch:\n{}",
+            agent_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // The Slack sink, built with its URL from Vault, got the same alert.
     let started = Instant::now();
     while !received

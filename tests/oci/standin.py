@@ -7,6 +7,8 @@ service IP). They verify for real and refuse what OCI would refuse:
   against its API server) and answers, as OKE does, a quoted base64 of {"token": "ST$<rpst>"};
   the RPST is a JWT signed by the stand-in, with a short lifetime and the pod's session
   public key in its `jwk` claim;
+* Notifications' subscription confirmation URL (GET /20181201/subscriptions/{id}/confirmation
+  ?token=..., unsigned as OCI's is), logged to DIR/confirmations.jsonl;
 * Vault secret bundles (GET /20190301/secretbundles/{id}) and Notifications
   (POST /20181201/topics/{id}/messages): each request's OCI signature is verified against
   the session key its RPST carries, refusing expired or foreign tokens, stale dates, wrong
@@ -270,8 +272,11 @@ def exchange(state, method, path, headers, body):
 
 
 def service(state, method, path, headers, body):
-    claims = state.verify(method, path, headers, body)
     route = path.split("?")[0]
+    if method == "GET" and route.endswith("/confirmation") and "token=" in path:
+        claims = None
+    else:
+        claims = state.verify(method, path, headers, body)
     if method == "GET" and route.startswith("/20190301/secretbundles/"):
         secret_id = route.rsplit("/", 1)[1]
         secrets = state.read("secrets.json", {})
@@ -281,6 +286,12 @@ def service(state, method, path, headers, body):
             "secretId": secret_id, "versionNumber": 1, "stages": ["CURRENT", "LATEST"],
             "secretBundleContent": {"contentType": "BASE64", "content": secrets[secret_id]},
         }
+    if method == "GET" and route.startswith("/20181201/subscriptions/") and route.endswith("/confirmation"):
+        # What the ConfirmationURL of a CUSTOM_HTTPS subscription points at; unsigned, the
+        # token in the query is its credential.
+        subscription = route.split("/")[3]
+        state.log("confirmations.jsonl", {"subscription": subscription, "query": path.partition("?")[2]})
+        return 200, {"subscriptionId": subscription, "message": "confirmed"}
     if method == "POST" and route.startswith("/20181201/topics/") and route.endswith("/messages"):
         topic = route.split("/")[3]
         if topic not in state.read("topics.json", []):

@@ -144,6 +144,8 @@ pub struct Source {
     pub secret_ref: Option<SecretRef>,
     /// Set for a local-directory source (then `url` is empty): watched, not fetched.
     pub directory: Option<PathBuf>,
+    /// OCI Notifications topics whose messages trigger a fetch.
+    pub oci_topics: Vec<String>,
 }
 
 impl Source {

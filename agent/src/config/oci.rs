@@ -8,7 +8,7 @@
 //!   # configFile: {path: /etc/oci/config, profile: DEFAULT}
 //!   # caFile: /etc/oci/ca.pem       # trust only this CA for OCI endpoints (private endpoints)
 //!   # tokenExchange: {host: 10.96.0.1, port: 12250, serviceAccountToken: PATH, clusterCa: PATH}
-//!   # endpoints: {secrets: https://secrets.vaults.us-ashburn-1.oci.oraclecloud.com}
+//!   # endpoints: {secrets: https://secrets.vaults.us-ashburn-1.oci.oraclecloud.com, notifications: ...}
 //! ```
 
 use std::path::PathBuf;
@@ -29,7 +29,8 @@ pub struct OciConfig {
     /// Overrides of what an OKE pod's environment says (for workload identity).
     #[serde(default)]
     pub token_exchange: TokenExchange,
-    /// Service endpoints instead of the region's (`secrets`: Vault's secret bundles).
+    /// Service endpoints instead of the region's (`secrets`: Vault's secret bundles;
+    /// `notifications`: where subscription confirmations may also go).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub endpoints: std::collections::BTreeMap<String, String>,
 }
@@ -72,7 +73,7 @@ pub struct TokenExchange {
 impl OciConfig {
     /// Every problem of the section, one message each (empty when valid).
     pub fn problems(&self) -> Vec<String> {
-        match (self.auth, &self.config_file) {
+        let mut out = match (self.auth, &self.config_file) {
             (OciAuth::ConfigFile, None) => {
                 vec!["oci: auth configFile needs configFile: {path, profile}".into()]
             }
@@ -80,7 +81,18 @@ impl OciConfig {
                 vec!["oci: configFile is only for auth: configFile".into()]
             }
             _ => Vec::new(),
+        };
+        for (service, url) in &self.endpoints {
+            if service != "secrets" && service != "notifications" {
+                out.push(format!(
+                    "oci: endpoints.{service}: unknown service (secrets, notifications)"
+                ));
+            }
+            if let Err(why) = crate::http::client::parse_url(url) {
+                out.push(format!("oci: endpoints.{service}: {why}"));
+            }
         }
+        out
     }
 }
 
@@ -141,6 +153,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("auth configFile needs configFile"), "{err}");
+        let text = format!("{BASE}oci: {{endpoints: {{vault: 'ftp://x'}}}}\n");
+        let err = crate::config::parse(Path::new("c.yaml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("endpoints.vault: unknown service"), "{err}");
+        let text = "namespace: gitops\nsyncs: []\nsources:\n  - {name: a, url: https://h.example/o/r.git, triggers: {ociNotifications: [nope]}}\n";
+        let err = crate::config::parse(Path::new("c.yaml"), text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("triggers.ociNotifications: \"nope\" is not an ocid1.onstopic OCID"),
+            "{err}"
+        );
         let text = format!("{BASE}oci: {{auth: magic}}\n");
         assert!(crate::config::parse(Path::new("c.yaml"), &text).is_err());
     }

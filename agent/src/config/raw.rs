@@ -54,6 +54,17 @@ pub(super) struct RawSource {
     pub(super) interval: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) secret_ref: Option<SecretRef>,
+    #[serde(default)]
+    pub(super) triggers: Option<RawTriggers>,
+}
+
+/// What else may trigger a fetch of a source, besides its interval and push webhooks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawTriggers {
+    /// OCI Notifications topics whose messages (to the webhook receiver) mean "fetch now".
+    #[serde(default)]
+    pub(super) oci_notifications: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

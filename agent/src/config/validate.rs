@@ -143,6 +143,7 @@ impl Validator {
                     interval,
                     secret_ref: None,
                     directory: Some(self.base.join(d.value.trim())),
+                    oci_topics: Vec::new(),
                 });
             }
             (Some(u), Some(_)) => {
@@ -161,6 +162,17 @@ impl Validator {
         };
         let url = url_span.value.trim().to_string();
         self.git_url(&s.name.value, url_span, &url, s.secret_ref.is_some());
+        let mut oci_topics = Vec::new();
+        for t in s.triggers.map(|t| t.oci_notifications).unwrap_or_default() {
+            if !t.value.starts_with("ocid1.onstopic.") {
+                let why = format!(
+                    "source {:?}: triggers.ociNotifications: {:?} is not an ocid1.onstopic OCID",
+                    s.name.value, t.value
+                );
+                self.at(&t, why);
+            }
+            oci_topics.push(t.value);
+        }
         let reference = match &s.reference {
             None => GitRef::Branch("main".into()),
             Some(r) => self.git_ref(&s.name.value, r),
@@ -172,6 +184,7 @@ impl Validator {
             interval,
             secret_ref: s.secret_ref,
             directory: None,
+            oci_topics,
         })
     }
 

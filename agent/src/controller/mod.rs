@@ -166,6 +166,32 @@ async fn serve_metrics(w: &Wiring, cfg: &Config) -> Result<()> {
     Ok(())
 }
 
+/// How OCI Notifications subscriptions get confirmed, when a source follows a topic: a GET
+/// with the OCI client's trust (`oci.caFile`, else the platform's roots) to OCI, or to the
+/// configured `oci.endpoints.notifications`.
+fn oci_confirm(cfg: &Config) -> Option<webhook::OciConfirm> {
+    if cfg.sources.iter().all(|s| s.oci_topics.is_empty()) {
+        return None;
+    }
+    let oci = cfg.oci.clone().unwrap_or_default();
+    let opts = Default::default();
+    let client = match oci.ca_file.as_ref().map(std::fs::read) {
+        Some(Ok(pem)) => crate::http::client::build_with_roots(&opts, &pem),
+        Some(Err(e)) => Err(format!("oci.caFile: {e}")),
+        None => crate::http::client::build(&opts),
+    };
+    let client = client
+        .map_err(|e| tracing::error!(error = %e, "OCI Notifications confirmations are off"))
+        .ok()?;
+    let allowed = oci
+        .endpoints
+        .get("notifications")
+        .cloned()
+        .into_iter()
+        .collect();
+    Some(webhook::OciConfirm { client, allowed })
+}
+
 async fn serve_webhooks(
     w: &Wiring,
     cfg: &Config,
@@ -183,6 +209,7 @@ async fn serve_webhooks(
     let hook: webhook::OutcomeHook = Arc::new(move |p, o| m.webhook_request(p.as_str(), o));
     let opts = webhook::Options {
         on_outcome: Some(hook),
+        oci_confirm: oci_confirm(cfg),
         ..Default::default()
     };
     let hooks = webhook::Webhooks::new(

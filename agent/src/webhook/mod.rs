@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use crate::config::{self, GitRef};
+mod oci;
 mod payload;
 mod providers;
 mod replay;
@@ -133,6 +134,8 @@ pub enum Provider {
     Gitea,
     Bitbucket,
     Generic,
+    /// OCI Notifications (not a Git host: it triggers by topic, see [`Push::topic`]).
+    OciNotifications,
 }
 
 impl Provider {
@@ -151,6 +154,7 @@ impl Provider {
             Provider::Gitea => "gitea",
             Provider::Bitbucket => "bitbucket",
             Provider::Generic => "generic",
+            Provider::OciNotifications => "oci-notifications",
         }
     }
 
@@ -162,6 +166,7 @@ impl Provider {
             Provider::Gitea => "/hooks/gitea",
             Provider::Bitbucket => "/hooks/bitbucket",
             Provider::Generic => "/hooks/generic",
+            Provider::OciNotifications => "/hooks/oci-notifications",
         }
     }
 }
@@ -227,6 +232,8 @@ pub struct Secrets {
     pub gitea: Option<Vec<u8>>,
     pub bitbucket: Option<Vec<u8>>,
     pub generic: Option<Vec<u8>>,
+    /// The HTTP Basic password of the OCI Notifications subscription URL.
+    pub oci_notifications: Option<Vec<u8>>,
 }
 
 impl Secrets {
@@ -239,6 +246,7 @@ impl Secrets {
             Provider::Gitea => &self.gitea,
             Provider::Bitbucket => &self.bitbucket,
             Provider::Generic => &self.generic,
+            Provider::OciNotifications => &self.oci_notifications,
         };
         s.as_deref().filter(|s| !s.is_empty())
     }
@@ -253,6 +261,7 @@ impl Secrets {
             gitea: read("gitea"),
             bitbucket: read("bitbucket"),
             generic: read("generic"),
+            oci_notifications: read("oci-notifications"),
         }
     }
 }
@@ -260,7 +269,10 @@ impl Secrets {
 impl fmt::Debug for Secrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut d = f.debug_struct("Secrets");
-        for p in Provider::ALL {
+        for p in Provider::ALL
+            .into_iter()
+            .chain([Provider::OciNotifications])
+        {
             d.field(
                 p.as_str(),
                 &if self.get(p).is_some() {
@@ -291,6 +303,8 @@ pub struct SourceMatch {
     pub name: String,
     pub url: String,
     pub reference: MatchRef,
+    /// OCI Notifications topics that trigger it.
+    pub oci_topics: Vec<String>,
 }
 
 impl SourceMatch {
@@ -304,11 +318,15 @@ impl SourceMatch {
                 GitRef::Semver(_) => MatchRef::AnyTag,
                 GitRef::Commit(_) => MatchRef::Commit,
             },
+            oci_topics: s.oci_topics.clone(),
         }
     }
 
     /// Whether the push is to this source's repository and to the ref it follows.
     pub fn matches(&self, push: &Push) -> bool {
+        if let Some(topic) = &push.topic {
+            return self.oci_topics.iter().any(|t| t == topic);
+        }
         let ref_matches = push.refs.iter().any(|r| match &self.reference {
             MatchRef::Branch(b) => r.strip_prefix("refs/heads/") == Some(b.as_str()),
             MatchRef::Tag(t) => r.strip_prefix("refs/tags/") == Some(t.as_str()),
@@ -401,6 +419,31 @@ pub struct Options {
     /// `None` turns rate limiting off.
     pub rate_limit: Option<RateLimit>,
     pub on_outcome: Option<OutcomeHook>,
+    /// How OCI Notifications subscriptions are confirmed; `None` confirms none.
+    pub oci_confirm: Option<OciConfirm>,
+}
+
+/// The client that GETs an OCI Notifications confirmation URL, and where it may go: HTTPS
+/// to `*.oraclecloud.com`, or one of `allowed` origins (`scheme://host:port`, a private or
+/// test endpoint). Anything else is refused: the URL comes from the request.
+#[derive(Clone)]
+pub struct OciConfirm {
+    pub client: reqwest::Client,
+    pub allowed: Vec<String>,
+}
+
+impl OciConfirm {
+    fn permits(&self, url: &reqwest::Url) -> bool {
+        let origin = url.origin().ascii_serialization();
+        let oci = url.scheme() == "https"
+            && url
+                .host_str()
+                .is_some_and(|h| h.ends_with(".oraclecloud.com"));
+        oci || self
+            .allowed
+            .iter()
+            .any(|a| a.trim_end_matches('/') == origin)
+    }
 }
 
 impl Default for Options {
@@ -412,6 +455,7 @@ impl Default for Options {
             replay_capacity: 10_000,
             rate_limit: Some(RateLimit::default()),
             on_outcome: None,
+            oci_confirm: None,
         }
     }
 }
@@ -425,6 +469,10 @@ impl fmt::Debug for Options {
             .field("replay_capacity", &self.replay_capacity)
             .field("rate_limit", &self.rate_limit)
             .field("on_outcome", &self.on_outcome.as_ref().map(|_| "<fn>"))
+            .field(
+                "oci_confirm",
+                &self.oci_confirm.as_ref().map(|c| &c.allowed),
+            )
             .finish()
     }
 }
@@ -517,6 +565,9 @@ impl Webhooks {
         // Authenticity first: nothing below looks at an unverified byte.
         verify(provider, headers, &secret, &body)?;
         drop(secret);
+        if provider == Provider::OciNotifications {
+            return self.oci_notification(headers).await;
+        }
         match event(provider, headers)? {
             Event::Push => {}
             Event::Ping | Event::Other => return Ok(Accepted::Ignored),
@@ -657,10 +708,13 @@ impl IntoResponse for Accepted {
     }
 }
 
-/// The router: `POST /hooks/{github,gitlab,gitea,bitbucket,generic}`.
+/// The router: `POST /hooks/{github,gitlab,gitea,bitbucket,generic,oci-notifications}`.
 pub fn app(hooks: Webhooks) -> Router {
     let mut router = Router::new();
-    for provider in Provider::ALL {
+    for provider in Provider::ALL
+        .into_iter()
+        .chain([Provider::OciNotifications])
+    {
         router = router.route(
             provider.path(),
             post(move |State(w): State<Webhooks>, req: Request| w.handle(provider, req)),
@@ -700,12 +754,23 @@ mod tests {
             name: name.into(),
             url: url.into(),
             reference,
+            oci_topics: Vec::new(),
         }
     }
+
+    const TOPIC: &str = "ocid1.onstopic.oc1.iad.deploys";
 
     fn sources() -> Vec<SourceMatch> {
         use MatchRef::*;
         vec![
+            SourceMatch {
+                oci_topics: vec![TOPIC.into()],
+                ..source(
+                    "ons-apps",
+                    "https://devops.example/only-by-topic",
+                    Branch("main".into()),
+                )
+            },
             source(
                 "gh-main",
                 "https://github.com/acme/deploy-config",
@@ -771,6 +836,7 @@ mod tests {
             gitea: Some(SECRET.to_vec()),
             bitbucket: Some(SECRET.to_vec()),
             generic: Some(SECRET.to_vec()),
+            oci_notifications: Some(SECRET.to_vec()),
         }
     }
 
@@ -854,6 +920,7 @@ mod tests {
                 .header("x-hub-signature", &sig)
                 .header("x-event-key", "repo:refs_changed"),
             Provider::Generic => b.header("x-signature", &sig),
+            Provider::OciNotifications => b.header("authorization", basic(secret)),
         };
         if let Some(d) = delivery {
             let name = match provider {
@@ -862,10 +929,117 @@ mod tests {
                 Provider::Gitea => "x-gitea-delivery",
                 Provider::Bitbucket => "x-request-id",
                 Provider::Generic => "x-delivery-id",
+                Provider::OciNotifications => "x-oci-ns-messageid",
             };
             b = b.header(name, d);
         }
         b.body(Body::from(body.to_vec())).expect("request")
+    }
+
+    fn basic(password: &[u8]) -> String {
+        use base64::Engine as _;
+        let mut creds = b"ons:".to_vec();
+        creds.extend_from_slice(password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(creds)
+        )
+    }
+
+    /// An OCI Notifications delivery for `topic`, as a subscription with `password` sends it.
+    fn ons(password: &[u8], topic: &str, extra: &[(&str, &str)]) -> HttpRequest<Body> {
+        let mut b = HttpRequest::post(Provider::OciNotifications.path())
+            .header("content-type", "application/json")
+            .header("authorization", basic(password))
+            .header("x-oci-ns-topicocid", topic);
+        for (n, v) in extra {
+            b = b.header(*n, *v);
+        }
+        b.body(Body::from(r#"{"anything": "is ignored"}"#))
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn oci_notifications_confirm_followed_topics_and_trigger_their_sources() {
+        // Where confirmations go: counts its GETs.
+        let gets = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = gets.clone();
+        let confirm = axum::Router::new().route(
+            "/confirm",
+            axum::routing::get(move || async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                "confirmed"
+            }),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let origin = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, confirm).await.unwrap() });
+        let opts = Options {
+            oci_confirm: Some(OciConfirm {
+                client: crate::http::client::build(&Default::default()).unwrap(),
+                allowed: vec![origin.clone()],
+            }),
+            ..Options::default()
+        };
+        let mut h = Harness::new(opts);
+        let count = || gets.load(std::sync::atomic::Ordering::SeqCst);
+        let confirmation = format!("{origin}/confirm?token=t");
+
+        // Confirmed for a topic a source follows, with a GET of the URL; nothing is fetched.
+        let req = ons(
+            SECRET,
+            TOPIC,
+            &[("x-oci-ns-confirmationurl", &confirmation)],
+        );
+        assert_eq!(h.send(req).await.0, StatusCode::OK);
+        assert_eq!((count(), h.triggered().len()), (1, 0));
+        // Not for a topic nobody follows, nor to a URL elsewhere, nor without the password.
+        let req = ons(
+            SECRET,
+            "ocid1.onstopic.oc1..other",
+            &[("x-oci-ns-confirmationurl", &confirmation)],
+        );
+        assert_eq!(h.send(req).await.0, StatusCode::OK);
+        let elsewhere = [("x-oci-ns-confirmationurl", "http://127.0.0.2:9/confirm")];
+        assert_eq!(
+            h.send(ons(SECRET, TOPIC, &elsewhere)).await.0,
+            StatusCode::UNPROCESSABLE_ENTITY
+        );
+        let req = ons(
+            b"wrong",
+            TOPIC,
+            &[("x-oci-ns-confirmationurl", &confirmation)],
+        );
+        assert_eq!(h.send(req).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(count(), 1);
+
+        // A message is a hint: the topic's sources are fetched; a redelivery is a duplicate.
+        let message = [("x-oci-ns-messageid", "m-1")];
+        let (status, _, body) = h.send(ons(SECRET, TOPIC, &message)).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(h.triggered(), ["ons-apps"]);
+        assert_eq!(
+            h.last_outcome(),
+            Some((Provider::OciNotifications, Outcome::Accepted))
+        );
+        h.pending.take("ons-apps");
+        assert_eq!(h.send(ons(SECRET, TOPIC, &message)).await.0, StatusCode::OK);
+        assert!(h.triggered().is_empty());
+        let req = ons(
+            SECRET,
+            "ocid1.onstopic.oc1..other",
+            &[("x-oci-ns-messageid", "m-2")],
+        );
+        assert_eq!(h.send(req).await.0, StatusCode::OK);
+        assert!(
+            h.triggered().is_empty(),
+            "a topic nobody follows triggers nothing"
+        );
+        let missing = HttpRequest::post(Provider::OciNotifications.path())
+            .header("authorization", basic(SECRET))
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(h.send(missing).await.0, StatusCode::BAD_REQUEST);
     }
 
     fn generic_body(url: &str, reference: &str) -> Vec<u8> {
@@ -1098,6 +1272,7 @@ mod tests {
                 Provider::Gitea => "gitea-push.json",
                 Provider::Bitbucket => "bitbucket-refs-changed.json",
                 Provider::Generic => "generic.json",
+                Provider::OciNotifications => unreachable!("not a Git host"),
             };
             let req = signed(provider, b"wrong-secret", &fixture(name), None);
             assert_unauthorized(&mut h, req, &format!("{provider}: wrong secret")).await;
@@ -1450,6 +1625,7 @@ mod tests {
         let push = |r: &str| Push {
             urls: vec!["https://h/o/r.git".into()],
             refs: vec![r.into()],
+            topic: None,
         };
         let s = |reference| source("s", "git@h:o/r", reference);
         assert!(s(MatchRef::Branch("main".into())).matches(&push("refs/heads/main")));
@@ -1467,6 +1643,7 @@ mod tests {
             interval: Duration::from_secs(60),
             secret_ref: None,
             directory: None,
+            oci_topics: Vec::new(),
         };
         assert_eq!(SourceMatch::from_source(&cfg).reference, MatchRef::AnyTag);
     }

@@ -10,6 +10,9 @@ pub struct Push {
     pub urls: Vec<String>,
     /// Full refs, only `refs/heads/<branch>` and `refs/tags/<tag>`.
     pub refs: Vec<String>,
+    /// An OCI Notifications message's topic: it concerns the sources that name it, not a
+    /// repository and ref.
+    pub topic: Option<String>,
 }
 
 /// Reads a provider's push payload.
@@ -35,5 +38,9 @@ pub fn parse_push(provider: Provider, payload: &Value) -> Result<Push> {
             "ref must be refs/heads/<branch> or refs/tags/<tag>",
         ));
     }
-    Ok(Push { urls, refs })
+    Ok(Push {
+        urls,
+        refs,
+        topic: None,
+    })
 }

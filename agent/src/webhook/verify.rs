@@ -71,8 +71,22 @@ pub(super) fn verify(
         Check::Token => token_eq(given.as_bytes(), secret),
         Check::Signature => verify_signature(secret, body, given),
         Check::Hex => verify_hex(secret, body, given),
+        Check::Basic => basic_password(given).is_some_and(|p| token_eq(&p, secret)),
     });
     if ok { Ok(()) } else { Err(Error::Unauthorized) }
+}
+
+/// The password of an `Authorization: Basic` header.
+fn basic_password(value: &str) -> Option<Vec<u8>> {
+    use base64::Engine as _;
+    let encoded = value
+        .strip_prefix("Basic ")
+        .or_else(|| value.strip_prefix("basic "))?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let colon = decoded.iter().position(|b| *b == b':')?;
+    Some(decoded[colon + 1..].to_vec())
 }
 
 pub(super) enum Event {

@@ -7,6 +7,7 @@ mod generic;
 mod gitea;
 mod github;
 mod gitlab;
+mod oci;
 
 use serde_json::Value;
 
@@ -21,6 +22,9 @@ pub(super) enum Check {
     Signature,
     /// Bare hex of HMAC-SHA256 over the body (Gitea, Forgejo).
     Hex,
+    /// HTTP Basic: the password is the shared secret, compared in constant time (OCI
+    /// Notifications, from the subscription URL's userinfo).
+    Basic,
 }
 
 /// What the receiver needs to know of one provider.
@@ -44,6 +48,7 @@ impl Provider {
             Provider::Gitea => &gitea::SPEC,
             Provider::Bitbucket => &bitbucket::SPEC,
             Provider::Generic => &generic::SPEC,
+            Provider::OciNotifications => &oci::SPEC,
         }
     }
 }
