@@ -382,10 +382,8 @@ async fn workload_identity_refreshes_at_half_life_with_a_new_key() {
     let old = http.get(&url).headers(signed(&first)).send().await.unwrap();
     assert_eq!(old.status(), 401);
     assert!(old.text().await.unwrap().contains("expired"));
-    let ca = std::fs::read(s.ca()).unwrap();
-    let oci_client = oci::Client::new(identity, Some(&ca)).unwrap();
-    let request =
-        oci::raw_request(oci_client.identity(), "GET", &url, Vec::new(), None, &[]).unwrap();
+    let oci_client = oci::Client::new(identity, Some(&s.ca())).unwrap();
+    let request = oci::request("GET", &url, Vec::new(), None, &[]).unwrap();
     let response = oci_client.send(&request).await.unwrap();
     assert_eq!(response.status(), 200);
 

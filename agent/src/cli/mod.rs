@@ -258,11 +258,11 @@ async fn oci_command(command: OciCommand) -> anyhow::Result<ExitCode> {
         }
         None => Vec::new(),
     };
-    let signed = oci::raw_request(&identity, &method, &url, body, date.as_deref(), &headers)?;
+    let request = oci::request(&method, &url, body, date.as_deref(), &headers)?;
     if print_only {
-        println!("{} {}", signed.method, signed.uri);
-        let mut lines: Vec<String> = signed
-            .headers
+        println!("{} {}", request.method, request.uri);
+        let mut lines: Vec<String> = request
+            .sign(&identity.credentials())?
             .iter()
             .map(|(n, v)| format!("{n}: {}", String::from_utf8_lossy(v.as_bytes())))
             .collect();
@@ -272,14 +272,8 @@ async fn oci_command(command: OciCommand) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let ca = match &profile.ca_file {
-        Some(path) => {
-            Some(std::fs::read(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
-        }
-        None => None,
-    };
-    let client = oci::Client::new(identity, ca.as_deref())?;
-    let response = client.send(&signed).await?;
+    let client = oci::Client::new(identity, profile.ca_file.as_deref())?;
+    let response = client.send(&request).await?;
     let status = response.status();
     let request_id = response
         .headers()

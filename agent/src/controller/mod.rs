@@ -174,13 +174,7 @@ fn oci_confirm(cfg: &Config) -> Option<webhook::OciConfirm> {
         return None;
     }
     let oci = cfg.oci.clone().unwrap_or_default();
-    let opts = Default::default();
-    let client = match oci.ca_file.as_ref().map(std::fs::read) {
-        Some(Ok(pem)) => crate::http::client::build_with_roots(&opts, &pem),
-        Some(Err(e)) => Err(format!("oci.caFile: {e}")),
-        None => crate::http::client::build(&opts),
-    };
-    let client = client
+    let client = crate::oci::http_client(oci.ca_file.as_deref())
         .map_err(|e| tracing::error!(error = %e, "OCI Notifications confirmations are off"))
         .ok()?;
     let allowed = oci

@@ -1,5 +1,5 @@
 //! Oracle Cloud: the identity the agent holds (`auth`) and the request signature every
-//! OCI call carries (`signing`), on the one HTTP client. `raw_request` signs one request
+//! OCI call carries (`signing`), on the one HTTP client. A [`Request`] can also be signed
 //! by hand, as the `oci raw-request` CLI command does: the tool for "why does OCI say 401".
 
 pub mod auth;
@@ -66,14 +66,7 @@ impl Shared {
             return Ok(c.clone());
         }
         let identity = identity(&self.cfg, self.region()).await?;
-        let ca = match &self.cfg.ca_file {
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| Error::Client(format!("{}: {e}", path.display())))?,
-            ),
-            None => None,
-        };
-        let client = Arc::new(Client::new(identity, ca.as_deref())?);
+        let client = Arc::new(Client::new(identity, self.cfg.ca_file.as_deref())?);
         *slot = Some(client.clone());
         Ok(client)
     }
@@ -118,15 +111,10 @@ pub struct Client {
 }
 
 impl Client {
-    /// `ca`: the only CA to trust (PEM), instead of the platform's roots.
-    pub fn new(identity: auth::Identity, ca: Option<&[u8]>) -> Result<Self, Error> {
-        let opts = Default::default();
-        let http = match ca {
-            Some(pem) => crate::http::client::build_with_roots(&opts, pem),
-            None => crate::http::client::build(&opts),
-        };
+    /// `ca_file`: the only CA to trust (PEM), instead of the platform's roots.
+    pub fn new(identity: auth::Identity, ca_file: Option<&std::path::Path>) -> Result<Self, Error> {
         Ok(Client {
-            http: http.map_err(Error::Client)?,
+            http: http_client(ca_file)?,
             identity,
         })
     }
@@ -135,24 +123,12 @@ impl Client {
         &self.identity
     }
 
-    /// Sends `request` signed (its `authorization`, if any, replaced).
-    pub async fn send(&self, request: &Signed) -> Result<reqwest::Response, Error> {
+    /// Sends `request`, signed afresh at each attempt.
+    pub async fn send(&self, request: &Request) -> Result<reqwest::Response, Error> {
         let mut renewed = false;
         loop {
             let creds = self.identity.credentials();
-            let mut headers = request.headers.clone();
-            headers.remove(http::header::AUTHORIZATION);
-            let credentials = (creds.key_id.as_str(), creds.key.as_ref());
-            let body_headers = signing::BodyHeaders::ForMethod;
-            signing::sign(
-                &request.method,
-                &request.uri,
-                &mut headers,
-                &request.body,
-                credentials,
-                body_headers,
-                SystemTime::now(),
-            )?;
+            let headers = request.sign(&creds)?;
             let url = request.uri.to_string();
             let send = || {
                 let req = self.http.request(request.method.clone(), &url);
@@ -181,25 +157,64 @@ impl Client {
     }
 }
 
-/// A request, signed.
+/// The HTTP client for OCI endpoints: trusting only the CA in `ca_file` (a private or test
+/// endpoint), else the platform's roots.
+pub fn http_client(ca_file: Option<&std::path::Path>) -> Result<reqwest::Client, Error> {
+    let opts = Default::default();
+    let client = match ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::Client(format!("{}: {e}", path.display())))?;
+            crate::http::client::build_with_roots(&opts, &pem)
+        }
+        None => crate::http::client::build(&opts),
+    };
+    client.map_err(Error::Client)
+}
+
+/// An OCI request as given: signed by [`Request::sign`], by [`Client::send`] at each
+/// attempt, or once by hand (`oci raw-request --print-only`).
 #[derive(Debug)]
-pub struct Signed {
+pub struct Request {
     pub method: Method,
     pub uri: Uri,
+    /// What the caller set (`date` when it gave one); signing fills in the rest.
     pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
 
-/// Signs `method url` with `identity`: `date` (an HTTP date) instead of now, and extra
-/// `headers` (`name:value`) sent and, where the scheme signs them, signed as given.
-pub fn raw_request(
-    identity: &auth::Identity,
+impl Request {
+    /// The headers to send: the request's own, completed and signed with `creds` (a
+    /// missing `date` is now).
+    pub fn sign(&self, creds: &auth::Credentials) -> Result<HeaderMap, Error> {
+        let mut headers = self.headers.clone();
+        headers.remove(http::header::AUTHORIZATION);
+        let credentials = (creds.key_id.as_str(), creds.key.as_ref());
+        let body_headers = signing::BodyHeaders::ForMethod;
+        let (method, uri, body) = (&self.method, &self.uri, &self.body);
+        signing::sign(
+            method,
+            uri,
+            &mut headers,
+            body,
+            credentials,
+            body_headers,
+            SystemTime::now(),
+        )?;
+        Ok(headers)
+    }
+}
+
+/// `method url` with `body`: `date` (an HTTP date, sent as given) instead of the time of
+/// signing, and extra `headers` (`name:value`) sent and, where the scheme signs them,
+/// signed as given.
+pub fn request(
     method: &str,
     url: &str,
     body: Vec<u8>,
     date: Option<&str>,
     headers: &[String],
-) -> Result<Signed, Error> {
+) -> Result<Request, Error> {
     let method =
         Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|e| Error::Url {
             url: url.to_owned(),
@@ -231,20 +246,7 @@ pub fn raw_request(
         let value = HeaderValue::from_str(d).map_err(|_| Error::Date(d.to_owned()))?;
         map.insert(http::header::DATE, value);
     }
-    let now = SystemTime::now();
-    let creds = identity.credentials();
-    let credentials = (creds.key_id.as_str(), creds.key.as_ref());
-    let body_headers = signing::BodyHeaders::ForMethod;
-    signing::sign(
-        &method,
-        &uri,
-        &mut map,
-        &body,
-        credentials,
-        body_headers,
-        now,
-    )?;
-    Ok(Signed {
+    Ok(Request {
         method,
         uri,
         headers: map,

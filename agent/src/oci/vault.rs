@@ -28,7 +28,7 @@ pub async fn secret(shared: &Shared, secret_id: &str) -> Result<Vec<u8>, Error> 
         base.trim_end_matches('/')
     );
     let client = shared.client().await?;
-    let request = super::raw_request(client.identity(), "GET", &url, Vec::new(), None, &[])?;
+    let request = super::request("GET", &url, Vec::new(), None, &[])?;
     let response = client.send(&request).await?;
     let status = response.status();
     let body = response

@@ -16,12 +16,11 @@ const MESSAGE_ID: &str = "x-oci-ns-messageid";
 impl Webhooks {
     pub(super) async fn oci_notification(&self, headers: &HeaderMap) -> Result<Accepted> {
         let topic = header_str(headers, TOPIC).ok_or(Error::MissingHeader(TOPIC))?;
-        let known = self
-            .inner
-            .sources
-            .borrow()
-            .iter()
-            .any(|s| s.oci_topics.iter().any(|t| t == topic));
+        let push = Push {
+            topic: Some(topic.to_owned()),
+            ..Default::default()
+        };
+        let known = self.inner.sources.borrow().iter().any(|s| s.matches(&push));
         if !known {
             // A topic nobody follows: confirmed for no one, triggers nothing.
             return Ok(Accepted::Ignored);
@@ -30,10 +29,6 @@ impl Webhooks {
             self.confirm(topic, url).await?;
             return Ok(Accepted::Ignored);
         }
-        let push = Push {
-            topic: Some(topic.to_owned()),
-            ..Default::default()
-        };
         let delivery = header_str(headers, MESSAGE_ID).map(str::to_owned);
         self.dispatch(Provider::OciNotifications, delivery, &push)
     }

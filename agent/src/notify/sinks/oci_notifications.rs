@@ -55,15 +55,9 @@ impl OciNotificationsSink {
         };
         let client = self.oci.client().await.map_err(|e| failed(e.to_string()))?;
         let payload = json!({"title": crate::core::truncate(title, 255), "body": crate::core::truncate(body, MAX_BODY)});
-        let request = oci::raw_request(
-            client.identity(),
-            "POST",
-            &url,
-            payload.to_string().into_bytes(),
-            None,
-            &[],
-        )
-        .map_err(|e| failed(e.to_string()))?;
+        let body = payload.to_string().into_bytes();
+        let request =
+            oci::request("POST", &url, body, None, &[]).map_err(|e| failed(e.to_string()))?;
         let response = client
             .send(&request)
             .await
