@@ -144,11 +144,25 @@ pub struct Source {
     pub secret_ref: Option<SecretRef>,
     /// Set for a local-directory source (then `url` is empty): watched, not fetched.
     pub directory: Option<PathBuf>,
+    /// Set for a source in OCI (then `url` is empty): fetched with the `oci:` identity.
+    pub oci: Option<OciSource>,
     /// OCI Notifications topics whose messages trigger a fetch.
     pub oci_topics: Vec<String>,
 }
 
+/// Where in OCI a source's files are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OciSource {
+    DevOps(oci::DevOpsSource),
+    ObjectStorage(oci::ObjectStorageSource),
+}
+
 impl Source {
+    /// A Git repository (not a local directory, not OCI).
+    pub fn is_git(&self) -> bool {
+        self.directory.is_none() && self.oci.is_none()
+    }
+
     pub fn is_ssh(&self) -> bool {
         crate::core::url::is_ssh(&self.url)
     }
@@ -231,6 +245,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Config> {
         ..Default::default()
     };
     let config = v.config(raw);
+    v.oci_sources_need_oci(&config);
     if v.problems.is_empty() {
         Ok(config)
     } else {

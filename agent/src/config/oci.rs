@@ -70,6 +70,113 @@ pub struct TokenExchange {
     pub cluster_ca: Option<PathBuf>,
 }
 
+/// The services `endpoints` may name.
+pub const SERVICES: [&str; 4] = ["secrets", "notifications", "devops", "objectstorage"];
+
+/// A source in an OCI DevOps code repository: `ociDevOps: {repositoryId, ref}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DevOpsSource {
+    pub repository_id: String,
+    /// `{branch: main}` (the default), `{tag: v1}` or `{commit: <40 hex digits>}`.
+    #[serde(rename = "ref", default)]
+    pub reference: DevOpsRef,
+    /// The `format` asked of GetRepositoryArchiveContent; the answer is read by its bytes
+    /// (tar, tar.gz or zip) whatever it says.
+    #[serde(default = "default_archive_format")]
+    pub archive_format: String,
+    /// The largest archive downloaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_archive_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevOpsRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+}
+
+fn default_archive_format() -> String {
+    "tar.gz".into()
+}
+
+/// A source in OCI Object Storage: one archive object, or the objects under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ObjectStorageSource {
+    pub namespace: String,
+    pub bucket: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    /// A "directory" of objects: names under it, with the prefix taken off, are the paths.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_archive_bytes: Option<u64>,
+}
+
+impl DevOpsSource {
+    pub fn problems(&self, source: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.repository_id.starts_with("ocid1.devopsrepository.") {
+            out.push(format!(
+                "source {source:?}: ociDevOps.repositoryId must be an ocid1.devopsrepository OCID"
+            ));
+        }
+        let r = &self.reference;
+        let set = [&r.branch, &r.tag, &r.commit]
+            .iter()
+            .filter(|v| v.is_some())
+            .count();
+        if set > 1 {
+            out.push(format!(
+                "source {source:?}: ociDevOps.ref must name one of branch, tag, commit"
+            ));
+        }
+        if let Some(c) = &r.commit
+            && !(c.len() == 40 && c.chars().all(|ch| ch.is_ascii_hexdigit()))
+        {
+            out.push(format!(
+                "source {source:?}: ociDevOps.ref.commit must be a full 40-hex-digit commit id"
+            ));
+        }
+        if [&r.branch, &r.tag]
+            .into_iter()
+            .flatten()
+            .any(|n| n.is_empty() || n.starts_with("refs/"))
+        {
+            out.push(format!(
+                "source {source:?}: ociDevOps.ref: give the short name, without refs/"
+            ));
+        }
+        out
+    }
+}
+
+impl ObjectStorageSource {
+    pub fn problems(&self, source: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.namespace.is_empty() || self.bucket.is_empty() {
+            out.push(format!(
+                "source {source:?}: ociObjectStorage needs namespace and bucket"
+            ));
+        }
+        match (&self.object, &self.prefix) {
+            (Some(o), None) if !o.is_empty() => {}
+            (None, Some(_)) => {}
+            _ => out.push(format!(
+                "source {source:?}: ociObjectStorage needs object (an archive) or prefix, one of them"
+            )),
+        }
+        out
+    }
+}
+
 impl OciConfig {
     /// Every problem of the section, one message each (empty when valid).
     pub fn problems(&self) -> Vec<String> {
@@ -83,9 +190,10 @@ impl OciConfig {
             _ => Vec::new(),
         };
         for (service, url) in &self.endpoints {
-            if service != "secrets" && service != "notifications" {
+            if !SERVICES.contains(&service.as_str()) {
                 out.push(format!(
-                    "oci: endpoints.{service}: unknown service (secrets, notifications)"
+                    "oci: endpoints.{service}: unknown service ({})",
+                    SERVICES.join(", ")
                 ));
             }
             if let Err(why) = crate::http::client::parse_url(url) {

@@ -48,6 +48,12 @@ pub(super) struct RawSource {
     /// A local directory instead of Git (development: edit a file, the cluster follows).
     #[serde(default)]
     pub(super) directory: Option<Spanned<String>>,
+    /// An OCI DevOps code repository instead of Git.
+    #[serde(default)]
+    pub(super) oci_dev_ops: Option<Spanned<super::oci::DevOpsSource>>,
+    /// OCI Object Storage instead of Git.
+    #[serde(default)]
+    pub(super) oci_object_storage: Option<Spanned<super::oci::ObjectStorageSource>>,
     #[serde(rename = "ref", default)]
     pub(super) reference: Option<Spanned<RawRef>>,
     #[serde(default)]

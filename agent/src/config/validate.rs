@@ -15,6 +15,8 @@ pub(super) struct Validator {
     pub(super) problems: Vec<Problem>,
     /// Relative local directories are relative to the config file's folder.
     pub(super) base: PathBuf,
+    /// Where OCI sources are declared: they need the `oci:` section.
+    pub(super) oci_sources: Vec<(u64, u64)>,
 }
 
 impl Validator {
@@ -125,6 +127,20 @@ impl Validator {
         }
     }
 
+    /// An OCI source without the `oci:` section has no identity to sign with.
+    pub(super) fn oci_sources_need_oci(&mut self, cfg: &Config) {
+        if cfg.oci.is_some() {
+            return;
+        }
+        for (line, column) in std::mem::take(&mut self.oci_sources) {
+            self.problems.push(Problem {
+                line,
+                column,
+                message: "an ociDevOps or ociObjectStorage source needs the oci: section (the identity it signs with)".into(),
+            });
+        }
+    }
+
     fn source(&mut self, s: RawSource) -> Option<Source> {
         self.dns_label(&s.name, "source name");
         let interval = self.duration(
@@ -133,46 +149,83 @@ impl Validator {
             Duration::from_secs(1),
             "interval",
         );
-        let url_span = match (&s.url, &s.directory) {
-            (Some(u), None) => u,
-            (None, Some(d)) => {
-                return Some(Source {
-                    name: s.name.value,
-                    url: String::new(),
-                    reference: GitRef::Branch(String::new()),
-                    interval,
-                    secret_ref: None,
-                    directory: Some(self.base.join(d.value.trim())),
-                    oci_topics: Vec::new(),
-                });
-            }
-            (Some(u), Some(_)) => {
-                let why = format!("source {:?}: set url or directory, not both", s.name.value);
-                self.at(u, why);
-                return None;
-            }
-            (None, None) => {
-                let why = format!(
-                    "source {:?}: needs url (Git) or directory (local)",
-                    s.name.value
-                );
-                self.at(&s.name, why);
-                return None;
-            }
-        };
-        let url = url_span.value.trim().to_string();
-        self.git_url(&s.name.value, url_span, &url, s.secret_ref.is_some());
         let mut oci_topics = Vec::new();
-        for t in s.triggers.map(|t| t.oci_notifications).unwrap_or_default() {
+        for t in s
+            .triggers
+            .as_ref()
+            .map(|t| t.oci_notifications.as_slice())
+            .unwrap_or_default()
+        {
             if !t.value.starts_with("ocid1.onstopic.") {
                 let why = format!(
                     "source {:?}: triggers.ociNotifications: {:?} is not an ocid1.onstopic OCID",
                     s.name.value, t.value
                 );
-                self.at(&t, why);
+                self.at(t, why);
             }
-            oci_topics.push(t.value);
+            oci_topics.push(t.value.clone());
         }
+        let kinds = [
+            s.url.is_some(),
+            s.directory.is_some(),
+            s.oci_dev_ops.is_some(),
+            s.oci_object_storage.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            let why = format!(
+                "source {:?}: set exactly one of url (Git), directory (local), ociDevOps, ociObjectStorage",
+                s.name.value
+            );
+            self.at(&s.name, why);
+            return None;
+        }
+        let plain = |directory, oci| Source {
+            name: s.name.value.clone(),
+            url: String::new(),
+            reference: GitRef::Branch(String::new()),
+            interval,
+            secret_ref: None,
+            directory,
+            oci,
+            oci_topics: oci_topics.clone(),
+        };
+        if let Some(d) = &s.directory {
+            return Some(plain(Some(self.base.join(d.value.trim())), None));
+        }
+        let oci = match (&s.oci_dev_ops, &s.oci_object_storage) {
+            (Some(d), _) => Some((
+                d.value.problems(&s.name.value),
+                d.referenced,
+                OciSource::DevOps(d.value.clone()),
+            )),
+            (_, Some(o)) => Some((
+                o.value.problems(&s.name.value),
+                o.referenced,
+                OciSource::ObjectStorage(o.value.clone()),
+            )),
+            _ => None,
+        };
+        if let Some((problems, at, oci)) = oci {
+            for p in problems {
+                self.problems.push(Problem {
+                    line: at.line(),
+                    column: at.column(),
+                    message: p,
+                });
+            }
+            if s.secret_ref.is_some() || s.reference.is_some() {
+                let why = format!(
+                    "source {:?}: an OCI source signs with the oci: identity and takes its ref inside ociDevOps; remove secretRef and ref",
+                    s.name.value
+                );
+                self.at(&s.name, why);
+            }
+            self.oci_sources.push((at.line(), at.column()));
+            return Some(plain(None, Some(oci)));
+        }
+        let url_span = s.url.as_ref().expect("one kind is set");
+        let url = url_span.value.trim().to_string();
+        self.git_url(&s.name.value, url_span, &url, s.secret_ref.is_some());
         let reference = match &s.reference {
             None => GitRef::Branch("main".into()),
             Some(r) => self.git_ref(&s.name.value, r),
@@ -184,6 +237,7 @@ impl Validator {
             interval,
             secret_ref: s.secret_ref,
             directory: None,
+            oci: None,
             oci_topics,
         })
     }

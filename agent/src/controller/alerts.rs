@@ -18,7 +18,7 @@ pub async fn dispatcher(client: &Client, cfg: &Config, metrics: Arc<Metrics>) ->
     let info = notify::AgentInfo::new(&cfg.namespace, super::identity());
     let mut sinks = Vec::new();
     // One OCI client for every sink that signs (made on first use).
-    let oci = cfg.oci.clone().map(crate::oci::Shared::new);
+    let oci = cfg.oci.as_ref().map(crate::oci::Shared::for_config);
     for s in &cfg.alerts.sinks {
         let one = AlertsConfig {
             sinks: vec![s.clone()],

@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
-use crate::config::{self, Config, GitRef};
+use crate::config::{self, Config, GitRef, OciSource};
 use crate::secrets::SecretResolver;
+use crate::source::bucket::{BucketSource, BucketSpec, Select};
+use crate::source::devops::{DevOpsRef, DevOpsSource, DevOpsSpec};
 use crate::source::{Credentials, DirSource, GitSource, Reference, Source, SourceSpec};
 use crate::sync::Failure;
 
@@ -16,6 +18,9 @@ pub async fn open(
 ) -> Result<Arc<dyn Source>, Failure> {
     if let Some(dir) = &src.directory {
         return Ok(Arc::new(DirSource::new(&src.name, dir)));
+    }
+    if let Some(oci) = &src.oci {
+        return open_oci(cfg, src, oci);
     }
     let credentials = match &src.secret_ref {
         None => Credentials::None,
@@ -44,4 +49,59 @@ pub async fn open(
     };
     let git = GitSource::new(spec, &cfg.state_dir).map_err(|e| Failure::Source(e.to_string()))?;
     Ok(Arc::new(git))
+}
+
+/// An OCI DevOps or Object Storage source, signing with the process's OCI identity.
+fn open_oci(
+    cfg: &Config,
+    src: &config::Source,
+    oci: &OciSource,
+) -> Result<Arc<dyn Source>, Failure> {
+    let Some(identity) = &cfg.oci else {
+        return Err(Failure::Source(format!(
+            "source {}: needs the oci: section",
+            src.name
+        )));
+    };
+    let shared = crate::oci::Shared::for_config(identity);
+    let mut limits = crate::source::Limits::default();
+    Ok(match oci {
+        OciSource::DevOps(d) => {
+            limits.max_archive_bytes = d.max_archive_bytes.unwrap_or(limits.max_archive_bytes);
+            let r = &d.reference;
+            let reference = match (&r.branch, &r.tag, &r.commit) {
+                (_, Some(t), _) => DevOpsRef::Tag(t.clone()),
+                (_, _, Some(c)) => DevOpsRef::Commit(c.clone()),
+                (b, _, _) => DevOpsRef::Branch(b.clone().unwrap_or_else(|| "main".into())),
+            };
+            let spec = DevOpsSpec {
+                name: src.name.clone(),
+                repository_id: d.repository_id.clone(),
+                reference,
+                archive_format: d.archive_format.clone(),
+                limits,
+            };
+            Arc::new(DevOpsSource::new(spec, shared))
+        }
+        OciSource::ObjectStorage(o) => {
+            limits.max_archive_bytes = o.max_archive_bytes.unwrap_or(limits.max_archive_bytes);
+            let select = match (&o.object, &o.prefix) {
+                (Some(object), _) => Select::Archive(object.clone()),
+                // A prefix is a directory: `manifests` means `manifests/`.
+                (None, p) => Select::Prefix(match p.as_deref().unwrap_or("") {
+                    "" => String::new(),
+                    p if p.ends_with('/') => p.to_owned(),
+                    p => format!("{p}/"),
+                }),
+            };
+            let spec = BucketSpec {
+                name: src.name.clone(),
+                namespace: o.namespace.clone(),
+                bucket: o.bucket.clone(),
+                select,
+                limits,
+            };
+            Arc::new(BucketSource::new(spec, shared))
+        }
+    })
 }

@@ -3,6 +3,8 @@
 //! by hand, as the `oci raw-request` CLI command does: the tool for "why does OCI say 401".
 
 pub mod auth;
+pub mod devops;
+pub mod object_storage;
 pub mod signing;
 pub mod vault;
 
@@ -31,6 +33,101 @@ pub enum Error {
     Send { url: String, reason: String },
     #[error("OCI Vault secret {secret_id}: {reason}")]
     Vault { secret_id: String, reason: String },
+    /// A service's refusal: `what` names the call and its object.
+    #[error("{what}: {status} {code}{}", if .message.is_empty() { String::new() } else { format!(": {}", .message) })]
+    Api {
+        what: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error("{what}: {reason}")]
+    Answer { what: String, reason: String },
+    /// An answer over its cap: `limit` says of what (`134217728 bytes`, `40000 objects`).
+    #[error("{what}: more than {limit}")]
+    TooLarge { what: String, limit: String },
+    #[error(
+        "{service}: no endpoint configured (oci.endpoints.{service}) and no region (oci.region or OCI_RESOURCE_PRINCIPAL_REGION)"
+    )]
+    NoEndpoint { service: &'static str },
+}
+
+impl Error {
+    /// Worth trying again later: the service or the network failed, not the request.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Send { .. } => true,
+            Error::Api { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+}
+
+/// A failed answer as an error: OCI's error bodies are `{"code", "message"}`; the message
+/// is kept short (these services put no secret material in it).
+pub async fn api_error(what: String, response: reqwest::Response) -> Error {
+    let status = response.status().as_u16();
+    let body = read_capped(response, 4096, &what).await.unwrap_or_default();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let text = |k: &str| v[k].as_str().unwrap_or("").to_owned();
+    let mut message = text("message");
+    if message.len() > 200 {
+        let cut = (0..=200)
+            .rev()
+            .find(|i| message.is_char_boundary(*i))
+            .unwrap_or(0);
+        message.truncate(cut);
+        message.push('…');
+    }
+    Error::Api {
+        what,
+        status,
+        code: text("code"),
+        message,
+    }
+}
+
+/// A response's body, refused as soon as it passes `max` bytes (the declared length is
+/// checked first, then what actually arrives).
+pub async fn read_capped(
+    mut response: reqwest::Response,
+    max: u64,
+    what: &str,
+) -> Result<Vec<u8>, Error> {
+    let too_large = || Error::TooLarge {
+        what: what.to_owned(),
+        limit: format!("{max} bytes"),
+    };
+    if response.content_length().is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| Error::Send {
+        url: what.to_owned(),
+        reason: crate::http::client::describe(e),
+    })? {
+        if out.len() as u64 + chunk.len() as u64 > max {
+            return Err(too_large());
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// A path segment as the SDKs encode one (`quote(v, safe='')`: all but unreserved).
+pub fn segment(value: &str) -> String {
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    let encoded = percent_encoding::utf8_percent_encode(value, SET).to_string();
+    // Object Storage keeps a name of "." or ".." a literal key, not a path step.
+    match encoded.as_str() {
+        "." => "%2E".into(),
+        ".." => "%2E%2E".into(),
+        _ => encoded,
+    }
 }
 
 /// The agent's OCI client, made on first use from the `oci:` configuration, and again on
@@ -42,6 +139,22 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The process's one client for `cfg`: sources, sinks and the webhook share one
+    /// identity (one token exchange, one refresh), and a reload with another `oci:`
+    /// section gets a new one.
+    pub fn for_config(cfg: &crate::config::oci::OciConfig) -> Arc<Self> {
+        static ONE: std::sync::Mutex<Option<Arc<Shared>>> = std::sync::Mutex::new(None);
+        let mut one = ONE.lock().unwrap_or_else(|p| p.into_inner());
+        match one.as_ref() {
+            Some(s) if s.cfg == *cfg => s.clone(),
+            _ => {
+                let s = Shared::new(cfg.clone());
+                *one = Some(s.clone());
+                s
+            }
+        }
+    }
+
     pub fn new(cfg: crate::config::oci::OciConfig) -> Arc<Self> {
         Arc::new(Shared {
             cfg,
@@ -52,6 +165,18 @@ impl Shared {
     /// The configured endpoint of a service (`secrets`, `notifications`), if any.
     pub fn endpoint(&self, service: &str) -> Option<String> {
         self.cfg.endpoints.get(service).cloned()
+    }
+
+    /// Where `service` is: the configured endpoint, else `template` with `{region}` filled.
+    pub fn base(&self, service: &'static str, template: &str) -> Result<String, Error> {
+        let base = match self.endpoint(service) {
+            Some(e) => e,
+            None => template.replace(
+                "{region}",
+                &self.region().ok_or(Error::NoEndpoint { service })?,
+            ),
+        };
+        Ok(base.trim_end_matches('/').to_owned())
     }
 
     /// The region calls go to: the configuration's, else the pod's.

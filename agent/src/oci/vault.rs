@@ -11,21 +11,15 @@ pub async fn secret(shared: &Shared, secret_id: &str) -> Result<Vec<u8>, Error> 
         secret_id: secret_id.to_owned(),
         reason,
     };
-    let base = match shared.endpoint("secrets") {
-        Some(e) => e,
-        None => match shared.region() {
-            Some(r) => format!("https://secrets.vaults.{r}.oci.oraclecloud.com"),
-            None => {
-                return Err(fail(
-                    "no endpoint, and no region (oci.region or OCI_RESOURCE_PRINCIPAL_REGION)"
-                        .into(),
-                ));
-            }
-        },
-    };
+    let base = shared
+        .base(
+            "secrets",
+            "https://secrets.vaults.{region}.oci.oraclecloud.com",
+        )
+        .map_err(|e| fail(e.to_string()))?;
     let url = format!(
-        "{}/20190301/secretbundles/{secret_id}",
-        base.trim_end_matches('/')
+        "{base}/20190301/secretbundles/{}",
+        super::segment(secret_id)
     );
     let client = shared.client().await?;
     let request = super::request("GET", &url, Vec::new(), None, &[])?;

@@ -1,9 +1,12 @@
 //! Sources: where a sync's files come from. A [`Source`] fetches (brings itself up to date
 //! and names the revision it now points at) and reads the files under a path of a revision;
-//! every source applies the same path, size, symlink and file-count rules. Git (`git/`) and
-//! a local directory (`dir`) are the sources today; OCI DevOps and Object Storage plug in
-//! as more implementations of the trait.
+//! every source applies the same path, size, symlink and file-count rules. Git (`git/`), a
+//! local directory (`dir`), an OCI DevOps code repository (`devops`) and OCI Object Storage
+//! (`bucket`) are the sources; the last two download archives (`archive`).
 
+pub mod archive;
+pub mod bucket;
+pub mod devops;
 pub mod dir;
 pub mod git;
 
@@ -114,6 +117,14 @@ pub enum Error {
         #[source]
         source: git2::Error,
     },
+    #[error("{what}: {reason}")]
+    Archive { what: String, reason: String },
+    #[error("source {name}: {source}")]
+    Oci {
+        name: String,
+        #[source]
+        source: crate::oci::Error,
+    },
     #[error("source {name}: background task: {source}")]
     Task {
         name: String,
@@ -137,6 +148,8 @@ pub struct Limits {
     pub max_depth: usize,
     /// Longest a fetch may take, connection included.
     pub fetch_timeout: Duration,
+    /// Largest archive a source downloads (OCI DevOps, Object Storage), as sent.
+    pub max_archive_bytes: u64,
     /// The file name endings read (case-insensitive); `None` reads every file. Anything
     /// else is skipped before its content is read and counts toward no limit: a repository
     /// may hold docs, images and binaries beside its manifests.
@@ -164,6 +177,7 @@ impl Default for Limits {
             max_total_bytes: 256 * 1024 * 1024,
             max_depth: 32,
             fetch_timeout: Duration::from_secs(120),
+            max_archive_bytes: 128 * 1024 * 1024,
             only: Some(Self::MANIFESTS.map(String::from).to_vec()),
         }
     }

@@ -1643,6 +1643,7 @@ mod tests {
             interval: Duration::from_secs(60),
             secret_ref: None,
             directory: None,
+            oci: None,
             oci_topics: Vec::new(),
         };
         assert_eq!(SourceMatch::from_source(&cfg).reference, MatchRef::AnyTag);
