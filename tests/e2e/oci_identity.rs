@@ -9,155 +9,21 @@
 mod git;
 #[path = "../harness/mod.rs"]
 mod harness;
+#[path = "../harness/oci.rs"]
+mod standin;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine as _;
 use gitops_agent::oci;
-use harness::{TestNamespace, control_plane};
+use harness::control_plane;
 use serde_json::Value;
 
-const WAIT: Duration = Duration::from_secs(60);
-const SECRET_ID: &str = "ocid1.vaultsecret.oc1.iad.standin";
-const TOPIC_ID: &str = "ocid1.onstopic.oc1.iad.standin";
+use standin::{SECRET_ID, StandIn, TOPIC_ID, WAIT, setup, token_file};
+
 const SLACK_SECRET: &str = "ocid1.vaultsecret.oc1.iad.slack";
-
-/// The stand-ins, serving until dropped.
-struct StandIn {
-    child: Child,
-    dir: tempfile::TempDir,
-    exchange: u16,
-    services: u16,
-}
-
-impl StandIn {
-    fn start(token_lifetime: u64, exchange_port: u16) -> StandIn {
-        Self::start_in(
-            tempfile::tempdir().unwrap(),
-            token_lifetime,
-            (exchange_port, 0),
-        )
-    }
-
-    /// Stops these stand-ins and starts new ones on the same ports with a new signing key:
-    /// every RPST issued before is refused from now on.
-    fn restart(mut self) -> StandIn {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let ports = (self.exchange, self.services);
-        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        std::fs::remove_file(dir.path().join("ports.json")).unwrap();
-        let _ = std::fs::remove_file(dir.path().join("requests.jsonl"));
-        Self::start_in(dir, 600, ports)
-    }
-
-    fn start_in(
-        dir: tempfile::TempDir,
-        token_lifetime: u64,
-        (exchange_port, services_port): (u16, u16),
-    ) -> StandIn {
-        let content = base64::engine::general_purpose::STANDARD.encode("db-password");
-        std::fs::write(
-            dir.path().join("secrets.json"),
-            format!("{{\"{SECRET_ID}\": \"{content}\"}}"),
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("topics.json"), format!("[\"{TOPIC_ID}\"]")).unwrap();
-        let child = Command::new(harness::oci_python())
-            .arg(harness::repo_root().join("tests/oci/standin.py"))
-            .args(["--dir".as_ref(), dir.path().as_os_str()])
-            .args([
-                "--kubeconfig".as_ref(),
-                control_plane().kubeconfig().as_os_str(),
-            ])
-            .args(["--token-lifetime", &token_lifetime.to_string()])
-            .args(["--exchange-port", &exchange_port.to_string()])
-            .args(["--services-port", &services_port.to_string()])
-            .stdin(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let ports = dir.path().join("ports.json");
-        let started = Instant::now();
-        while !ports.exists() {
-            assert!(started.elapsed() < WAIT, "the stand-ins never started");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let ports: Value = serde_json::from_slice(&std::fs::read(ports).unwrap()).unwrap();
-        let port = |k: &str| ports[k].as_u64().unwrap() as u16;
-        StandIn {
-            exchange: port("exchange"),
-            services: port("services"),
-            child,
-            dir,
-        }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.path().join("ca.pem")
-    }
-
-    /// A plain client that trusts the stand-ins' CA (to send what the agent would not).
-    fn http(&self) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(&std::fs::read(self.ca()).unwrap()).unwrap();
-        reqwest::Client::builder()
-            .add_root_certificate(ca)
-            .build()
-            .unwrap()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.services)
-    }
-
-    fn log(&self, name: &str) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default();
-        text.lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    fn exchanges(&self) -> usize {
-        self.log("requests.jsonl")
-            .iter()
-            .filter(|r| r["role"] == "exchange" && r["status"] == 200)
-            .count()
-    }
-}
-
-impl Drop for StandIn {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A namespace, the stand-ins (token lifetime and exchange port) and a work directory.
-async fn setup(
-    prefix: &str,
-    lifetime: u64,
-    port: u16,
-) -> (TestNamespace, StandIn, tempfile::TempDir) {
-    harness::init_logging();
-    let client = control_plane().client().await;
-    let ns = TestNamespace::create(&client, prefix).await;
-    (
-        ns,
-        StandIn::start(lifetime, port),
-        tempfile::tempdir().unwrap(),
-    )
-}
-
-/// A token the local API server issued for a new service account, in a file.
-async fn token_file(ns: &TestNamespace, dir: &Path) -> PathBuf {
-    let token = control_plane()
-        .service_account_token(&ns.name, "gitops-agent")
-        .await;
-    let path = dir.join("token");
-    std::fs::write(&path, token).unwrap();
-    path
-}
 
 /// `gitops-agent oci raw-request` with workload identity against the stand-ins.
 fn raw_request(s: &StandIn, token: &Path, args: &[&str]) -> std::process::Output {
@@ -431,20 +297,7 @@ print("message", ons.publish_message({TOPIC_ID:?}, details).data.message_id)
         token = token.display().to_string(),
         port = s.services,
     );
-    let out = Command::new(harness::oci_python())
-        .args(["-c", &script])
-        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        .env("OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH", s.ca())
-        .env("OCI_RESOURCE_PRINCIPAL_REGION", "us-ashburn-1")
-        .env("REQUESTS_CA_BUNDLE", s.ca())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stdout = s.sdk(&script);
     let content = base64::engine::general_purpose::STANDARD.encode("db-password");
     assert!(stdout.contains(&format!("secret {content}")), "{stdout}");
     assert!(stdout.contains("message "), "{stdout}");
@@ -489,11 +342,7 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
     let hooks = work.path().join("hooks");
     std::fs::create_dir_all(&hooks).unwrap();
     std::fs::write(hooks.join("oci-notifications"), "ons-password").unwrap();
-    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let hook_port = git::free_port();
     let config = format!(
         "stateDir: {dir}/state\nnamespace: {ns}\n\
          sources:\n  - name: apps\n    url: {url}\n    ref: {{branch: main}}\n    interval: 1h\n    triggers: {{ociNotifications: [{TOPIC_ID}]}}\n\
@@ -538,18 +387,8 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
         "{stdout}"
     );
     assert!(!stdout.contains("eyJ"), "{stdout}");
-    let log = std::fs::File::create(work.path().join("agent.log")).unwrap();
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
-        .args(["run", "--config"])
-        .arg(&path)
-        .arg("--kubeconfig")
-        .arg(control_plane().kubeconfig())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
-    let agent_log = || std::fs::read_to_string(work.path().join("agent.log")).unwrap_or_default();
+    let agent = standin::Agent::start(&path, work.path().join("agent.log"));
+    let agent_log = || agent.log();
     let cms: Api<ConfigMap> = Api::namespaced(control_plane().client().await, &ns.name);
     let started = Instant::now();
     while cms.get_opt("a").await.unwrap().is_none() {
@@ -635,8 +474,6 @@ async fn drift_is_published_to_oci_notifications_with_workload_identity() {
         assert!(started.elapsed() < WAIT, "no Slack alert:\n{}", agent_log());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
     assert!(
         !agent_log().contains(&hook),
         "the Vault-held URL is never logged"

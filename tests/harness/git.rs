@@ -171,7 +171,7 @@ impl Run for Command {
 }
 
 /// A free port on 127.0.0.1 (free when asked; servers here bind it right after).
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0")

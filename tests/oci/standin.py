@@ -9,8 +9,11 @@ service IP). They verify for real and refuse what OCI would refuse:
   public key in its `jwk` claim;
 * Notifications' subscription confirmation URL (GET /20181201/subscriptions/{id}/confirmation
   ?token=..., unsigned as OCI's is), logged to DIR/confirmations.jsonl;
-* Vault secret bundles (GET /20190301/secretbundles/{id}) and Notifications
-  (POST /20181201/topics/{id}/messages): each request's OCI signature is verified against
+* Vault secret bundles (GET /20190301/secretbundles/{id}), Notifications
+  (POST /20181201/topics/{id}/messages), DevOps code repositories (GET /20210630/
+  repositories/{id}/refs, /commits/{sha}, /archive/content, answered from a real Git
+  repository on disk with `git archive`) and Object Storage (GET and HEAD /n/{ns}/b/{b}/o/
+  {name}, ListObjects, from a directory): each request's OCI signature is verified against
   the session key its RPST carries, refusing expired or foreign tokens, stale dates, wrong
   hosts, unsigned or altered bodies.
 
@@ -18,13 +21,17 @@ Usage: standin.py --dir DIR --kubeconfig PATH [--exchange-port N] [--services-po
 [--token-lifetime S]. A restart on the same ports with a new signing key makes every RPST
 issued before it invalid (how a 401 is provoked).
 Writes DIR/ca.pem and DIR/ports.json ({"exchange": N, "services": N}) once serving; reads
-DIR/secrets.json ({id: base64 content}) and DIR/topics.json ([ids]) on every request;
+DIR/secrets.json ({id: base64 content}), DIR/topics.json ([ids]) and DIR/devops.json
+({repository id: path of a Git repository}) on every request, and serves DIR/buckets/
+{namespace}/{bucket}/{object name} as objects;
 appends every request's outcome to DIR/requests.jsonl and published messages to
 DIR/messages.jsonl.
 """
 
 import argparse
 import base64
+import subprocess
+import urllib.parse
 import datetime
 import email.utils
 import hashlib
@@ -222,29 +229,36 @@ def handler(state, role):
         def log_message(self, *args):
             pass
 
-        def answer(self, status, payload, content_type="application/json"):
+        def answer(self, status, payload, headers=None):
             data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            headers = dict(headers or {})
             self.send_response(status)
-            self.send_header("content-type", content_type)
-            self.send_header("content-length", str(len(data)))
+            self.send_header("content-type", headers.pop("content-type", "application/json"))
+            self.send_header("content-length", headers.pop("content-length", str(len(data))))
             self.send_header("opc-request-id", uuid.uuid4().hex)
+            for k, v in headers.items():
+                self.send_header(k, v)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
 
         def handle_any(self):
             length = int(self.headers.get("content-length") or 0)
             body = self.rfile.read(length) if length else b""
             headers = {k.lower(): v for k, v in self.headers.items()}
             entry = {"role": role, "method": self.command, "path": self.path}
+            extra = {}
             try:
-                status, payload = (exchange if role == "exchange" else service)(state, self.command, self.path, headers, body)
+                answer = (exchange if role == "exchange" else service)(state, self.command, self.path, headers, body)
+                status, payload = answer[0], answer[1]
+                extra = answer[2] if len(answer) > 2 else {}
                 entry["status"] = status
             except Refused as r:
                 entry.update(status=r.status, refused=r.message)
                 status, payload = r.status, {"code": r.code, "message": r.message}
             # Logged before the answer: whoever got the answer finds the entry.
             state.log("requests.jsonl", entry)
-            self.answer(status, payload)
+            self.answer(status, payload, extra)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = handle_any
 
@@ -301,7 +315,126 @@ def service(state, method, path, headers, body):
             raise Refused(400, "InvalidParameter", "body is required")
         state.log("messages.jsonl", {"topic": topic, "message": message, "principal": claims["sub"]})
         return 200, {"messageId": uuid.uuid4().hex, "timeStamp": datetime.datetime.now(datetime.timezone.utc).isoformat()}
+    if route.startswith("/20210630/repositories/") and method == "GET":
+        return devops(state, path)
+    if route.startswith("/n/") and method in ("GET", "HEAD"):
+        return object_storage(state, method, path)
     raise Refused(404, "NotFound", f"no such operation: {method} {route}")
+
+
+def git(repo, *args):
+    out = subprocess.run(["git", "-C", repo, *args], capture_output=True)
+    return out.returncode, out.stdout
+
+
+ARCHIVE_FORMATS = {"tar": "tar", "tar.gz": "tar.gz", "tgz": "tar.gz", "zip": "zip"}
+
+
+def devops(state, path):
+    """DevOps code repositories, from real Git repositories: ListRefs (refName, refType,
+    paged by opc-next-page one ref at a time, so paging is exercised), GetCommit and
+    GetRepositoryArchiveContent (`git archive`, under a `<repo>-<commit>/` directory as
+    hosting services lay archives out)."""
+    route, _, query = path.partition("?")
+    q = dict(urllib.parse.parse_qsl(query))
+    parts = route.split("/")  # '', 20210630, repositories, id, op...
+    repo_id = urllib.parse.unquote(parts[3])
+    repo = state.read("devops.json", {}).get(repo_id)
+    if repo is None:
+        raise Refused(404, "NotAuthorizedOrNotFound", "repository not found or not authorized")
+    op = parts[4:]
+    if op == ["refs"]:
+        kinds = {"BRANCH": ("refs/heads/", "commitId"), "TAG": ("refs/tags/", "objectId")}
+        items = []
+        for kind, (prefix, field) in kinds.items():
+            if q.get("refType", kind) != kind:
+                continue
+            _, out = git(repo, "for-each-ref", "--format=%(refname) %(objectname)", prefix)
+            for line in out.decode().splitlines():
+                full, sha = line.split(" ")
+                name = full[len(prefix):]
+                if "refName" in q and q["refName"] != name:
+                    continue
+                items.append({"refType": kind, "refName": name, "fullRefName": full,
+                              "repositoryId": repo_id, field: sha})
+        start = int(q.get("page", "0"))
+        page = items[start:start + 1]
+        more = {"opc-next-page": str(start + 1)} if start + 1 < len(items) else {}
+        return 200, {"items": page}, more
+    if len(op) == 2 and op[0] == "commits":
+        code, out = git(repo, "log", "-1", "--format=%H%n%T%n%an%n%s", op[1] + "^{commit}", "--")
+        if code != 0:
+            raise Refused(404, "NotAuthorizedOrNotFound", "commit not found")
+        sha, tree, author, message = out.decode().split("\n")[:4]
+        return 200, {"commitId": sha, "treeId": tree, "authorName": author, "commitMessage": message}
+    if op == ["archive", "content"]:
+        fmt = ARCHIVE_FORMATS.get(q.get("format", "tar.gz"))
+        if fmt is None:
+            raise Refused(400, "InvalidParameter", "format must be tar, tar.gz, tgz or zip")
+        ref = q.get("refName", "HEAD")
+        code, sha = git(repo, "rev-parse", "--verify", "--end-of-options", ref + "^{commit}")
+        if code != 0:
+            raise Refused(404, "NotAuthorizedOrNotFound", "ref not found")
+        sha = sha.decode().strip()
+        prefix = f"{os.path.basename(repo.rstrip('/'))}-{sha[:12]}/"
+        code, data = git(repo, "archive", f"--format={fmt}", f"--prefix={prefix}", sha)
+        if code != 0:
+            raise Refused(500, "InternalServerError", "archive failed")
+        return 200, data, {"content-type": "application/octet-stream",
+                           "content-disposition": f'attachment; filename="{prefix[:-1]}.{fmt}"'}
+    raise Refused(404, "NotFound", f"no such DevOps operation: {route}")
+
+
+def object_storage(state, method, path):
+    """Object Storage from DIR/buckets/{namespace}/{bucket}/: HeadObject and GetObject
+    (ETag from the content, content-md5), ListObjects (prefix, start, limit, fields; paged
+    by nextStartWith)."""
+    route, _, query = path.partition("?")
+    q = dict(urllib.parse.parse_qsl(query))
+    parts = route.split("/")  # '', n, ns, b, bucket, o, [name]
+    if len(parts) < 6 or parts[3] != "b" or parts[5] != "o":
+        raise Refused(404, "NotFound", "no such Object Storage operation")
+    ns, bucket = urllib.parse.unquote(parts[2]), urllib.parse.unquote(parts[4])
+    root = os.path.realpath(os.path.join(state.dir, "buckets", ns, bucket))
+    if not os.path.isdir(root) or not root.startswith(os.path.realpath(os.path.join(state.dir, "buckets")) + "/"):
+        raise Refused(404, "BucketNotFound", "bucket not found or not authorized")
+
+    def etag(data):
+        return str(uuid.UUID(hashlib.md5(data).hexdigest()))
+
+    if len(parts) == 6:
+        if method != "GET":
+            raise Refused(405, "MethodNotAllowed", "ListObjects is a GET")
+        names = []
+        for d, _, files in os.walk(root):
+            for f in files:
+                names.append(os.path.relpath(os.path.join(d, f), root))
+        names = sorted(n for n in names if n.startswith(q.get("prefix", "")) and n >= q.get("start", ""))
+        limit = int(q.get("limit", "1000"))
+        fields = set(q.get("fields", "name").split(","))
+        objects = []
+        for n in names[:limit]:
+            data = open(os.path.join(root, n), "rb").read()
+            o = {"name": n}
+            if "size" in fields:
+                o["size"] = len(data)
+            if "etag" in fields:
+                o["etag"] = etag(data)
+            if "md5" in fields:
+                o["md5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
+            objects.append(o)
+        answer = {"objects": objects, "prefixes": []}
+        if len(names) > limit:
+            answer["nextStartWith"] = names[limit]
+        return 200, answer
+    name = urllib.parse.unquote("/".join(parts[6:]))
+    full = os.path.realpath(os.path.join(root, name))
+    if not full.startswith(root + "/") or not os.path.isfile(full):
+        raise Refused(404, "ObjectNotFound", "object not found")
+    data = open(full, "rb").read()
+    headers = {"etag": etag(data), "content-md5": base64.b64encode(hashlib.md5(data).digest()).decode(),
+               "content-type": "application/octet-stream", "content-length": str(len(data))}
+    return 200, data, headers
 
 
 def main():

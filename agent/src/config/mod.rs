@@ -79,13 +79,19 @@ pub struct Config {
 }
 
 /// The webhook receiver: where it listens, and a directory holding one file per
-/// provider (`github`, `gitlab`, `gitea`, `bitbucket`, `generic`) with its secret: a
-/// mounted Kubernetes Secret, watched so rotation needs no restart.
+/// provider (`github`, `gitlab`, `gitea`, `bitbucket`, `generic`, `oci-notifications`)
+/// with its secret: a mounted Kubernetes Secret, watched so rotation needs no restart.
+/// A provider's secret may instead be held in OCI Vault (`ociVault: {github: {secretId}}`),
+/// read again every `oci.vaultRefresh`, so a rotation there needs no restart either.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Webhook {
     pub listen: String,
+    /// Empty: no directory (every secret from Vault, or none).
+    #[serde(default)]
     pub secrets_dir: PathBuf,
+    #[serde(default)]
+    pub oci_vault: std::collections::BTreeMap<String, OciVaultRef>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -33,6 +33,10 @@ pub struct OciConfig {
     /// `notifications`: where subscription confirmations may also go).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub endpoints: std::collections::BTreeMap<String, String>,
+    /// How often Vault-held credentials are read again (a rotation is picked up within
+    /// it); default 5m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_refresh: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +182,16 @@ impl ObjectStorageSource {
 }
 
 impl OciConfig {
+    pub const DEFAULT_VAULT_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+
+    /// How often Vault-held credentials are read again.
+    pub fn vault_refresh(&self) -> std::time::Duration {
+        self.vault_refresh
+            .as_deref()
+            .and_then(|v| humantime::parse_duration(v).ok())
+            .unwrap_or(Self::DEFAULT_VAULT_REFRESH)
+    }
+
     /// Every problem of the section, one message each (empty when valid).
     pub fn problems(&self) -> Vec<String> {
         let mut out = match (self.auth, &self.config_file) {
@@ -189,6 +203,14 @@ impl OciConfig {
             }
             _ => Vec::new(),
         };
+        if let Some(v) = &self.vault_refresh {
+            match humantime::parse_duration(v) {
+                Ok(d) if d >= std::time::Duration::from_secs(1) => {}
+                _ => out.push(format!(
+                    "oci: vaultRefresh {v:?}: expected a duration of at least 1s (like 5m)"
+                )),
+            }
+        }
         for (service, url) in &self.endpoints {
             if !SERVICES.contains(&service.as_str()) {
                 out.push(format!(
@@ -276,5 +298,60 @@ mod tests {
         );
         let text = format!("{BASE}oci: {{auth: magic}}\n");
         assert!(crate::config::parse(Path::new("c.yaml"), &text).is_err());
+    }
+
+    #[test]
+    fn oci_sources_and_vault_held_webhook_secrets_parse_and_are_checked() {
+        let oci = "oci: {region: us-ashburn-1}\n";
+        let text = format!(
+            "namespace: gitops\nsyncs: []\n{oci}\
+             webhook: {{listen: ':8080', ociVault: {{oci-notifications: {{secretId: ocid1.vaultsecret.oc1..h}}}}}}\n\
+             sources:\n  - {{name: a, ociDevOps: {{repositoryId: ocid1.devopsrepository.oc1..r, ref: {{tag: v1}}}}}}\n\
+             \x20 - {{name: b, ociObjectStorage: {{namespace: ns, bucket: bk, prefix: live}}}}\n"
+        );
+        let cfg = crate::config::parse(Path::new("c.yaml"), &text).unwrap();
+        let crate::config::OciSource::DevOps(d) = cfg.sources[0].oci.clone().unwrap() else {
+            panic!("not DevOps")
+        };
+        assert_eq!(d.reference.tag.as_deref(), Some("v1"));
+        assert_eq!(d.archive_format, "tar.gz");
+        assert!(!cfg.sources[0].is_git());
+        let hook = cfg.webhook.unwrap();
+        assert!(hook.secrets_dir.as_os_str().is_empty());
+        assert_eq!(
+            hook.oci_vault["oci-notifications"].secret_id,
+            "ocid1.vaultsecret.oc1..h"
+        );
+
+        let text = "namespace: gitops\nsyncs: []\n\
+             webhook: {listen: ':8080', ociVault: {gitlub: {secretId: nope}}}\n\
+             sources:\n  - {name: a, ociDevOps: {repositoryId: r, ref: {branch: refs/heads/x, commit: abc}}}\n\
+             \x20 - {name: b, url: 'https://h.example/r.git', ociObjectStorage: {namespace: ns, bucket: bk}}\n\
+             \x20 - {name: c, ociObjectStorage: {namespace: ns, bucket: bk}}\n";
+        let err = crate::config::parse(Path::new("c.yaml"), text)
+            .unwrap_err()
+            .to_string();
+        for want in [
+            "ociDevOps.repositoryId must be an ocid1.devopsrepository OCID",
+            "ociDevOps.ref must name one of branch, tag, commit",
+            "ociDevOps.ref.commit must be a full 40-hex-digit commit id",
+            "ociDevOps.ref: give the short name, without refs/",
+            "source \"b\": set exactly one of url (Git), directory (local), ociDevOps, ociObjectStorage",
+            "source \"c\": ociObjectStorage needs object (an archive) or prefix, one of them",
+            "c.yaml:5:26: an ociDevOps or ociObjectStorage source needs the oci: section",
+            "webhook.ociVault.gitlub: not a provider",
+            "webhook.ociVault.gitlub.secretId must be an ocid1.vaultsecret OCID",
+            "webhook.ociVault needs the oci: section",
+        ] {
+            assert!(err.contains(want), "{want:?} missing in:\n{err}");
+        }
+        let text = format!("{BASE}oci: {{vaultRefresh: soon}}\n");
+        let err = crate::config::parse(Path::new("c.yaml"), &text)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("vaultRefresh \"soon\": expected a duration"),
+            "{err}"
+        );
     }
 }

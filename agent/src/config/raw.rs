@@ -18,7 +18,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) syncs: Vec<RawSync>,
     #[serde(default)]
-    pub(super) webhook: Option<Webhook>,
+    pub(super) webhook: Option<Spanned<Webhook>>,
     #[serde(default)]
     pub(super) metrics: Option<RawMetrics>,
     #[serde(default)]

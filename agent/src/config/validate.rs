@@ -10,6 +10,16 @@ use serde_saphyr::Spanned;
 use super::raw::{RawConfig, RawSource, RawSync};
 use super::*;
 
+/// The webhook receiver's providers, as its secret files are named.
+pub const WEBHOOK_PROVIDERS: [&str; 6] = [
+    "github",
+    "gitlab",
+    "gitea",
+    "bitbucket",
+    "generic",
+    "oci-notifications",
+];
+
 #[derive(Default)]
 pub(super) struct Validator {
     pub(super) problems: Vec<Problem>,
@@ -17,6 +27,8 @@ pub(super) struct Validator {
     pub(super) base: PathBuf,
     /// Where OCI sources are declared: they need the `oci:` section.
     pub(super) oci_sources: Vec<(u64, u64)>,
+    /// Where the webhook section is.
+    pub(super) webhook_at: (u64, u64),
 }
 
 impl Validator {
@@ -28,7 +40,28 @@ impl Validator {
         });
     }
 
+    /// The webhook section's own rules: `ociVault` names providers, with vaultsecret OCIDs.
+    fn webhook(&mut self, w: &Spanned<Webhook>) {
+        self.webhook_at = (w.referenced.line(), w.referenced.column());
+        for (provider, v) in &w.value.oci_vault {
+            if !WEBHOOK_PROVIDERS.contains(&provider.as_str()) {
+                self.at(w, format!("webhook.ociVault.{provider}: not a provider (github, gitlab, gitea, bitbucket, generic, oci-notifications)"));
+            }
+            if !v.secret_id.starts_with("ocid1.vaultsecret.") {
+                self.at(
+                    w,
+                    format!(
+                        "webhook.ociVault.{provider}.secretId must be an ocid1.vaultsecret OCID"
+                    ),
+                );
+            }
+        }
+    }
+
     pub(super) fn config(&mut self, raw: RawConfig) -> Config {
+        if let Some(w) = &raw.webhook {
+            self.webhook(w);
+        }
         let resync = self.duration(
             raw.resync.as_ref(),
             DEFAULT_RESYNC,
@@ -42,42 +75,7 @@ impl Validator {
             }
             None => DEFAULT_NAMESPACE.to_string(),
         };
-        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
-        let mut sources = Vec::new();
-        for s in raw.sources {
-            if let Some(first) = seen.insert(s.name.value.clone(), s.name.referenced.line()) {
-                self.at(
-                    &s.name,
-                    format!(
-                        "source {:?} is already defined at line {first}",
-                        s.name.value
-                    ),
-                );
-            }
-            if let Some(src) = self.source(s) {
-                sources.push(src);
-            }
-        }
-        let mut seen_syncs: BTreeMap<String, u64> = BTreeMap::new();
-        let mut syncs = Vec::new();
-        for s in raw.syncs {
-            if let Some(first) = seen_syncs.insert(s.name.value.clone(), s.name.referenced.line()) {
-                self.at(
-                    &s.name,
-                    format!("sync {:?} is already defined at line {first}", s.name.value),
-                );
-            }
-            if !seen.contains_key(&s.source.value) {
-                self.at(
-                    &s.source,
-                    format!(
-                        "sync {:?}: no source named {:?}",
-                        s.name.value, s.source.value
-                    ),
-                );
-            }
-            syncs.push(self.sync(s));
-        }
+        let (sources, syncs) = self.sources_and_syncs(raw.sources, raw.syncs);
         Config {
             state_dir: PathBuf::from(
                 raw.state_dir
@@ -86,8 +84,11 @@ impl Validator {
             namespace,
             sources,
             syncs,
-            webhook: raw.webhook.map(|mut w| {
-                w.secrets_dir = self.base.join(&w.secrets_dir);
+            webhook: raw.webhook.map(|w| {
+                let mut w = w.value;
+                if !w.secrets_dir.as_os_str().is_empty() {
+                    w.secrets_dir = self.base.join(&w.secrets_dir);
+                }
                 w
             }),
             metrics_listen: raw.metrics.map(|m| m.listen),
@@ -127,10 +128,68 @@ impl Validator {
         }
     }
 
+    /// The sources and the syncs, each name once, each sync naming a source.
+    fn sources_and_syncs(
+        &mut self,
+        raw_sources: Vec<RawSource>,
+        raw_syncs: Vec<RawSync>,
+    ) -> (Vec<Source>, Vec<Sync>) {
+        let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+        let mut sources = Vec::new();
+        for s in raw_sources {
+            if let Some(first) = seen.insert(s.name.value.clone(), s.name.referenced.line()) {
+                self.at(
+                    &s.name,
+                    format!(
+                        "source {:?} is already defined at line {first}",
+                        s.name.value
+                    ),
+                );
+            }
+            if let Some(src) = self.source(s) {
+                sources.push(src);
+            }
+        }
+        let mut seen_syncs: BTreeMap<String, u64> = BTreeMap::new();
+        let mut syncs = Vec::new();
+        for s in raw_syncs {
+            if let Some(first) = seen_syncs.insert(s.name.value.clone(), s.name.referenced.line()) {
+                self.at(
+                    &s.name,
+                    format!("sync {:?} is already defined at line {first}", s.name.value),
+                );
+            }
+            if !seen.contains_key(&s.source.value) {
+                self.at(
+                    &s.source,
+                    format!(
+                        "sync {:?}: no source named {:?}",
+                        s.name.value, s.source.value
+                    ),
+                );
+            }
+            syncs.push(self.sync(s));
+        }
+        (sources, syncs)
+    }
+
     /// An OCI source without the `oci:` section has no identity to sign with.
     pub(super) fn oci_sources_need_oci(&mut self, cfg: &Config) {
         if cfg.oci.is_some() {
             return;
+        }
+        if cfg
+            .webhook
+            .as_ref()
+            .is_some_and(|w| !w.oci_vault.is_empty())
+        {
+            let (line, column) = self.webhook_at;
+            self.problems.push(Problem {
+                line,
+                column,
+                message: "webhook.ociVault needs the oci: section (the identity it reads with)"
+                    .into(),
+            });
         }
         for (line, column) in std::mem::take(&mut self.oci_sources) {
             self.problems.push(Problem {

@@ -114,7 +114,11 @@ pub struct ConfigWatch {
 impl ConfigWatch {
     pub fn new(cfg: &crate::config::Config, config_path: &Path) -> Result<Self> {
         let mut targets = Vec::new();
-        if let Some(w) = &cfg.webhook {
+        if let Some(w) = cfg
+            .webhook
+            .as_ref()
+            .filter(|w| !w.secrets_dir.as_os_str().is_empty())
+        {
             targets.push(Target {
                 path: w.secrets_dir.clone(),
                 recursive: false,
@@ -152,9 +156,13 @@ impl ConfigWatch {
             self.reload(ctl, w)?;
         }
         if let Some(dir) = ctl.cfg.webhook.as_ref().map(|h| h.secrets_dir.clone())
+            && !dir.as_os_str().is_empty()
             && batch.iter().any(|p| own_entry(p, &dir))
         {
-            let _ = w.secrets_tx.send(crate::webhook::Secrets::read(&dir));
+            let vault = w.vault_secrets.lock().expect("vault secrets lock").clone();
+            let _ = w
+                .secrets_tx
+                .send(crate::webhook::Secrets::read(&dir).overlay(&vault));
             tracing::info!("webhook secrets reloaded");
         }
         let touched: Vec<String> = ctl

@@ -14,6 +14,7 @@ pub mod scheduler;
 mod shutdown;
 pub mod sources;
 mod state;
+mod vault;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -93,6 +94,8 @@ struct Wiring {
     pending: webhook::Pending,
     sources_tx: watch::Sender<Vec<webhook::SourceMatch>>,
     secrets_tx: watch::Sender<webhook::Secrets>,
+    /// Webhook secrets read from OCI Vault, laid over the directory's.
+    vault_secrets: Arc<std::sync::Mutex<webhook::Secrets>>,
 }
 
 impl Wiring {
@@ -124,6 +127,7 @@ impl Wiring {
             pending: webhook::Pending::new(),
             sources_tx,
             secrets_tx,
+            vault_secrets: Default::default(),
         };
         (w, sources_rx, secrets_rx)
     }
@@ -251,6 +255,17 @@ pub async fn run(
 ) -> Result<()> {
     let (mut w, sources_rx, secrets_rx) = Wiring::new(counter, &cfg);
     serve_metrics(&w, &cfg).await?;
+    let vault =
+        vault::VaultSecrets::from_config(&cfg, w.vault_secrets.clone(), w.secrets_tx.clone());
+    if let Some(v) = vault {
+        // Read before the receiver serves, so its first request already has them.
+        v.read_all().await;
+        let stopped = w.stopped();
+        tokio::spawn(
+            v.run(stopped)
+                .instrument(tracing::info_span!("vault_secrets")),
+        );
+    }
     serve_webhooks(&w, &cfg, sources_rx, secrets_rx).await?;
     let (leading, lease) = elect(&client, &cfg)?;
     let (relay_tx, relayed) = mpsc::channel::<String>(64);

@@ -314,10 +314,24 @@ impl Controller {
                 for sync in self.scheduler.syncs_of(source) {
                     let outcome = Outcome::new(&sync, "").failed(Failure::Source(text.clone()));
                     self.report(&outcome, took);
+                    self.record_source_failure(&sync, &text);
                 }
                 self.scheduler.fetched(source, None, now)
             }
         }
+    }
+
+    /// The failure in the sync's status, written by the leader only (in the background:
+    /// the loop does not wait on the API server).
+    fn record_source_failure(&self, sync: &str, text: &str) {
+        let Some(s) = self.cfg.syncs.iter().find(|s| s.name == sync).cloned() else {
+            return;
+        };
+        let (engine, claim) = (self.engine.clone(), self.claim.clone());
+        let failure = Failure::Source(text.to_owned());
+        tokio::spawn(async move {
+            claim.run(engine.record_source_failure(&s, failure)).await;
+        });
     }
 
     /// Metrics and alerts of one outcome.

@@ -216,6 +216,11 @@ impl Event {
                 sync,
                 revision,
                 error,
+            } if revision.is_empty() => format!("sync/{sync}: failed: {error}"),
+            Event::SyncFailed {
+                sync,
+                revision,
+                error,
             } => format!("sync/{sync}: failed at {}: {error}", short(revision)),
             Event::SyncRecovered { sync, revision } => {
                 format!("sync/{sync}: recovered at {}", short(revision))

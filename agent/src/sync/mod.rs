@@ -149,6 +149,30 @@ impl Engine {
         &self.store
     }
 
+    /// A sync whose source could not be fetched or read: its status says so (Failed, with
+    /// the error), keeping the revision it last applied, which stays applied; no object is
+    /// touched, and an unchanged failure writes nothing.
+    pub async fn record_source_failure(&self, sync: &config::Sync, failure: Failure) {
+        let mut stored = match self.store.load(&sync.name).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(sync = %sync.name, error = %e, "reading status");
+                return;
+            }
+        };
+        let revision = stored.record.status.revision.clone().unwrap_or_default();
+        let mut outcome = Outcome::new(&sync.name, &revision).failed(failure);
+        let previous = stored.inventory.clone();
+        self.record(
+            sync,
+            &mut stored,
+            &previous,
+            &mut outcome,
+            &Options::default(),
+        )
+        .await;
+    }
+
     /// Syncs one revision's files (already limited to the sync's path).
     pub async fn sync_revision(
         &self,

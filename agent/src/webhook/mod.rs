@@ -251,8 +251,39 @@ impl Secrets {
         s.as_deref().filter(|s| !s.is_empty())
     }
 
-    /// Reads the secrets from a mounted Secret directory: one file per provider.
+    /// The secret of the provider named `name` (its file name), set to `value`.
+    pub fn set(&mut self, name: &str, value: Vec<u8>) {
+        let slot = match name {
+            "github" => &mut self.github,
+            "gitlab" => &mut self.gitlab,
+            "gitea" => &mut self.gitea,
+            "bitbucket" => &mut self.bitbucket,
+            "generic" => &mut self.generic,
+            "oci-notifications" => &mut self.oci_notifications,
+            _ => return,
+        };
+        *slot = Some(value);
+    }
+
+    /// These secrets, with `over`'s where it has one.
+    pub fn overlay(&self, over: &Secrets) -> Secrets {
+        let pick = |a: &Option<Vec<u8>>, b: &Option<Vec<u8>>| b.clone().or_else(|| a.clone());
+        Secrets {
+            github: pick(&self.github, &over.github),
+            gitlab: pick(&self.gitlab, &over.gitlab),
+            gitea: pick(&self.gitea, &over.gitea),
+            bitbucket: pick(&self.bitbucket, &over.bitbucket),
+            generic: pick(&self.generic, &over.generic),
+            oci_notifications: pick(&self.oci_notifications, &over.oci_notifications),
+        }
+    }
+
+    /// Reads the secrets from a mounted Secret directory: one file per provider (none for
+    /// an empty path).
     pub fn read(dir: &std::path::Path) -> Self {
+        if dir.as_os_str().is_empty() {
+            return Secrets::default();
+        }
         let read =
             |name: &str| crate::secrets::read_file(&dir.join(name)).map(|s| s.expose().to_vec());
         Secrets {
