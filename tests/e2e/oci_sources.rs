@@ -23,6 +23,7 @@ use standin::{Agent, StandIn, TOPIC_ID, WAIT, setup, token_file, wait_value};
 
 const REPO_ID: &str = "ocid1.devopsrepository.oc1.iad.shop";
 const HOOK_SECRET: &str = "ocid1.vaultsecret.oc1.iad.hook";
+const SLACK_SECRET: &str = "ocid1.vaultsecret.oc1.iad.slack";
 
 /// The official SDK's DevOps and Object Storage clients, signing with its own OKE
 /// workload-identity signer (exchange on OKE's fixed port), answered by the stand-ins.
@@ -81,6 +82,18 @@ print("etag", head.headers["etag"] == got.headers["etag"], len(got.data.content)
     assert!(refused.is_empty(), "{refused:?}");
 }
 
+/// Two repositories: `shop` (deploy/a.yaml), served by the DevOps stand-in, and `plain`
+/// (p.yaml), a Git source that needs no OCI.
+fn shop_and_plain(s: &StandIn) -> (git::Upstream, git::Repo, git::Repo) {
+    let upstream = git::Upstream::new();
+    let repo = upstream.create("shop");
+    repo.push("main", &[("deploy/a.yaml", &harness::cm("a", "1"))], &[]);
+    write_devops(s, repo.path());
+    let plain = upstream.create("plain");
+    plain.push("main", &[("p.yaml", &harness::cm("p", "1"))], &[]);
+    (upstream, repo, plain)
+}
+
 fn write_devops(s: &StandIn, repo: &Path) {
     std::fs::write(
         s.dir.path().join("devops.json"),
@@ -99,17 +112,19 @@ async fn a_devops_source_a_vault_webhook_secret_and_notifications_end_to_end() {
     let (ns, s, work) = setup("oci-devops", 600, 0).await;
     let token = token_file(&ns, work.path()).await;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let write_secret = |value: &str| {
-        let secrets = serde_json::json!({ HOOK_SECRET: b64.encode(value) });
-        std::fs::write(s.dir.path().join("secrets.json"), secrets.to_string()).unwrap();
+    // Vault holds the subscription's password and a Slack receiver's URL (both rotated below).
+    let (slack1, got1) = receiver().await;
+    let (slack2, got2) = receiver().await;
+    let vault = std::sync::Mutex::new(serde_json::Map::new());
+    let write_secret = |id: &str, value: &str| {
+        let mut v = vault.lock().unwrap();
+        v.insert(id.into(), b64.encode(value).into());
+        let text = serde_json::Value::Object(v.clone()).to_string();
+        std::fs::write(s.dir.path().join("secrets.json"), text).unwrap();
     };
-    write_secret("ons-password");
-    let upstream = git::Upstream::new();
-    let repo = upstream.create("shop");
-    repo.push("main", &[("deploy/a.yaml", &harness::cm("a", "1"))], &[]);
-    write_devops(&s, repo.path());
-    let plain = upstream.create("plain");
-    plain.push("main", &[("p.yaml", &harness::cm("p", "1"))], &[]);
+    write_secret(HOOK_SECRET, "ons-password");
+    write_secret(SLACK_SECRET, &slack1);
+    let (_upstream, repo, plain) = shop_and_plain(&s);
     let hook_port = git::free_port();
     let config = format!(
         "stateDir: {dir}/state\nnamespace: {ns}\n\
@@ -123,6 +138,7 @@ async fn a_devops_source_a_vault_webhook_secret_and_notifications_end_to_end() {
          \x20 - {{name: big, source: big, path: deploy, namespace: {ns}, health: {{wait: false}}}}\n\
          \x20 - {{name: plain, source: plain, namespace: {ns}, health: {{wait: false}}}}\n\
          alerts:\n  sinks:\n    - {{type: ociNotifications, name: ons, topicId: {TOPIC_ID}, endpoint: \"https://127.0.0.1:{port}\"}}\n\
+         \x20   - {{type: slack, name: team, blocks: false, ociVault: {{secretId: {SLACK_SECRET}}}}}\n\
          {oci}",
         dir = work.path().display(),
         ns = ns.name,
@@ -233,7 +249,7 @@ async fn a_devops_source_a_vault_webhook_secret_and_notifications_end_to_end() {
     assert_eq!(archives, 1, "{:?}", s.log("requests.jsonl"));
 
     // Rotation in Vault: the new password works within the refresh, the old one stops.
-    write_secret("rotated-password");
+    write_secret(HOOK_SECRET, "rotated-password");
     let started = Instant::now();
     let mut n = 0;
     loop {
@@ -255,7 +271,13 @@ async fn a_devops_source_a_vault_webhook_secret_and_notifications_end_to_end() {
     let r = deliver("ons-password", "old").await.unwrap();
     assert_eq!(r.status(), 401);
 
-    // Drift raises a Notifications message.
+    // Drift raises a Notifications message, and a Slack one at the rotated URL.
+    let started = Instant::now();
+    while got1.lock().unwrap().is_empty() {
+        assert!(started.elapsed() < WAIT, "no Slack alert:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    write_secret(SLACK_SECRET, &slack2);
     let pp = PatchParams {
         field_manager: Some("kubectl-edit".into()),
         ..Default::default()
@@ -283,8 +305,23 @@ async fn a_devops_source_a_vault_webhook_secret_and_notifications_end_to_end() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let started = Instant::now();
+    while !got2
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|b| b.contains("ConfigMap") && b.contains("/a"))
+    {
+        cms.patch("a", &pp, &Patch::Merge(&edit)).await.unwrap();
+        assert!(
+            started.elapsed() < WAIT,
+            "no Slack alert at the rotated URL:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let log = agent.log();
-    for secret in ["ons-password", "rotated-password", "eyJ"] {
+    for secret in ["ons-password", "rotated-password", "eyJ", &slack1, &slack2] {
         assert!(!log.contains(secret), "{secret} in the log:\n{log}");
     }
 }
@@ -380,4 +417,119 @@ async fn object_storage_archives_and_prefixes_are_sources() {
     )
     .await;
     assert_eq!(gets("/o/release.tar.gz"), 2);
+}
+
+/// A receiver of alert webhooks on loopback; what it got, as text.
+async fn receiver() -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let got = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: String| async move {
+            got.lock().unwrap().push(body);
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://127.0.0.1:{port}/hook"), received)
+}
+
+/// The token exchange starts refusing (the service account is deleted, so its token no
+/// longer passes the TokenReview): the refresh at half-life fails, which is an alert
+/// while the current token is still used; once it expires the OCI source fails in its own
+/// status while the Git sync goes on; a new service account and token bring it back.
+#[tokio::test]
+async fn a_failed_refresh_is_alerted_and_stops_only_what_needs_oci() {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let (ns, s, work) = setup("oci-refresh-fail", 20, 0).await;
+    let token = token_file(&ns, work.path()).await;
+    let (_upstream, repo, plain) = shop_and_plain(&s);
+    let (hook, received) = receiver().await;
+    // A Slack-compatible receiver, its URL in Vault (read at start, while the identity works).
+    let slack =
+        serde_json::json!({ HOOK_SECRET: base64::engine::general_purpose::STANDARD.encode(&hook) });
+    std::fs::write(s.dir.path().join("secrets.json"), slack.to_string()).unwrap();
+    let config = format!(
+        "stateDir: {dir}/state\nnamespace: {ns}\n\
+         sources:\n\
+         \x20 - name: shop\n    interval: 2s\n    ociDevOps: {{repositoryId: {REPO_ID}}}\n\
+         \x20 - name: plain\n    url: {plain}\n    interval: 1s\n\
+         syncs:\n\
+         \x20 - {{name: shop, source: shop, path: deploy, namespace: {ns}, health: {{wait: false}}}}\n\
+         \x20 - {{name: plain, source: plain, namespace: {ns}, health: {{wait: false}}}}\n\
+         alerts:\n  sinks:\n    - {{type: slack, name: team, blocks: false, ociVault: {{secretId: {HOOK_SECRET}}}}}\n\
+         {oci}",
+        dir = work.path().display(),
+        ns = ns.name,
+        plain = plain.file_url(),
+        oci = s.oci_section(&token, &["devops", "secrets"], ""),
+    );
+    let (agent, _) = Agent::run(work.path(), &config);
+    let client = control_plane().client().await;
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
+    wait_value(
+        &cms,
+        "a",
+        "1",
+        &agent,
+        "the DevOps source was never applied",
+    )
+    .await;
+    let sas: Api<ServiceAccount> = Api::namespaced(client, &ns.name);
+    sas.delete("gitops-agent", &Default::default())
+        .await
+        .unwrap();
+    let alerted = |what: &str| {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|b| b.contains(what))
+            .cloned()
+    };
+    let started = Instant::now();
+    let failing = loop {
+        if let Some(b) = alerted("oci/identity: token refresh failed") {
+            break b;
+        }
+        assert!(
+            started.elapsed() < WAIT,
+            "no identity alert:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(failing.contains("the current token is kept"), "{failing}");
+    assert!(failing.contains("403"), "{failing}");
+    // Once the token has expired, the DevOps source fails in its status; Git goes on.
+    let started = Instant::now();
+    while alerted("sync/shop: failed").is_none() {
+        assert!(
+            started.elapsed() < WAIT,
+            "the DevOps sync never failed:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    plain.push("main", &[("p.yaml", &harness::cm("p", "2"))], &[]);
+    wait_value(&cms, "p", "2", &agent, "the Git sync stopped with OCI").await;
+    // A new service account, and a new token where the pod's is.
+    let fresh = control_plane()
+        .service_account_token(&ns.name, "gitops-agent")
+        .await;
+    std::fs::write(&token, fresh).unwrap();
+    repo.push("main", &[("deploy/a.yaml", &harness::cm("a", "2"))], &[]);
+    wait_value(&cms, "a", "2", &agent, "the DevOps source never came back").await;
+    let started = Instant::now();
+    while alerted("oci/identity: credentials work again").is_none() {
+        assert!(
+            started.elapsed() < WAIT,
+            "no recovery alert:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!agent.log().contains("eyJ"), "no token in the log");
 }

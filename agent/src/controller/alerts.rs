@@ -46,6 +46,41 @@ pub async fn dispatcher(client: &Client, cfg: &Config, metrics: Arc<Metrics>) ->
     )
 }
 
+/// How often the OCI identity's state is looked at.
+const OCI_WATCH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Watches the OCI identity, when the configuration has one: its state in the metrics,
+/// and an alert (on `tx`) when it starts failing and when it works again. Ends with `tx`'s
+/// receiver.
+pub fn watch_oci(cfg: &Config, metrics: Arc<Metrics>, tx: tokio::sync::mpsc::Sender<Alert>) {
+    let Some(oci) = &cfg.oci else { return };
+    let shared = crate::oci::Shared::for_config(oci);
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::time::sleep(OCI_WATCH).await;
+            let Some(state) = shared.state() else {
+                continue;
+            };
+            metrics.set_oci_identity(state.problem.is_none(), state.expires);
+            let alert = match (&state.problem, failing) {
+                (Some(error), false) => {
+                    tracing::error!(%error, "OCI identity");
+                    Alert::OciIdentityFailing {
+                        error: error.clone(),
+                    }
+                }
+                (None, true) => Alert::OciIdentityRecovered,
+                _ => continue,
+            };
+            failing = state.problem.is_some();
+            if tx.send(alert).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// The alert a drift report raises (a heal is logged, not alerted).
 pub fn drift_alert(r: Report) -> Option<Alert> {
     match r {

@@ -271,6 +271,8 @@ pub async fn run(
     let (relay_tx, relayed) = mpsc::channel::<String>(64);
     let _relay = relay::watch_relay(client.clone(), cfg.namespace.clone(), relay_tx);
     let dispatcher = alerts::dispatcher(&client, &cfg, w.metrics.clone()).await;
+    let (oci_tx, oci_alerts) = mpsc::channel(8);
+    alerts::watch_oci(&cfg, w.metrics.clone(), oci_tx);
     let engine = Engine::new(client.clone(), &cfg.namespace).await?;
     let (detector, reports) = Detector::new(client.clone(), opts.drift.clone());
     // The detector's gauges are read at every scrape: they change between the loop's passes.
@@ -298,6 +300,7 @@ pub async fn run(
         leading,
         relayed,
         reports,
+        oci_alerts,
     };
     lp.run(&mut ctl, &mut w, &mut watch).await?;
     // Drain: syncs in flight stop where they are (their recorded intent keeps the
@@ -334,6 +337,8 @@ struct Loop {
     leading: watch::Receiver<bool>,
     relayed: mpsc::Receiver<String>,
     reports: mpsc::Receiver<Report>,
+    /// The OCI identity's failures and recoveries.
+    oci_alerts: mpsc::Receiver<crate::notify::Event>,
 }
 
 impl Loop {
@@ -380,6 +385,7 @@ impl Loop {
                         ctl.dispatcher.send(a);
                     }
                 }
+                Some(a) = self.oci_alerts.recv() => ctl.dispatcher.send(a),
                 _ = self.leading.changed() => {
                     tracing::info!(leader = *self.leading.borrow(), "leadership changed");
                 }

@@ -56,6 +56,11 @@ pub enum Event {
         revision: String,
         reason: String,
     },
+    /// The agent's OCI identity cannot get credentials (a refresh or the first exchange
+    /// failed); not about one sync.
+    OciIdentityFailing { error: String },
+    /// The OCI identity works again.
+    OciIdentityRecovered,
 }
 
 /// How serious an event is; maps to the Kubernetes Event `type`.
@@ -115,6 +120,7 @@ impl Event {
             | Event::SyncFailed { sync, .. }
             | Event::SyncRecovered { sync, .. }
             | Event::PruneHeldBack { sync, .. } => sync,
+            Event::OciIdentityFailing { .. } | Event::OciIdentityRecovered => "",
         }
     }
 
@@ -137,6 +143,8 @@ impl Event {
             Event::SyncFailed { .. } => "SyncFailed",
             Event::SyncRecovered { .. } => "SyncRecovered",
             Event::PruneHeldBack { .. } => "PruneHeldBack",
+            Event::OciIdentityFailing { .. } => "OciIdentityFailing",
+            Event::OciIdentityRecovered => "OciIdentityRecovered",
         }
     }
 
@@ -147,12 +155,15 @@ impl Event {
             Event::Fight { .. } => "Apply",
             Event::SyncFailed { .. } | Event::SyncRecovered { .. } => "Sync",
             Event::PruneHeldBack { .. } => "Prune",
+            Event::OciIdentityFailing { .. } | Event::OciIdentityRecovered => "Authenticate",
         }
     }
 
     pub fn severity(&self) -> Severity {
         match self {
-            Event::DriftResolved { .. } | Event::SyncRecovered { .. } => Severity::Normal,
+            Event::DriftResolved { .. }
+            | Event::SyncRecovered { .. }
+            | Event::OciIdentityRecovered => Severity::Normal,
             _ => Severity::Warning,
         }
     }
@@ -170,6 +181,7 @@ impl Event {
                 format!("sync/{sync}")
             }
             Event::PruneHeldBack { sync, revision, .. } => format!("prune/{sync}/{revision}"),
+            Event::OciIdentityFailing { .. } | Event::OciIdentityRecovered => "oci/identity".into(),
         }
     }
 
@@ -233,6 +245,8 @@ impl Event {
                 "sync/{sync}: prune held back at {}: {reason}",
                 short(revision)
             ),
+            Event::OciIdentityFailing { error } => format!("oci/identity: {error}"),
+            Event::OciIdentityRecovered => "oci/identity: credentials work again".into(),
         }
     }
 }

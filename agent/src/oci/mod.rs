@@ -9,7 +9,7 @@ pub mod signing;
 pub mod vault;
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri};
 
@@ -136,6 +136,16 @@ pub fn segment(value: &str) -> String {
 pub struct Shared {
     cfg: crate::config::oci::OciConfig,
     client: tokio::sync::Mutex<Option<Arc<Client>>>,
+    /// Why the client could not be made, the last time that was tried.
+    failed: std::sync::Mutex<Option<String>>,
+}
+
+/// What is wrong with the identity, as an alert or a status says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// `None` while it works.
+    pub problem: Option<String>,
+    pub expires: Option<SystemTime>,
 }
 
 impl Shared {
@@ -159,7 +169,13 @@ impl Shared {
         Arc::new(Shared {
             cfg,
             client: tokio::sync::Mutex::new(None),
+            failed: std::sync::Mutex::new(None),
         })
+    }
+
+    /// How often Vault-held credentials are read again.
+    pub fn vault_refresh(&self) -> Duration {
+        self.cfg.vault_refresh()
     }
 
     /// The configured endpoint of a service (`secrets`, `notifications`), if any.
@@ -190,10 +206,47 @@ impl Shared {
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());
         }
-        let identity = identity(&self.cfg, self.region()).await?;
-        let client = Arc::new(Client::new(identity, self.cfg.ca_file.as_deref())?);
+        let made = match identity(&self.cfg, self.region()).await {
+            Ok(identity) => Client::new(identity, self.cfg.ca_file.as_deref()),
+            Err(e) => Err(e),
+        };
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        let client = Arc::new(made.inspect_err(|e| *failed = Some(e.to_string()))?);
+        *failed = None;
         *slot = Some(client.clone());
         Ok(client)
+    }
+
+    /// The identity's state now; `None` while it is being made (nothing to say yet).
+    pub fn state(&self) -> Option<State> {
+        let slot = self.client.try_lock().ok()?;
+        Some(match slot.as_ref() {
+            None => State {
+                problem: self
+                    .failed
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+                expires: None,
+            },
+            Some(c) => {
+                let identity = c.identity();
+                let expires = identity.expires();
+                let expired = expires.is_some_and(|t| t <= SystemTime::now());
+                let problem = identity.refresh_error().map(|e| {
+                    let when = match expires.and_then(|t| t.duration_since(SystemTime::now()).ok())
+                    {
+                        Some(left) if !expired => format!(
+                            "the current token is kept; it expires in {}",
+                            humantime::format_duration(Duration::from_secs(left.as_secs()))
+                        ),
+                        _ => "the token has expired: OCI calls fail until a refresh works".into(),
+                    };
+                    format!("token refresh failed: {e}; {when}")
+                });
+                State { problem, expires }
+            }
+        })
     }
 }
 

@@ -242,6 +242,8 @@ pub struct Metrics {
     /// Run at every scrape, to set gauges from state kept elsewhere.
     on_scrape: std::sync::OnceLock<ScrapeHook>,
     leader: Gauge,
+    oci_identity_ok: Gauge,
+    oci_token_expiry: Gauge,
 }
 
 struct ScrapeHook(Box<dyn Fn(&Metrics) + Send + Sync>);
@@ -277,6 +279,8 @@ impl Metrics {
             requests: std::sync::OnceLock::new(),
             on_scrape: std::sync::OnceLock::new(),
             leader: Gauge::default(),
+            oci_identity_ok: Gauge::default(),
+            oci_token_expiry: Gauge::default(),
         };
         // The registry appends the unit and the counter `_total` suffix itself.
         let r = &mut m.registry;
@@ -341,6 +345,17 @@ impl Metrics {
             "gitops_agent_leader",
             "1 while this replica holds the leader lease",
             m.leader.clone(),
+        );
+        r.register(
+            "gitops_agent_oci_identity_ok",
+            "1 while the OCI identity has valid credentials and its last refresh worked",
+            m.oci_identity_ok.clone(),
+        );
+        r.register_with_unit(
+            "gitops_agent_oci_token_expiry",
+            "When the OCI session token in use expires (Unix time; 0 for an API key)",
+            prometheus_client::registry::Unit::Seconds,
+            m.oci_token_expiry.clone(),
         );
         m
     }
@@ -523,6 +538,15 @@ impl Metrics {
 
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+    }
+
+    /// The OCI identity's state: whether it works, and when its token expires.
+    pub fn set_oci_identity(&self, ok: bool, expires: Option<std::time::SystemTime>) {
+        self.oci_identity_ok.set(i64::from(ok));
+        let at = expires
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        self.oci_token_expiry.set(at);
     }
 
     /// The OpenMetrics text exposition, `# EOF` included.

@@ -4,6 +4,7 @@
 pub mod events;
 pub mod oci_notifications;
 pub mod slack;
+pub mod vault_held;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -194,29 +195,38 @@ pub async fn build_all(
             sink: s.id(),
             message,
         };
-        let secret = match s.credential() {
+        let res = SinkResources {
+            client: Some(client.clone()),
+            agent: agent.clone(),
+            secret: None,
+            http: http.clone(),
+            oci: oci.clone(),
+        };
+        let sink: Arc<dyn Sink> = match s.credential() {
             Some(Credential::Kubernetes(r)) => {
-                Some(secrets.key(r).await.map_err(|e| failed(e.to_string()))?)
+                let secret = secrets.key(r).await.map_err(|e| failed(e.to_string()))?;
+                let secret = Some(secret);
+                build(s, SinkResources { secret, ..res })?
             }
             Some(Credential::OciVault(v)) => {
                 let oci = oci
-                    .as_ref()
+                    .clone()
                     .ok_or_else(|| failed("ociVault needs the oci: section".into()))?;
-                let value = crate::oci::vault::secret(oci, &v.secret_id).await;
-                Some(SecretBytes::new(value.map_err(|e| failed(e.to_string()))?))
+                let value = crate::oci::vault::secret(&oci, &v.secret_id).await;
+                let value = SecretBytes::new(value.map_err(|e| failed(e.to_string()))?);
+                let every = oci.vault_refresh();
+                Arc::new(vault_held::VaultHeld::new(
+                    s,
+                    res,
+                    &v.secret_id,
+                    oci,
+                    every,
+                    value,
+                )?)
             }
-            None => None,
+            None => build(s, res)?,
         };
-        sinks.push(build(
-            s,
-            SinkResources {
-                client: Some(client.clone()),
-                agent: agent.clone(),
-                secret,
-                http: http.clone(),
-                oci: oci.clone(),
-            },
-        )?);
+        sinks.push(sink);
     }
     Ok(sinks)
 }

@@ -83,11 +83,16 @@ impl SlackSink {
                 "text": {"type": "mrkdwn", "text": lines.join("\n")},
             }));
         }
+        // Agent-wide events (the OCI identity) name no sync.
+        let sync = match e.sync() {
+            "" => String::new(),
+            s => format!("sync `{}` · ", mrkdwn(s)),
+        };
         blocks.push(json!({
             "type": "context",
             "elements": [{"type": "mrkdwn", "text": format!(
-                "sync `{}` · {} {} · {}",
-                mrkdwn(e.sync()), mrkdwn(&self.agent.name), mrkdwn(&self.agent.instance), alert.time
+                "{sync}{} {} · {}",
+                mrkdwn(&self.agent.name), mrkdwn(&self.agent.instance), alert.time
             )}],
         }));
         json!({ "text": text, "blocks": blocks })
