@@ -93,7 +93,12 @@ fn start() -> Result<ControlPlane, String> {
         .map_err(|e| format!("spawn k8s-local: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        if let Ok(path) = std::fs::read_to_string(dir.join("ready")) {
+        // `ready` is written in place, not renamed into place: a read can see it empty or
+        // cut short, so only a whole path to the kubeconfig counts.
+        if let Ok(path) = std::fs::read_to_string(dir.join("ready"))
+            && path.trim().ends_with("kubeconfig")
+            && Path::new(path.trim()).is_file()
+        {
             return Ok(ControlPlane {
                 kubeconfig: path.trim().into(),
                 _supervisor: Some(Mutex::new(child)),

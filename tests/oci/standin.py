@@ -291,6 +291,20 @@ def service(state, method, path, headers, body):
         claims = None
     else:
         claims = state.verify(method, path, headers, body)
+    if method == "POST" and route == "/20190301/secretbundles/actions/getByName":
+        # GetSecretBundleByName: the name within a vault; secrets.json keys it "<vaultId>/<name>".
+        q = dict(urllib.parse.parse_qsl(path.partition("?")[2]))
+        if body or "secretName" not in q or "vaultId" not in q:
+            raise Refused(400, "InvalidParameter", "secretName and vaultId are required, and no body")
+        key = f"{q['vaultId']}/{q['secretName']}"
+        secrets = state.read("secrets.json", {})
+        if key not in secrets:
+            raise Refused(404, "NotAuthorizedOrNotFound", "secret not found or not authorized")
+        return 200, {
+            "secretId": "ocid1.vaultsecret.oc1.iad." + hashlib.sha256(key.encode()).hexdigest()[:16],
+            "versionNumber": 1, "stages": ["CURRENT", "LATEST"],
+            "secretBundleContent": {"contentType": "BASE64", "content": secrets[key]},
+        }
     if method == "GET" and route.startswith("/20190301/secretbundles/"):
         secret_id = route.rsplit("/", 1)[1]
         secrets = state.read("secrets.json", {})

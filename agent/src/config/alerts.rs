@@ -20,8 +20,46 @@ pub struct SecretKeyRef {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct OciVaultRef {
-    /// `ocid1.vaultsecret...`.
+    /// `ocid1.vaultsecret...`...
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub secret_id: String,
+    /// ...or the secret's name in the vault `vault_id` (GetSecretBundleByName).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_id: Option<String>,
+}
+
+impl OciVaultRef {
+    pub fn by_id(secret_id: &str) -> Self {
+        OciVaultRef {
+            secret_id: secret_id.to_owned(),
+            secret_name: None,
+            vault_id: None,
+        }
+    }
+
+    /// What is wrong with the reference, for a message after `where_: ociVault`.
+    pub fn problem(&self) -> Option<&'static str> {
+        match (self.secret_id.is_empty(), &self.secret_name, &self.vault_id) {
+            (false, None, None) if self.secret_id.starts_with("ocid1.vaultsecret.") => None,
+            (false, None, None) => Some("secretId must be an ocid1.vaultsecret OCID"),
+            (true, Some(n), Some(v)) if !n.is_empty() && v.starts_with("ocid1.vault.") => None,
+            (true, Some(_), Some(_)) => {
+                Some("vaultId must be an ocid1.vault OCID, with a secretName")
+            }
+            _ => Some("give secretId, or secretName with vaultId"),
+        }
+    }
+}
+
+impl std::fmt::Display for OciVaultRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.secret_name, &self.vault_id) {
+            (Some(n), Some(v)) if self.secret_id.is_empty() => write!(f, "{n} in {v}"),
+            _ => f.write_str(&self.secret_id),
+        }
+    }
 }
 
 /// Where a credential is kept.
@@ -90,12 +128,9 @@ impl AlertsConfig {
                 out.push(format!("alert sink {}: {why}", s.id()));
             }
             if let Some(Credential::OciVault(v)) = s.credential()
-                && !v.secret_id.starts_with("ocid1.vaultsecret.")
+                && let Some(why) = v.problem()
             {
-                out.push(format!(
-                    "alert sink {}: ociVault.secretId must be an ocid1.vaultsecret OCID",
-                    s.id()
-                ));
+                out.push(format!("alert sink {}: ociVault: {why}", s.id()));
             }
             if let SinkConfig::OciNotifications {
                 topic_id, endpoint, ..

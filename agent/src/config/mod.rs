@@ -148,6 +148,10 @@ pub struct Source {
     pub reference: GitRef,
     pub interval: Duration,
     pub secret_ref: Option<SecretRef>,
+    /// The credentials held in OCI Vault instead of a Secret: the secret's content is a
+    /// YAML map of the same keys (`username` and `password` or `token`; `identity`,
+    /// `known_hosts`, `passphrase` for SSH).
+    pub oci_vault: Option<OciVaultRef>,
     /// Set for a local-directory source (then `url` is empty): watched, not fetched.
     pub directory: Option<PathBuf>,
     /// Set for a source in OCI (then `url` is empty): fetched with the `oci:` identity.

@@ -268,7 +268,7 @@ mod tests {
             "{err}"
         );
         assert!(
-            err.contains("slack/c: ociVault.secretId must be an ocid1.vaultsecret OCID"),
+            err.contains("slack/c: ociVault: secretId must be an ocid1.vaultsecret OCID"),
             "{err}"
         );
         assert!(
@@ -327,7 +327,8 @@ mod tests {
              webhook: {listen: ':8080', ociVault: {gitlub: {secretId: nope}}}\n\
              sources:\n  - {name: a, ociDevOps: {repositoryId: r, ref: {branch: refs/heads/x, commit: abc}}}\n\
              \x20 - {name: b, url: 'https://h.example/r.git', ociObjectStorage: {namespace: ns, bucket: bk}}\n\
-             \x20 - {name: c, ociObjectStorage: {namespace: ns, bucket: bk}}\n";
+             \x20 - {name: c, ociObjectStorage: {namespace: ns, bucket: bk}}\n\
+             \x20 - {name: d, url: 'https://h.example/r.git', secretRef: {name: s}, ociVault: {secretName: x}}\n";
         let err = crate::config::parse(Path::new("c.yaml"), text)
             .unwrap_err()
             .to_string();
@@ -338,10 +339,12 @@ mod tests {
             "ociDevOps.ref: give the short name, without refs/",
             "source \"b\": set exactly one of url (Git), directory (local), ociDevOps, ociObjectStorage",
             "source \"c\": ociObjectStorage needs object (an archive) or prefix, one of them",
-            "c.yaml:5:26: an ociDevOps or ociObjectStorage source needs the oci: section",
+            "c.yaml:5:26: an ociDevOps or ociObjectStorage source, or ociVault credentials, need the oci: section",
             "webhook.ociVault.gitlub: not a provider",
-            "webhook.ociVault.gitlub.secretId must be an ocid1.vaultsecret OCID",
+            "webhook.ociVault.gitlub: secretId must be an ocid1.vaultsecret OCID",
             "webhook.ociVault needs the oci: section",
+            "source \"d\": ociVault: give secretId, or secretName with vaultId",
+            "source \"d\": give secretRef or ociVault, not both",
         ] {
             assert!(err.contains(want), "{want:?} missing in:\n{err}");
         }

@@ -60,6 +60,9 @@ pub(super) struct RawSource {
     pub(super) interval: Option<Spanned<String>>,
     #[serde(default)]
     pub(super) secret_ref: Option<SecretRef>,
+    /// The credentials in OCI Vault instead: a YAML map of the Secret's keys.
+    #[serde(default)]
+    pub(super) oci_vault: Option<Spanned<super::OciVaultRef>>,
     #[serde(default)]
     pub(super) triggers: Option<RawTriggers>,
 }

@@ -47,13 +47,8 @@ impl Validator {
             if !WEBHOOK_PROVIDERS.contains(&provider.as_str()) {
                 self.at(w, format!("webhook.ociVault.{provider}: not a provider (github, gitlab, gitea, bitbucket, generic, oci-notifications)"));
             }
-            if !v.secret_id.starts_with("ocid1.vaultsecret.") {
-                self.at(
-                    w,
-                    format!(
-                        "webhook.ociVault.{provider}.secretId must be an ocid1.vaultsecret OCID"
-                    ),
-                );
+            if let Some(why) = v.problem() {
+                self.at(w, format!("webhook.ociVault.{provider}: {why}"));
             }
         }
     }
@@ -195,7 +190,7 @@ impl Validator {
             self.problems.push(Problem {
                 line,
                 column,
-                message: "an ociDevOps or ociObjectStorage source needs the oci: section (the identity it signs with)".into(),
+                message: "an ociDevOps or ociObjectStorage source, or ociVault credentials, need the oci: section (the identity it signs with)".into(),
             });
         }
     }
@@ -244,6 +239,7 @@ impl Validator {
             reference: GitRef::Branch(String::new()),
             interval,
             secret_ref: None,
+            oci_vault: None,
             directory,
             oci,
             oci_topics: oci_topics.clone(),
@@ -272,9 +268,9 @@ impl Validator {
                     message: p,
                 });
             }
-            if s.secret_ref.is_some() || s.reference.is_some() {
+            if s.secret_ref.is_some() || s.reference.is_some() || s.oci_vault.is_some() {
                 let why = format!(
-                    "source {:?}: an OCI source signs with the oci: identity and takes its ref inside ociDevOps; remove secretRef and ref",
+                    "source {:?}: an OCI source signs with the oci: identity and takes its ref inside ociDevOps; remove secretRef, ociVault and ref",
                     s.name.value
                 );
                 self.at(&s.name, why);
@@ -284,7 +280,24 @@ impl Validator {
         }
         let url_span = s.url.as_ref().expect("one kind is set");
         let url = url_span.value.trim().to_string();
-        self.git_url(&s.name.value, url_span, &url, s.secret_ref.is_some());
+        if let Some(v) = &s.oci_vault {
+            if let Some(why) = v.value.problem() {
+                self.at(v, format!("source {:?}: ociVault: {why}", s.name.value));
+            }
+            if s.secret_ref.is_some() {
+                self.at(
+                    v,
+                    format!(
+                        "source {:?}: give secretRef or ociVault, not both",
+                        s.name.value
+                    ),
+                );
+            }
+            self.oci_sources
+                .push((v.referenced.line(), v.referenced.column()));
+        }
+        let has_secret = s.secret_ref.is_some() || s.oci_vault.is_some();
+        self.git_url(&s.name.value, url_span, &url, has_secret);
         let reference = match &s.reference {
             None => GitRef::Branch("main".into()),
             Some(r) => self.git_ref(&s.name.value, r),
@@ -295,6 +308,7 @@ impl Validator {
             reference,
             interval,
             secret_ref: s.secret_ref,
+            oci_vault: s.oci_vault.map(|v| v.value),
             directory: None,
             oci: None,
             oci_topics,

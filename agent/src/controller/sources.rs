@@ -22,9 +22,10 @@ pub async fn open(
     if let Some(oci) = &src.oci {
         return open_oci(cfg, src, oci);
     }
-    let credentials = match &src.secret_ref {
-        None => Credentials::None,
-        Some(r) => {
+    let credentials = match (&src.secret_ref, &src.oci_vault) {
+        (_, Some(v)) => vault_credentials(cfg, src, v).await?,
+        (None, None) => Credentials::None,
+        (Some(r), None) => {
             let shown = secrets.describe(&r.name, r.namespace.as_deref());
             let keys = secrets
                 .secret(&r.name, r.namespace.as_deref())
@@ -104,4 +105,32 @@ fn open_oci(
             Arc::new(BucketSource::new(spec, shared))
         }
     })
+}
+
+/// Git credentials from OCI Vault: the secret's content is a YAML map of the Secret's keys.
+/// Read at each open, so a source reopened after a failed fetch sees a rotated secret.
+async fn vault_credentials(
+    cfg: &Config,
+    src: &config::Source,
+    v: &crate::config::OciVaultRef,
+) -> Result<Credentials, Failure> {
+    let failed = |why: String| Failure::Source(format!("source {}: ociVault {v}: {why}", src.name));
+    let identity = cfg
+        .oci
+        .as_ref()
+        .ok_or_else(|| failed("needs the oci: section".into()))?;
+    let shared = crate::oci::Shared::for_config(identity);
+    let value = crate::oci::vault::secret(&shared, v)
+        .await
+        .map_err(|e| Failure::Source(format!("source {}: {e}", src.name)))?;
+    // serde's message could quote the content: say only what is wrong with its shape.
+    let keys: std::collections::BTreeMap<String, String> =
+        serde_saphyr::from_slice(&value).map_err(|_| {
+            failed("the content is not a YAML map of keys (username, password, token, identity, known_hosts, passphrase)".into())
+        })?;
+    let keys = keys
+        .into_iter()
+        .map(|(k, v)| (k, crate::secrets::SecretBytes::new(v.into_bytes())))
+        .collect();
+    Credentials::from_secret(&keys, src.is_ssh()).map_err(failed)
 }

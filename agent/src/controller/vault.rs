@@ -47,7 +47,7 @@ impl VaultSecrets {
     pub async fn read_all(&self) -> bool {
         let mut next = self.held.lock().expect("vault secrets lock").clone();
         for (provider, r) in &self.refs {
-            match crate::oci::vault::secret(&self.oci, &r.secret_id).await {
+            match crate::oci::vault::secret(&self.oci, r).await {
                 Ok(value) => next.set(provider, value),
                 Err(e) => tracing::error!(
                     provider = %provider,

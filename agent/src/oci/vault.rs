@@ -1,14 +1,17 @@
-//! OCI Vault secrets: GetSecretBundle (`GET /20190301/secretbundles/{secretId}`, the CURRENT
-//! version), content decoded from its BASE64 bundle. The value is returned, never printed.
+//! OCI Vault secrets: GetSecretBundle (`GET /20190301/secretbundles/{secretId}`) or
+//! GetSecretBundleByName (`POST .../actions/getByName?secretName=&vaultId=`, empty body),
+//! the CURRENT version, content decoded from its BASE64 bundle. The value is returned,
+//! never printed.
 
 use base64::Engine as _;
 
 use super::{Error, Shared};
+use crate::config::OciVaultRef;
 
 /// The secret's current value.
-pub async fn secret(shared: &Shared, secret_id: &str) -> Result<Vec<u8>, Error> {
+pub async fn secret(shared: &Shared, secret: &OciVaultRef) -> Result<Vec<u8>, Error> {
     let fail = |reason: String| Error::Vault {
-        secret_id: secret_id.to_owned(),
+        secret_id: secret.to_string(),
         reason,
     };
     let base = shared
@@ -17,12 +20,25 @@ pub async fn secret(shared: &Shared, secret_id: &str) -> Result<Vec<u8>, Error> 
             "https://secrets.vaults.{region}.oci.oraclecloud.com",
         )
         .map_err(|e| fail(e.to_string()))?;
-    let url = format!(
-        "{base}/20190301/secretbundles/{}",
-        super::segment(secret_id)
-    );
+    let (method, url) = match (&secret.secret_name, &secret.vault_id) {
+        (Some(name), Some(vault)) if secret.secret_id.is_empty() => (
+            "POST",
+            format!(
+                "{base}/20190301/secretbundles/actions/getByName?secretName={}&vaultId={}",
+                super::segment(name),
+                super::segment(vault)
+            ),
+        ),
+        _ => (
+            "GET",
+            format!(
+                "{base}/20190301/secretbundles/{}",
+                super::segment(&secret.secret_id)
+            ),
+        ),
+    };
     let client = shared.client().await?;
-    let request = super::request("GET", &url, Vec::new(), None, &[])?;
+    let request = super::request(method, &url, Vec::new(), None, &[])?;
     let response = client.send(&request).await?;
     let status = response.status();
     let body = response

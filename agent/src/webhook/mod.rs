@@ -1673,6 +1673,7 @@ mod tests {
             reference: GitRef::Semver(">=1".into()),
             interval: Duration::from_secs(60),
             secret_ref: None,
+            oci_vault: None,
             directory: None,
             oci: None,
             oci_topics: Vec::new(),

@@ -212,17 +212,10 @@ pub async fn build_all(
                 let oci = oci
                     .clone()
                     .ok_or_else(|| failed("ociVault needs the oci: section".into()))?;
-                let value = crate::oci::vault::secret(&oci, &v.secret_id).await;
+                let value = crate::oci::vault::secret(&oci, v).await;
                 let value = SecretBytes::new(value.map_err(|e| failed(e.to_string()))?);
                 let every = oci.vault_refresh();
-                Arc::new(vault_held::VaultHeld::new(
-                    s,
-                    res,
-                    &v.secret_id,
-                    oci,
-                    every,
-                    value,
-                )?)
+                Arc::new(vault_held::VaultHeld::new(s, res, v, oci, every, value)?)
             }
             None => build(s, res)?,
         };

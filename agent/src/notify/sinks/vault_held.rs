@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use sha2::Digest as _;
 
 use super::{Alert, Sink, SinkResources, build};
-use crate::config::alerts::SinkConfig;
+use crate::config::alerts::{OciVaultRef, SinkConfig};
 use crate::notify::Result;
 use crate::secrets::SecretBytes;
 
@@ -18,7 +18,7 @@ pub struct VaultHeld {
     name: String,
     cfg: SinkConfig,
     res: SinkResources,
-    secret_id: String,
+    secret: OciVaultRef,
     oci: Arc<crate::oci::Shared>,
     every: Duration,
     current: tokio::sync::Mutex<Current>,
@@ -33,11 +33,11 @@ struct Current {
 }
 
 impl VaultHeld {
-    /// Builds the sink with `value`, read from Vault secret `secret_id` just before.
+    /// Builds the sink with `value`, read from Vault `secret` just before.
     pub fn new(
         cfg: &SinkConfig,
         res: SinkResources,
-        secret_id: &str,
+        secret: &OciVaultRef,
         oci: Arc<crate::oci::Shared>,
         every: Duration,
         value: SecretBytes,
@@ -54,7 +54,7 @@ impl VaultHeld {
             name: sink.name().to_owned(),
             cfg: cfg.clone(),
             res,
-            secret_id: secret_id.to_owned(),
+            secret: secret.clone(),
             oci,
             every,
             current: tokio::sync::Mutex::new(Current {
@@ -72,7 +72,7 @@ impl VaultHeld {
             return current.sink.clone();
         }
         current.due = Instant::now() + self.every;
-        match crate::oci::vault::secret(&self.oci, &self.secret_id).await {
+        match crate::oci::vault::secret(&self.oci, &self.secret).await {
             Ok(value) => {
                 let digest: [u8; 32] = sha2::Sha256::digest(&value).into();
                 if digest != current.digest {
