@@ -9,6 +9,7 @@ mod cluster;
 mod corpus;
 mod git;
 mod latency;
+mod oci;
 mod peers;
 mod report;
 mod sink;
@@ -53,6 +54,11 @@ struct Args {
     /// Where the Markdown results go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
     out: PathBuf,
+    /// Instead of the rows above: what an OCI DevOps source adds to a sync against a Git
+    /// source of the same repository, at each N (needs tests/setup's OCI SDK for the
+    /// stand-ins); written to `bench/RESULTS-oci.md`.
+    #[arg(long)]
+    oci: bool,
 }
 
 /// Bounds for the long steps: far past any plausible time, so a timeout means broken.
@@ -98,6 +104,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Result<()> {
+    if args.oci {
+        return bench_oci(args, cp, agent_bin).await;
+    }
     let client = cp.client().await?;
     let kubernetes = cp.version().await;
     prepare_system_namespace(&client).await?;
@@ -153,6 +162,46 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
     );
     std::fs::write(&args.out, doc).with_context(|| args.out.display().to_string())?;
     eprintln!("results written to {}", args.out.display());
+    Ok(())
+}
+
+/// The OCI row at each N, to `bench/RESULTS-oci.md`.
+async fn bench_oci(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Result<()> {
+    let client = cp.client().await?;
+    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench crate has no parent")?;
+    let machine = report::Machine::describe(cp.version().await);
+    let mut text = String::new();
+    for &n in &args.objects {
+        eprintln!("== OCI, N = {n}");
+        let row = oci::measure(oci::Setup {
+            repo_root,
+            kubeconfig: &cp.kubeconfig,
+            client: &client,
+            agent_bin,
+            objects: n,
+            samples: args.samples as u64,
+        })
+        .await?;
+        text.push_str(&row.markdown());
+        text.push('\n');
+    }
+    println!("\n{text}");
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("RESULTS-oci.md");
+    let doc = format!(
+        "# What OCI adds to a sync\n\nProduced by `cargo build --release -p gitops-agent && cargo run --release -p gitops-agent-bench -- --oci --objects {objects}` on {machine}.\n\n\
+         One daemon, two sources on the same repository, each fetched every second: a Git source (`git daemon` on loopback) and an OCI DevOps source (tests/oci/standin.py on loopback, Python, every request signed with OKE workload identity and verified against the session key). Times are the daemon's own `gitops_agent_git_fetch_duration_seconds`. The stand-in runs `git archive` per download and answers ListRefs from `git for-each-ref`; a real region adds its network round trips (one per ListRefs, one more for a new commit's archive), which this machine cannot measure.\n\n{text}",
+        objects = args
+            .objects
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
+        machine = machine.one_line(),
+    );
+    std::fs::write(&out, doc).with_context(|| out.display().to_string())?;
+    eprintln!("results written to {}", out.display());
     Ok(())
 }
 

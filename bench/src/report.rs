@@ -77,6 +77,16 @@ impl Machine {
     }
 }
 
+impl Machine {
+    /// `2 × <model>, <memory>, <kernel>, Kubernetes <v>, <date>`.
+    pub fn one_line(&self) -> String {
+        format!(
+            "{} × {}, {} memory, {}, Kubernetes {}, {}",
+            self.cpus, self.cpu_model, self.memory, self.kernel, self.kubernetes, self.date
+        )
+    }
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.2} s", d.as_secs_f64())
 }
