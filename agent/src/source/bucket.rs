@@ -287,3 +287,102 @@ impl super::Source for BucketSource {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(limits: Limits) -> BucketSource {
+        let spec = BucketSpec {
+            name: "b".into(),
+            namespace: "ns".into(),
+            bucket: "bk".into(),
+            select: Select::Prefix("live/".into()),
+            limits,
+        };
+        BucketSource::new(spec, crate::oci::Shared::new(Default::default()))
+    }
+
+    fn object(name: &str, size: u64) -> Object {
+        Object {
+            name: name.into(),
+            etag: format!("etag-{name}"),
+            size,
+        }
+    }
+
+    #[test]
+    fn a_listing_is_checked_before_anything_is_downloaded() {
+        let s = source(Limits {
+            max_file_size: 10,
+            ..Default::default()
+        });
+        let listed = vec![
+            object("live/", 0),
+            object("live/apps/", 0),
+            object("live/apps/a.yaml", 5),
+            object("live/notes.txt", 500),
+            object("other/x.yaml", 5),
+        ];
+        let wanted = s.wanted("live/", listed).unwrap();
+        assert_eq!(wanted.keys().collect::<Vec<_>>(), ["apps/a.yaml"]);
+        for (name, want) in [
+            (
+                "live/../x.yaml",
+                "live/../x.yaml: object name is not a plain relative path",
+            ),
+            (
+                "live/a//b.yaml",
+                "live/a//b.yaml: object name is not a plain relative path",
+            ),
+            (
+                "live//abs.yaml",
+                "live//abs.yaml: object name is not a plain relative path",
+            ),
+            (
+                "live/big.yaml",
+                "live/big.yaml: 11 bytes is over the 10-byte file size limit",
+            ),
+        ] {
+            let size = if name.contains("big") { 11 } else { 1 };
+            let err = s.wanted("live/", vec![object(name, size)]).unwrap_err();
+            assert_eq!(err.to_string(), want);
+        }
+        let few = source(Limits {
+            max_files: 1,
+            ..Default::default()
+        });
+        let two = vec![object("live/a.yaml", 1), object("live/b.yaml", 1)];
+        assert_eq!(
+            few.wanted("live/", two).unwrap_err().to_string(),
+            "live/: more than 1 files"
+        );
+    }
+
+    #[test]
+    fn a_path_under_a_prefix_keeps_the_depth_rule() {
+        let files = vec![
+            File {
+                path: "apps/a.yaml".into(),
+                content: b"a".to_vec(),
+            },
+            File {
+                path: "apps/x/y/z.yaml".into(),
+                content: b"z".to_vec(),
+            },
+        ];
+        let shallow = Limits {
+            max_depth: 1,
+            ..Default::default()
+        };
+        assert_eq!(under(&files, "apps", &Limits::default()).unwrap().len(), 2);
+        assert_eq!(
+            under(&files, "apps", &shallow).unwrap_err().to_string(),
+            "apps/x/y/z.yaml: directories nested deeper than 1"
+        );
+        assert_eq!(
+            under(&files, "nope", &shallow).unwrap_err().to_string(),
+            "nope/: no objects under this path"
+        );
+    }
+}
