@@ -14,6 +14,7 @@ pub mod diff;
 pub mod drift;
 pub mod health;
 pub mod http;
+pub mod infra;
 pub mod inventory;
 pub mod notify;
 pub mod oci;

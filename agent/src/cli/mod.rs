@@ -333,7 +333,8 @@ fn selected<'a>(
 async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
     let cfg = config::load(&cli.config)?;
     let (client, _) = cli.cluster.client().await?;
-    let engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
+    let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
+    engine.set_oci(cfg.oci.as_ref().map(gitops_agent::oci::Shared::for_config));
     let mut changed = false;
     for s in selected(&cfg, only)? {
         let outcome = controller::sync_once(
@@ -373,7 +374,8 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
     let cfg = config::load(&cli.config)?;
     let counter = cluster::RequestCounter::default();
     let (client, _) = cli.cluster.counted_client(&counter).await?;
-    let engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
+    let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
+    engine.set_oci(cfg.oci.as_ref().map(gitops_agent::oci::Shared::for_config));
     let mut ok = true;
     for s in selected(&cfg, only)? {
         if s.suspend {

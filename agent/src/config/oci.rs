@@ -75,7 +75,13 @@ pub struct TokenExchange {
 }
 
 /// The services `endpoints` may name.
-pub const SERVICES: [&str; 4] = ["secrets", "notifications", "devops", "objectstorage"];
+pub const SERVICES: [&str; 5] = [
+    "secrets",
+    "notifications",
+    "devops",
+    "objectstorage",
+    "containerengine",
+];
 
 /// A source in an OCI DevOps code repository: `ociDevOps: {repositoryId, ref}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

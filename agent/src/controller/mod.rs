@@ -273,7 +273,8 @@ pub async fn run(
     let dispatcher = alerts::dispatcher(&client, &cfg, w.metrics.clone()).await;
     let (oci_tx, oci_alerts) = mpsc::channel(8);
     alerts::watch_oci(&cfg, w.metrics.clone(), oci_tx);
-    let engine = Engine::new(client.clone(), &cfg.namespace).await?;
+    let mut engine = Engine::new(client.clone(), &cfg.namespace).await?;
+    engine.set_oci(cfg.oci.as_ref().map(crate::oci::Shared::for_config));
     let (detector, reports) = Detector::new(client.clone(), opts.drift.clone());
     // The detector's gauges are read at every scrape: they change between the loop's passes.
     let counted = detector.clone();

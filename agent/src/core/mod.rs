@@ -15,6 +15,9 @@ use serde_json::value::RawValue;
 
 /// Label that marks an object as managed by a sync; prune only ever deletes objects carrying it.
 pub const OWNER_LABEL: &str = "gitops-agent.io/sync";
+/// The API group of infra specs (OKE node pools): documents the agent reconciles with OCI
+/// itself, never sent to the Kubernetes API.
+pub const INFRA_GROUP: &str = "oke.gitops-agent.io";
 /// Annotation allowing delete-and-recreate when an immutable field changes.
 pub const RECREATE_ANNOTATION: &str = "gitops-agent.io/recreate";
 /// Annotation that keeps an object from ever being pruned (`disabled`).

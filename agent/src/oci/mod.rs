@@ -3,6 +3,7 @@
 //! by hand, as the `oci raw-request` CLI command does: the tool for "why does OCI say 401".
 
 pub mod auth;
+pub mod containerengine;
 pub mod devops;
 pub mod object_storage;
 pub mod signing;

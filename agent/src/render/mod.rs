@@ -285,6 +285,9 @@ pub enum Error {
         "also declared by sync {sync:?}; one object belongs to one sync: remove it from one of them"
     )]
     DeclaredByOtherSync { sync: String },
+    /// An infra spec (`oke.gitops-agent.io`) that is not valid.
+    #[error("{0}")]
+    InfraSpec(String),
 }
 
 /// An [`Error`] with where it was found.

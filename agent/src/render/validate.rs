@@ -204,6 +204,10 @@ pub(super) fn scope(
     if let Some(namespaced) = scopes.namespaced(&id.group, &id.kind) {
         return Some(namespaced);
     }
+    // Infra specs are the agent's own: cluster-wide, checked by `infra`.
+    if id.group == crate::core::INFRA_GROUP {
+        return Some(false);
+    }
     let Some(crd) = crds.get(&(id.group.clone(), id.kind.clone())) else {
         errors.push(Error::UnknownKind {
             api_version: id.api_version.clone(),

@@ -21,6 +21,7 @@ use crate::render::{self, Renderer, Scopes};
 use crate::source;
 
 mod claims;
+mod infra;
 
 /// Why a sync did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +125,8 @@ pub struct Engine {
     rm: ResourceManager,
     store: inventory::Store,
     claims: claims::Claims,
+    /// The OCI identity infra specs are applied with.
+    oci: Option<Arc<crate::oci::Shared>>,
 }
 
 impl Engine {
@@ -133,6 +136,7 @@ impl Engine {
             rm: ResourceManager::new(client).await?,
             store,
             claims: claims::Claims::default(),
+            oci: None,
         })
     }
 
@@ -147,6 +151,11 @@ impl Engine {
 
     pub fn store(&self) -> &inventory::Store {
         &self.store
+    }
+
+    /// Infra specs are applied with this OCI identity (none: a revision with any fails).
+    pub fn set_oci(&mut self, oci: Option<Arc<crate::oci::Shared>>) {
+        self.oci = oci;
     }
 
     /// A sync whose source could not be fetched or read: its status says so (Failed, with
@@ -222,6 +231,17 @@ impl Engine {
                 return outcome;
             }
         };
+        // Infra specs go to OCI, not the Kubernetes API: compared and guarded now.
+        let (pools, manifests) = infra::split(manifests);
+        let staged = match self.plan_infra(revision, &pools).await {
+            Ok(staged) => staged,
+            Err(failure) => {
+                outcome.failure = Some(failure);
+                self.record(sync, &mut stored, &previous, &mut outcome, opts)
+                    .await;
+                return outcome;
+            }
+        };
         // 2. What would be pruned, and whether the guard allows it.
         let stale = stale_objects(&previous, &manifests);
         if let Some(reason) = held_back(sync, &previous, &stale, manifests.len()) {
@@ -239,6 +259,15 @@ impl Engine {
         if let Err(e) = self.record_intent(sync, &mut stored, intent, opts).await {
             return outcome.failed(e);
         }
+        // Capacity first: a pool that cannot grow stops the revision before its workloads.
+        let grown = self.apply_infra(&staged, true, opts).await;
+        if let Some(failure) = apply_failure(&grown) {
+            outcome.changes = grown;
+            outcome.failure = Some(failure);
+            self.record(sync, &mut stored, &previous, &mut outcome, opts)
+                .await;
+            return outcome;
+        }
         outcome.changes = match self.apply(&manifests, &previous, &owners, opts).await {
             Ok(changes) => changes,
             Err(e) => return outcome.failed(Failure::Source(e.to_string())),
@@ -251,10 +280,14 @@ impl Engine {
                 .await;
             return outcome;
         }
-        // 4. Prune.
+        // 4. Prune, then shrink capacity the workloads have left.
         let mut inventory = applied_inventory(revision, &outcome.changes);
         self.prune(sync, &stale, &mut inventory, &mut outcome, opts)
             .await;
+        let mut infra_changes = grown;
+        infra_changes.extend(self.apply_infra(&staged, false, opts).await);
+        infra_changes.extend(std::mem::take(&mut outcome.changes));
+        outcome.changes = infra_changes;
         outcome.desired = desired_objects(&manifests, &discovery);
         // 5. Health.
         if sync.health.wait && !opts.dry_run {
@@ -271,6 +304,36 @@ impl Engine {
         self.record(sync, &mut stored, &inventory, &mut outcome, opts)
             .await;
         outcome
+    }
+
+    /// The revision's infra specs parsed, compared with OCI and guarded (no write).
+    async fn plan_infra(
+        &self,
+        revision: &str,
+        pools: &[render::Manifest],
+    ) -> Result<infra::Staged, Failure> {
+        let specs = infra::parse(pools).map_err(|errors| Failure::Render {
+            revision: revision.to_string(),
+            errors,
+        })?;
+        infra::plan(self.oci.as_ref(), &specs, revision).await
+    }
+
+    /// The pools that grow or change (`before`), or those that shrink; a dry run reports
+    /// them all at once, with the first.
+    async fn apply_infra(&self, staged: &infra::Staged, before: bool, opts: &Options) -> ChangeSet {
+        if staged.is_empty() || (opts.dry_run && !before) {
+            return ChangeSet::default();
+        }
+        if opts.dry_run {
+            return staged.dry_run();
+        }
+        let pools = if before {
+            &staged.before
+        } else {
+            &staged.after
+        };
+        infra::apply(self.oci.as_ref(), pools).await
     }
 
     /// Adds every object the revision may create to the stored inventory before the first
