@@ -12,7 +12,6 @@ mod harness;
 mod standin;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -180,16 +179,7 @@ async fn a_devops_source_a_vault_webhook_secret_and_notifications_end_to_end() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // And in status, the others unaffected.
-    let status = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
-            .args(["status", "--config"])
-            .arg(&path)
-            .arg("--kubeconfig")
-            .arg(control_plane().kubeconfig())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let status = || standin::status(&path);
     let row = |stdout: &str, name: &str| {
         stdout
             .lines()
@@ -566,16 +556,7 @@ async fn git_credentials_from_oci_vault_are_read_again_after_a_refusal() {
         oci = s.oci_section(&token, &["secrets"], ""),
     );
     let (agent, path) = Agent::run(work.path(), &config);
-    let status = || {
-        let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
-            .args(["status", "--config"])
-            .arg(&path)
-            .arg("--kubeconfig")
-            .arg(control_plane().kubeconfig())
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let status = || standin::status(&path);
     let started = Instant::now();
     while !status().contains("Failed") {
         assert!(

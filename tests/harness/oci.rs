@@ -229,6 +229,18 @@ impl Drop for Agent {
     }
 }
 
+/// `gitops-agent status` for the config at `path`: its table.
+pub fn status(path: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
+        .args(["status", "--config"])
+        .arg(path)
+        .arg("--kubeconfig")
+        .arg(control_plane().kubeconfig())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Waits until ConfigMap `name` holds `value: want`.
 pub async fn wait_value(
     cms: &kube::Api<k8s_openapi::api::core::v1::ConfigMap>,

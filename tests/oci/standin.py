@@ -146,6 +146,7 @@ class State:
         self.signing_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         self.lock = threading.Lock()
         self.services_host = None
+        self.engine = ContainerEngine(self)
 
     def log(self, name, entry):
         with self.lock, open(os.path.join(self.dir, name), "a") as f:
@@ -333,7 +334,130 @@ def service(state, method, path, headers, body):
         return devops(state, path)
     if route.startswith("/n/") and method in ("GET", "HEAD"):
         return object_storage(state, method, path)
+    if route.startswith("/20180222/"):
+        return state.engine.handle(method, path, headers, body)
     raise Refused(404, "NotFound", f"no such operation: {method} {route}")
+
+
+def merge(base, patch):
+    """OCI's update semantics as the stand-in plays them: objects merge, lists replace."""
+    for k, v in patch.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+class ContainerEngine:
+    """Container Engine node pools and virtual node pools, from DIR/pools.json ({id: body},
+    read once) and DIR/clusters.json ({id: compartment}): Get (with an etag), List by
+    cluster and name, Update (if-match, else 412; 202 with a work request that is ACCEPTED,
+    IN_PROGRESS after 1 s and SUCCEEDED after 3 s, when the pool takes the update and a new
+    etag; FAILED with errors instead while DIR/fail-updates exists), GetWorkRequest (with
+    retry-after), ListWorkRequestErrors (compartmentId required). Updates are logged to
+    DIR/updates.jsonl."""
+
+    def __init__(self, state):
+        self.state = state
+        self.pools = None
+        self.work = {}
+        # Its own lock: State.log takes State's.
+        self.lock = threading.Lock()
+
+    def load(self):
+        if self.pools is None:
+            self.pools = {}
+            for pid, body in self.state.read("pools.json", {}).items():
+                self.pools[pid] = {"body": dict(body, id=pid), "etag": uuid.uuid4().hex}
+        return self.pools
+
+    def advance(self):
+        now = time.time()
+        for wid, w in self.work.items():
+            age = now - w["accepted"]
+            if w["status"] in ("SUCCEEDED", "FAILED"):
+                continue
+            if age >= 3:
+                pool = self.pools[w["pool"]]
+                if w["fail"]:
+                    w["status"] = "FAILED"
+                    pool["body"]["lifecycleState"] = "ACTIVE"
+                else:
+                    merge(pool["body"], w["details"])
+                    pool["body"]["lifecycleState"] = "ACTIVE"
+                    pool["etag"] = uuid.uuid4().hex
+                    w["status"] = "SUCCEEDED"
+            elif age >= 1:
+                w["status"] = "IN_PROGRESS"
+
+    def handle(self, method, path, headers, body):
+        with self.lock:
+            self.load()
+            self.advance()
+            return self.route(method, path, headers, body)
+
+    def route(self, method, path, headers, body):
+        route, _, query = path.partition("?")
+        q = dict(urllib.parse.parse_qsl(query))
+        parts = [urllib.parse.unquote(p) for p in route.split("/")[2:]]
+        kinds = {"nodePools": "name", "virtualNodePools": "displayName"}
+        if parts[0] == "clusters" and len(parts) == 2 and method == "GET":
+            compartment = self.state.read("clusters.json", {}).get(parts[1])
+            if compartment is None:
+                raise Refused(404, "NotAuthorizedOrNotFound", "cluster not found")
+            return 200, {"id": parts[1], "compartmentId": compartment, "lifecycleState": "ACTIVE"}
+        if parts[0] in kinds and len(parts) == 1 and method == "GET":
+            if "compartmentId" not in q:
+                raise Refused(400, "MissingParameter", "compartmentId is required")
+            field = kinds[parts[0]]
+            found = [p["body"] for p in self.pools.values()
+                     if p["body"].get("clusterId") == q.get("clusterId", p["body"].get("clusterId"))
+                     and ("name" not in q or p["body"].get(field) == q["name"])
+                     and ("nodeConfigDetails" in p["body"]) == (parts[0] == "nodePools")]
+            return 200, found
+        if parts[0] in kinds and len(parts) == 2:
+            pool = self.pools.get(parts[1])
+            if pool is None or ("nodeConfigDetails" in pool["body"]) != (parts[0] == "nodePools"):
+                raise Refused(404, "NotAuthorizedOrNotFound", "pool not found")
+            if method == "GET":
+                return 200, pool["body"], {"etag": pool["etag"]}
+            if method == "PUT":
+                return self.update(parts[0], pool, headers, body)
+        if parts[0] == "workRequests" and len(parts) >= 2 and method == "GET":
+            w = self.work.get(parts[1])
+            if w is None:
+                raise Refused(404, "NotAuthorizedOrNotFound", "work request not found")
+            if len(parts) == 3 and parts[2] == "errors":
+                if q.get("compartmentId") != w["compartment"]:
+                    raise Refused(400, "MissingParameter", "compartmentId is required and must be the work request's")
+                errors = [{"code": "InternalError", "message": "Out of host capacity.", "timestamp": w["iso"]}] if w["status"] == "FAILED" else []
+                return 200, errors
+            return 200, {"id": parts[1], "status": w["status"], "compartmentId": w["compartment"],
+                         "operationType": w["operation"], "timeAccepted": w["iso"],
+                         "resources": [{"actionType": "UPDATED", "entityType": w["entity"], "identifier": w["pool"]}]}, {"retry-after": "1"}
+        raise Refused(404, "NotFound", f"no such Container Engine operation: {method} {route}")
+
+    def update(self, kind, pool, headers, body):
+        match = headers.get("if-match")
+        if match is not None and match != pool["etag"]:
+            raise Refused(412, "NoEtagMatch", "the etag does not match the pool's")
+        if pool["body"].get("lifecycleState") != "ACTIVE":
+            raise Refused(409, "Conflict", "the pool is being updated")
+        details = json.loads(body or b"{}")
+        wid = "ocid1.clustersworkrequest.oc1.iad." + uuid.uuid4().hex[:20]
+        virtual = kind == "virtualNodePools"
+        self.work[wid] = {
+            "status": "ACCEPTED", "accepted": time.time(), "pool": pool["body"]["id"],
+            "details": details, "fail": os.path.exists(os.path.join(self.state.dir, "fail-updates")),
+            "compartment": pool["body"].get("compartmentId", ""),
+            "operation": "VIRTUALNODEPOOL_UPDATE" if virtual else "NODEPOOL_UPDATE",
+            "entity": "virtualnodepool" if virtual else "nodepool",
+            "iso": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        }
+        pool["body"]["lifecycleState"] = "UPDATING"
+        self.state.log("updates.jsonl", {"pool": pool["body"]["id"], "details": details, "if-match": headers.get("if-match")})
+        return 202, b"", {"opc-work-request-id": wid}
 
 
 def git(repo, *args):

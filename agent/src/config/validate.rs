@@ -195,14 +195,8 @@ impl Validator {
         }
     }
 
-    fn source(&mut self, s: RawSource) -> Option<Source> {
-        self.dns_label(&s.name, "source name");
-        let interval = self.duration(
-            s.interval.as_ref(),
-            DEFAULT_INTERVAL,
-            Duration::from_secs(1),
-            "interval",
-        );
+    /// The OCI Notifications topics that trigger the source.
+    fn topics(&mut self, s: &RawSource) -> Vec<String> {
         let mut oci_topics = Vec::new();
         for t in s
             .triggers
@@ -219,6 +213,51 @@ impl Validator {
             }
             oci_topics.push(t.value.clone());
         }
+        oci_topics
+    }
+
+    /// The source's OCI part (DevOps or Object Storage), checked; `None` for other kinds.
+    fn oci_source(&mut self, s: &RawSource) -> Option<OciSource> {
+        let (problems, at, oci) = match (&s.oci_dev_ops, &s.oci_object_storage) {
+            (Some(d), _) => (
+                d.value.problems(&s.name.value),
+                d.referenced,
+                OciSource::DevOps(d.value.clone()),
+            ),
+            (_, Some(o)) => (
+                o.value.problems(&s.name.value),
+                o.referenced,
+                OciSource::ObjectStorage(o.value.clone()),
+            ),
+            _ => return None,
+        };
+        for p in problems {
+            self.problems.push(Problem {
+                line: at.line(),
+                column: at.column(),
+                message: p,
+            });
+        }
+        if s.secret_ref.is_some() || s.reference.is_some() || s.oci_vault.is_some() {
+            let why = format!(
+                "source {:?}: an OCI source signs with the oci: identity and takes its ref inside ociDevOps; remove secretRef, ociVault and ref",
+                s.name.value
+            );
+            self.at(&s.name, why);
+        }
+        self.oci_sources.push((at.line(), at.column()));
+        Some(oci)
+    }
+
+    fn source(&mut self, s: RawSource) -> Option<Source> {
+        self.dns_label(&s.name, "source name");
+        let interval = self.duration(
+            s.interval.as_ref(),
+            DEFAULT_INTERVAL,
+            Duration::from_secs(1),
+            "interval",
+        );
+        let oci_topics = self.topics(&s);
         let kinds = [
             s.url.is_some(),
             s.directory.is_some(),
@@ -247,35 +286,7 @@ impl Validator {
         if let Some(d) = &s.directory {
             return Some(plain(Some(self.base.join(d.value.trim())), None));
         }
-        let oci = match (&s.oci_dev_ops, &s.oci_object_storage) {
-            (Some(d), _) => Some((
-                d.value.problems(&s.name.value),
-                d.referenced,
-                OciSource::DevOps(d.value.clone()),
-            )),
-            (_, Some(o)) => Some((
-                o.value.problems(&s.name.value),
-                o.referenced,
-                OciSource::ObjectStorage(o.value.clone()),
-            )),
-            _ => None,
-        };
-        if let Some((problems, at, oci)) = oci {
-            for p in problems {
-                self.problems.push(Problem {
-                    line: at.line(),
-                    column: at.column(),
-                    message: p,
-                });
-            }
-            if s.secret_ref.is_some() || s.reference.is_some() || s.oci_vault.is_some() {
-                let why = format!(
-                    "source {:?}: an OCI source signs with the oci: identity and takes its ref inside ociDevOps; remove secretRef, ociVault and ref",
-                    s.name.value
-                );
-                self.at(&s.name, why);
-            }
-            self.oci_sources.push((at.line(), at.column()));
+        if let Some(oci) = self.oci_source(&s) {
             return Some(plain(None, Some(oci)));
         }
         let url_span = s.url.as_ref().expect("one kind is set");

@@ -114,12 +114,9 @@ pub async fn find(
     name: &str,
 ) -> Result<String, Error> {
     let what = format!("{cluster_id}: List{kind:?}s {name}");
-    let name_query = match kind {
-        PoolKind::NodePool => "name",
-        PoolKind::VirtualNodePool => "displayName",
-    };
+    // Both lists filter with `name` (a virtual pool's is its displayName), as the SDKs send it.
     let url = format!(
-        "{}/{}?compartmentId={}&clusterId={}&{name_query}={}",
+        "{}/{}?compartmentId={}&clusterId={}&name={}",
         base(shared)?,
         kind.path(),
         super::segment(compartment_id),

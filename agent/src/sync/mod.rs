@@ -196,39 +196,18 @@ impl Engine {
             Err(e) => return outcome.failed(Failure::Store(e.to_string())),
         };
         let previous = stored.inventory.clone();
-        let mut discovery = self.rm.discovery();
-        // 1. Render and validate the whole revision before any write; a kind discovery does
-        // not know yet makes it look again (once in a while) before that counts as an error.
-        let mut rendered = render_revision(sync, files, &discovery);
-        if let Err(errors) = &rendered
-            && errors.iter().any(|e| {
-                matches!(
-                    e.error,
-                    render::Error::UnknownKind { .. } | render::Error::UnknownVersion { .. }
-                )
-            })
-            && matches!(self.rm.refresh_for_unknown_kind().await, Ok(true))
-        {
-            discovery = self.rm.discovery();
-            rendered = render_revision(sync, files, &discovery);
-        }
-        let rendered = rendered.and_then(|manifests| {
-            let recorded: HashSet<&ObjectKey> = previous.entries.iter().collect();
-            let declared = self
-                .claims
-                .declare(&sync.name, &manifests, |k| recorded.contains(k));
-            declared.map(|()| manifests)
-        });
+        // 1. Render and validate the whole revision before any write.
+        let (rendered, discovery) = self.render(sync, files, &previous).await;
         let manifests = match rendered {
             Ok(m) => m,
             Err(errors) => {
-                outcome.failure = Some(Failure::Render {
+                let failure = Failure::Render {
                     revision: revision.to_string(),
                     errors,
-                });
-                self.record(sync, &mut stored, &previous, &mut outcome, opts)
+                };
+                return self
+                    .stop(sync, &mut stored, &previous, outcome, failure, opts)
                     .await;
-                return outcome;
             }
         };
         // Infra specs go to OCI, not the Kubernetes API: compared and guarded now.
@@ -236,22 +215,21 @@ impl Engine {
         let staged = match self.plan_infra(revision, &pools).await {
             Ok(staged) => staged,
             Err(failure) => {
-                outcome.failure = Some(failure);
-                self.record(sync, &mut stored, &previous, &mut outcome, opts)
+                return self
+                    .stop(sync, &mut stored, &previous, outcome, failure, opts)
                     .await;
-                return outcome;
             }
         };
         // 2. What would be pruned, and whether the guard allows it.
         let stale = stale_objects(&previous, &manifests);
         if let Some(reason) = held_back(sync, &previous, &stale, manifests.len()) {
-            outcome.failure = Some(Failure::HeldBack {
+            let failure = Failure::HeldBack {
                 revision: revision.to_string(),
                 reason,
-            });
-            self.record(sync, &mut stored, &previous, &mut outcome, opts)
+            };
+            return self
+                .stop(sync, &mut stored, &previous, outcome, failure, opts)
                 .await;
-            return outcome;
         }
         // 3. Find what other syncs own, record the intent, then apply in stages.
         let owners = self.owners(sync, &manifests, &previous, opts).await;
@@ -263,10 +241,9 @@ impl Engine {
         let grown = self.apply_infra(&staged, true, opts).await;
         if let Some(failure) = apply_failure(&grown) {
             outcome.changes = grown;
-            outcome.failure = Some(failure);
-            self.record(sync, &mut stored, &previous, &mut outcome, opts)
+            return self
+                .stop(sync, &mut stored, &previous, outcome, failure, opts)
                 .await;
-            return outcome;
         }
         outcome.changes = match self.apply(&manifests, &previous, &owners, opts).await {
             Ok(changes) => changes,
@@ -275,10 +252,9 @@ impl Engine {
         if let Some(failure) = apply_failure(&outcome.changes) {
             // Keep tracking all we may have written (the intent); prune waits for a clean apply.
             let inventory = stored.inventory.clone();
-            outcome.failure = Some(failure);
-            self.record(sync, &mut stored, &inventory, &mut outcome, opts)
+            return self
+                .stop(sync, &mut stored, &inventory, outcome, failure, opts)
                 .await;
-            return outcome;
         }
         // 4. Prune, then shrink capacity the workloads have left.
         let mut inventory = applied_inventory(revision, &outcome.changes);
@@ -304,6 +280,60 @@ impl Engine {
         self.record(sync, &mut stored, &inventory, &mut outcome, opts)
             .await;
         outcome
+    }
+
+    /// Ends the sync with `failure`, recording `inventory` and the status.
+    async fn stop(
+        &self,
+        sync: &config::Sync,
+        stored: &mut Stored,
+        inventory: &Inventory,
+        mut outcome: Outcome,
+        failure: Failure,
+        opts: &Options,
+    ) -> Outcome {
+        outcome.failure = Some(failure);
+        self.record(sync, stored, inventory, &mut outcome, opts)
+            .await;
+        outcome
+    }
+
+    /// Renders and validates the whole revision; a kind discovery does not know yet makes
+    /// it look again (once in a while) before that counts as an error. The objects are then
+    /// claimed for this sync (one object belongs to one sync).
+    async fn render(
+        &self,
+        sync: &config::Sync,
+        files: &[source::File],
+        previous: &Inventory,
+    ) -> (
+        Result<Vec<render::Manifest>, render::Errors>,
+        Arc<Discovery>,
+    ) {
+        let mut discovery = self.rm.discovery();
+        // 1. Render and validate the whole revision before any write; a kind discovery does
+        // not know yet makes it look again (once in a while) before that counts as an error.
+        let mut rendered = render_revision(sync, files, &discovery);
+        if let Err(errors) = &rendered
+            && errors.iter().any(|e| {
+                matches!(
+                    e.error,
+                    render::Error::UnknownKind { .. } | render::Error::UnknownVersion { .. }
+                )
+            })
+            && matches!(self.rm.refresh_for_unknown_kind().await, Ok(true))
+        {
+            discovery = self.rm.discovery();
+            rendered = render_revision(sync, files, &discovery);
+        }
+        let rendered = rendered.and_then(|manifests| {
+            let recorded: HashSet<&ObjectKey> = previous.entries.iter().collect();
+            let declared = self
+                .claims
+                .declare(&sync.name, &manifests, |k| recorded.contains(k));
+            declared.map(|()| manifests)
+        });
+        (rendered, discovery)
     }
 
     /// The revision's infra specs parsed, compared with OCI and guarded (no write).
