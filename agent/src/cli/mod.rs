@@ -300,7 +300,16 @@ fn validate(dir: &std::path::Path, namespace: &str) -> anyhow::Result<ExitCode> 
         default_namespace: namespace.to_string(),
         ..Default::default()
     };
-    match render::render(&files, &opts, &render::BuiltinScopes) {
+    let rendered = render::render(&files, &opts, &render::BuiltinScopes).and_then(|manifests| {
+        // Infra specs (OKE node pools) are checked as the sync would check them.
+        let infra: Vec<render::Manifest> = manifests
+            .iter()
+            .filter(|m| m.id.group == gitops_agent::core::INFRA_GROUP)
+            .cloned()
+            .collect();
+        gitops_agent::infra::parse_manifests(&infra).map(|_| manifests)
+    });
+    match rendered {
         Ok(manifests) => {
             println!("{}: {} objects valid", dir.display(), manifests.len());
             Ok(ExitCode::SUCCESS)

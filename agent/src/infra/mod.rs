@@ -13,6 +13,7 @@ use serde_json::Value;
 use crate::core::{Action, Change};
 use crate::oci::containerengine::{self as ce, Live, PoolKind};
 use crate::oci::{self, Shared};
+use crate::render::{self, Manifest};
 pub use spec::{Spec, Target};
 
 /// Longest a work request may run before the sync gives up on it (it goes on in OCI).
@@ -142,6 +143,30 @@ fn canonical(list: &[Value]) -> Vec<Value> {
     };
     sorted.sort_by_key(key);
     sorted
+}
+
+/// Parses every spec; the problems of all of them, each at its file and line.
+pub fn parse_manifests(infra: &[Manifest]) -> Result<Vec<Spec>, render::Errors> {
+    let mut specs = Vec::new();
+    let mut errors = Vec::new();
+    for m in infra {
+        match spec::parse(&m.id, &m.value()) {
+            Ok(s) => specs.push(s),
+            Err(problems) => errors.extend(problems.into_iter().map(|p| render::Located {
+                file: m.file.clone(),
+                line: m.line,
+                column: None,
+                subject: Some(m.subject()),
+                item: None,
+                error: render::Error::InfraSpec(p),
+            })),
+        }
+    }
+    if errors.is_empty() {
+        Ok(specs)
+    } else {
+        Err(render::Errors(errors))
+    }
 }
 
 /// Reads the pool a spec names and compares it.
@@ -302,6 +327,33 @@ mod tests {
         assert_eq!(
             paths,
             ["nsgIds", "placementConfigurations", "size", "taints"]
+        );
+    }
+}
+
+#[cfg(test)]
+mod examples {
+    /// The bundled examples (one per reference architecture) parse as the sync would.
+    #[test]
+    fn the_bundled_infra_examples_are_valid() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../manifests/examples/oke-infra");
+        let files = crate::source::read_dir(&dir, &Default::default()).unwrap();
+        let manifests =
+            crate::render::render(&files, &Default::default(), &crate::render::BuiltinScopes)
+                .unwrap_or_else(|e| panic!("{e}"));
+        let specs = super::parse_manifests(&manifests).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(specs.len(), 2);
+        let virt = specs
+            .iter()
+            .find(|s| s.key.kind == "VirtualNodePool")
+            .unwrap();
+        assert_eq!(
+            virt.desired["placementConfigurations"][0]["faultDomain"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
         );
     }
 }

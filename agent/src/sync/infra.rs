@@ -52,26 +52,7 @@ pub(super) fn split(manifests: Vec<Manifest>) -> (Vec<Manifest>, Vec<Manifest>) 
 
 /// Parses every spec; the problems of all of them, each at its file and line.
 pub(super) fn parse(infra: &[Manifest]) -> Result<Vec<infra::Spec>, render::Errors> {
-    let mut specs = Vec::new();
-    let mut errors = Vec::new();
-    for m in infra {
-        match infra::spec::parse(&m.id, &m.value()) {
-            Ok(s) => specs.push(s),
-            Err(problems) => errors.extend(problems.into_iter().map(|p| render::Located {
-                file: m.file.clone(),
-                line: m.line,
-                column: None,
-                subject: Some(m.subject()),
-                item: None,
-                error: render::Error::InfraSpec(p),
-            })),
-        }
-    }
-    if errors.is_empty() {
-        Ok(specs)
-    } else {
-        Err(render::Errors(errors))
-    }
+    infra::parse_manifests(infra)
 }
 
 /// Reads and compares every declared pool, and holds the revision back when a size
