@@ -12,7 +12,6 @@ mod harness;
 #[path = "../harness/oci.rs"]
 mod standin;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -21,32 +20,9 @@ use gitops_agent::oci;
 use harness::control_plane;
 use serde_json::Value;
 
-use standin::{SECRET_ID, StandIn, TOPIC_ID, WAIT, setup, token_file};
+use standin::{SECRET_ID, TOPIC_ID, WAIT, setup, token_file};
 
 const SLACK_SECRET: &str = "ocid1.vaultsecret.oc1.iad.slack";
-
-/// `gitops-agent oci raw-request` with workload identity against the stand-ins.
-fn raw_request(s: &StandIn, token: &Path, args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
-        .args(["oci", "raw-request"])
-        .args(args)
-        .args([
-            "--auth",
-            "oke_workload_identity",
-            "--token-exchange-port",
-            &s.exchange.to_string(),
-        ])
-        .arg("--service-account-token")
-        .arg(token)
-        .arg("--ca-file")
-        .arg(s.ca())
-        .env("OCI_RESOURCE_PRINCIPAL_VERSION", "2.2")
-        .env("OCI_RESOURCE_PRINCIPAL_REGION", "us-ashburn-1")
-        .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
-        .env("OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH", s.ca())
-        .output()
-        .unwrap()
-}
 
 #[tokio::test]
 async fn the_agent_signs_with_workload_identity_and_the_stand_ins_verify_it() {
@@ -55,7 +31,7 @@ async fn the_agent_signs_with_workload_identity_and_the_stand_ins_verify_it() {
 
     // Vault: the secret bundle, with nothing but the service-account token.
     let bundle = s.url(&format!("/20190301/secretbundles/{SECRET_ID}"));
-    let out = raw_request(&s, &token, &["GET", &bundle]);
+    let out = s.raw_request(&token, &["GET", &bundle]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -74,8 +50,7 @@ async fn the_agent_signs_with_workload_identity_and_the_stand_ins_verify_it() {
     )
     .unwrap();
     let path = format!("/20181201/topics/{TOPIC_ID}/messages");
-    let out = raw_request(
-        &s,
+    let out = s.raw_request(
         &token,
         &["POST", &s.url(&path), "--body", body.to_str().unwrap()],
     );
@@ -106,7 +81,7 @@ async fn the_agent_signs_with_workload_identity_and_the_stand_ins_verify_it() {
             extra,
         ]
         .concat();
-        headers_of(&raw_request(&s, &token, &args).stdout)
+        headers_of(&s.raw_request(&token, &args).stdout)
     };
     let headers = printed(&[]);
     let http = s.http();
@@ -146,8 +121,7 @@ async fn the_agent_signs_with_workload_identity_and_the_stand_ins_verify_it() {
             .unwrap()
             .contains("more than 5 minutes")
     );
-    let out = raw_request(
-        &s,
+    let out = s.raw_request(
         &token,
         &[
             "POST",
@@ -166,7 +140,7 @@ async fn the_agent_signs_with_workload_identity_and_the_stand_ins_verify_it() {
     // A token the cluster did not issue is refused at the exchange, with a clear error.
     let forged = work.path().join("forged");
     std::fs::write(&forged, "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln").unwrap();
-    let out = raw_request(&s, &forged, &["GET", &bundle]);
+    let out = s.raw_request(&forged, &["GET", &bundle]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(

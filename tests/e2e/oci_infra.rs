@@ -17,7 +17,7 @@ use harness::control_plane;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 use serde_json::{Value, json};
-use standin::{Agent, StandIn, WAIT, setup, token_file, wait_value};
+use standin::{Agent, StandIn, TOPIC_ID, WAIT, setup, token_file, wait_value};
 
 const CLUSTER: &str = "ocid1.cluster.oc1.iad.standin";
 const COMPARTMENT: &str = "ocid1.compartment.oc1..standin";
@@ -124,13 +124,16 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
     );
     let config = format!(
         "stateDir: {dir}/state\nnamespace: {ns}\n\
+         resync: 10s\n\
          sources:\n  - {{name: infra, url: {url}, interval: 1s}}\n\
-         syncs:\n  - {{name: infra, source: infra, path: deploy, namespace: {ns}, health: {{wait: false}}}}\n\
+         syncs:\n  - {{name: infra, source: infra, path: deploy, namespace: {ns}, selfHeal: true, health: {{wait: false}}}}\n\
+         alerts:\n  sinks:\n    - {{type: ociNotifications, name: ons, topicId: {TOPIC_ID}, endpoint: \"https://127.0.0.1:{port}\"}}\n\
          {oci}",
         dir = work.path().display(),
         ns = ns.name,
         url = repo.file_url(),
-        oci = s.oci_section(&token, &["containerengine"], ""),
+        port = s.services,
+        oci = s.oci_section(&token, &["containerengine", "notifications"], ""),
     );
     let (agent, path) = Agent::run(work.path(), &config);
     let cms: Api<ConfigMap> = Api::namespaced(control_plane().client().await, &ns.name);
@@ -177,6 +180,71 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
     assert!(ups[0]["if-match"].is_string(), "updated with if-match");
     eprintln!("commit → work request SUCCEEDED and the revision applied: {took:?}");
 
+    // Out of band (another client, signed as OCI requires): the pool shrinks to 2. The
+    // next resync polls it, reports the drift with its field and values, and heals it.
+    let body = work.path().join("oob.json");
+    std::fs::write(&body, r#"{"size": 2}"#).unwrap();
+    let url = s.url(&format!("/20180222/virtualNodePools/{POOL}"));
+    let out = s.raw_request(&token, &["PUT", &url, "--body", body.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = Instant::now();
+    let drift = loop {
+        let found = s.log("messages.jsonl").into_iter().find(|m| {
+            m["message"]["body"]
+                .as_str()
+                .is_some_and(|b| b.starts_with("VirtualNodePool/web: drift"))
+        });
+        if let Some(m) = found {
+            break m["message"]["body"].as_str().unwrap().to_owned();
+        }
+        assert!(started.elapsed() < WAIT, "no drift alert:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(drift.contains("size (3 → 2)"), "{drift}");
+    let started = Instant::now();
+    while !updates(&s)
+        .iter()
+        .skip(2)
+        .any(|u| u["details"]["size"] == 3)
+    {
+        assert!(started.elapsed() < WAIT, "never healed:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let healed = updates(&s).len();
+    // An unchanged pool's reconcile writes nothing and looks the pool up by name no more:
+    // the next resyncs (each a drift poll and, self-healing, the sync) only GET the pool.
+    let engine = |s: &StandIn| -> Vec<String> {
+        s.log("requests.jsonl")
+            .iter()
+            .filter(|r| {
+                r["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/20180222/"))
+            })
+            .map(|r| {
+                format!(
+                    "{} {}",
+                    r["method"].as_str().unwrap(),
+                    r["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let before = engine(&s).len();
+    let started = Instant::now();
+    while engine(&s).len() < before + 7 {
+        assert!(started.elapsed() < WAIT, "no resync:\n{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "requests of two resyncs of an unchanged pool: {:?}",
+        &engine(&s)[before..]
+    );
+
     // To zero: held back, nothing written, the ConfigMap of that revision not applied.
     repo.push(
         "main",
@@ -197,7 +265,7 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(updates(&s).len(), 1);
+    assert_eq!(updates(&s).len(), healed);
     let cm = cms.get("a").await.unwrap();
     assert_eq!(cm.data.unwrap()["value"], "2");
 

@@ -123,6 +123,29 @@ impl StandIn {
         )
     }
 
+    /// `gitops-agent oci raw-request` with workload identity against the stand-ins.
+    pub fn raw_request(&self, token: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
+            .args(["oci", "raw-request"])
+            .args(args)
+            .args([
+                "--auth",
+                "oke_workload_identity",
+                "--token-exchange-port",
+                &self.exchange.to_string(),
+            ])
+            .arg("--service-account-token")
+            .arg(token)
+            .arg("--ca-file")
+            .arg(self.ca())
+            .env("OCI_RESOURCE_PRINCIPAL_VERSION", "2.2")
+            .env("OCI_RESOURCE_PRINCIPAL_REGION", "us-ashburn-1")
+            .env("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+            .env("OCI_KUBERNETES_SERVICE_ACCOUNT_CERT_PATH", self.ca())
+            .output()
+            .unwrap()
+    }
+
     pub fn ca(&self) -> PathBuf {
         self.dir.path().join("ca.pem")
     }

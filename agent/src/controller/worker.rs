@@ -73,6 +73,7 @@ pub async fn run(
         // Judge first whatever the watch cache cannot vouch for, so drift that a watch
         // missed is reported (and healed) as drift rather than silently re-applied.
         ctx.detector.recheck_sync(&s.name).await;
+        report_infra_drift(ctx, s, &files).await;
         if !s.self_heal {
             return None;
         }
@@ -123,6 +124,31 @@ async fn apply(
     background.spawn(confirm);
     drop(background);
     outcome
+}
+
+/// The sync's pools polled (OCI has no watch), their drift reported as the watches' is.
+async fn report_infra_drift(ctx: &Context, s: &config::Sync, files: &[crate::source::File]) {
+    use crate::drift::Report;
+    let drift = ctx.engine.infra_drift(s, files).await;
+    for (subject, diffs) in drift.detected {
+        let fields = diffs
+            .into_iter()
+            .map(|d| crate::diff::FieldDrift::new(d.path, d.git, d.live))
+            .collect();
+        let report = Report::Detected {
+            sync: s.name.clone(),
+            subject,
+            fields,
+            manager: None,
+            deleted: false,
+        };
+        ctx.detector.report_external(report).await;
+    }
+    for subject in drift.resolved {
+        let sync = s.name.clone();
+        let report = Report::Resolved { sync, subject };
+        ctx.detector.report_external(report).await;
+    }
 }
 
 async fn stored_revision(ctx: &Context, s: &config::Sync) -> Option<String> {

@@ -183,6 +183,14 @@ impl Detector {
 
     /// Turns judging and healing on (the leader) or off (a follower: watches stay warm, and
     /// changes are only recorded as seen, so two replicas never alert or heal twice).
+    /// A drift judged elsewhere (an infra spec's pool, which OCI cannot watch), reported
+    /// as the watches' are; a follower reports nothing.
+    pub async fn report_external(&self, report: Report) {
+        if self.inner.active.load(std::sync::atomic::Ordering::Relaxed) {
+            self.report(report).await;
+        }
+    }
+
     pub fn set_active(&self, active: bool) {
         self.inner
             .active

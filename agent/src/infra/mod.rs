@@ -169,24 +169,58 @@ pub fn parse_manifests(infra: &[Manifest]) -> Result<Vec<Spec>, render::Errors> 
     }
 }
 
+/// Pool ids found by cluster and name, so that a pool named that way costs one GET per
+/// reconcile after the first (GetCluster and the List are needed once).
+#[derive(Debug, Default)]
+pub struct Resolved(
+    std::sync::Mutex<std::collections::HashMap<(PoolKind, String, String), String>>,
+);
+
+impl Resolved {
+    fn get(&self, key: &(PoolKind, String, String)) -> Option<String> {
+        self.0.lock().expect("resolved lock").get(key).cloned()
+    }
+
+    fn set(&self, key: (PoolKind, String, String), id: Option<String>) {
+        let mut map = self.0.lock().expect("resolved lock");
+        match id {
+            Some(id) => map.insert(key, id),
+            None => map.remove(&key),
+        };
+    }
+}
+
 /// Reads the pool a spec names and compares it.
-pub async fn plan(shared: &Shared, spec: &Spec) -> Result<Planned, Error> {
+pub async fn plan(shared: &Shared, spec: &Spec, resolved: &Resolved) -> Result<Planned, Error> {
     let failed = |source| Error::Oci {
         subject: spec.key.to_string(),
         source,
     };
-    let id = match &spec.target {
-        Target::Id(id) => id.clone(),
+    let live = match &spec.target {
+        Target::Id(id) => ce::get(shared, spec.kind, id).await.map_err(failed)?,
         Target::Named { cluster_id, name } => {
-            let compartment = ce::cluster_compartment(shared, cluster_id)
-                .await
-                .map_err(failed)?;
-            ce::find(shared, spec.kind, &compartment, cluster_id, name)
-                .await
-                .map_err(failed)?
+            let key = (spec.kind, cluster_id.clone(), name.clone());
+            let cached = match resolved.get(&key) {
+                Some(id) => ce::get(shared, spec.kind, &id).await.ok(),
+                None => None,
+            };
+            match cached {
+                Some(live) => live,
+                None => {
+                    // Not looked up yet, or gone (recreated under the same name): look again.
+                    let compartment = ce::cluster_compartment(shared, cluster_id)
+                        .await
+                        .map_err(failed)?;
+                    let found = ce::find(shared, spec.kind, &compartment, cluster_id, name).await;
+                    let id = found
+                        .inspect_err(|_| resolved.set(key.clone(), None))
+                        .map_err(failed)?;
+                    resolved.set(key, Some(id.clone()));
+                    ce::get(shared, spec.kind, &id).await.map_err(failed)?
+                }
+            }
         }
     };
-    let live = ce::get(shared, spec.kind, &id).await.map_err(failed)?;
     let diffs = diff(&spec.desired, &live.body);
     Ok(Planned {
         spec: spec.clone(),

@@ -9,7 +9,7 @@ use super::{Error, Shared};
 
 const TEMPLATE: &str = "https://containerengine.{region}.oci.oraclecloud.com";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PoolKind {
     NodePool,
     VirtualNodePool,

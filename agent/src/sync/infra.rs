@@ -61,6 +61,7 @@ pub(super) async fn plan(
     oci: Option<&Arc<Shared>>,
     specs: &[infra::Spec],
     revision: &str,
+    resolved: &infra::Resolved,
 ) -> Result<Staged, Failure> {
     let mut staged = Staged::default();
     if specs.is_empty() {
@@ -73,7 +74,7 @@ pub(super) async fn plan(
         )));
     };
     for s in specs {
-        let planned = infra::plan(oci, s)
+        let planned = infra::plan(oci, s, resolved)
             .await
             .map_err(|e| Failure::Source(e.to_string()))?;
         if let Some(reason) = infra::held_back(&planned, infra::DEFAULT_MAX_SIZE_STEP) {

@@ -127,6 +127,19 @@ pub struct Engine {
     claims: claims::Claims,
     /// The OCI identity infra specs are applied with.
     oci: Option<Arc<crate::oci::Shared>>,
+    /// Pools found drifted, by sync: a drift is reported once, and its end once.
+    infra_drifted: std::sync::Mutex<HashSet<(String, ObjectKey)>>,
+    /// Pools named by cluster and name, looked up once.
+    resolved: crate::infra::Resolved,
+}
+
+/// What changed in one poll of a sync's pools.
+#[derive(Debug, Default, PartialEq)]
+pub struct InfraDrift {
+    /// Pools that newly differ from Git, with the fields.
+    pub detected: Vec<(ObjectKey, Vec<crate::infra::FieldDiff>)>,
+    /// Pools that match Git again.
+    pub resolved: Vec<ObjectKey>,
 }
 
 impl Engine {
@@ -137,6 +150,8 @@ impl Engine {
             store,
             claims: claims::Claims::default(),
             oci: None,
+            infra_drifted: Default::default(),
+            resolved: Default::default(),
         })
     }
 
@@ -151,6 +166,45 @@ impl Engine {
 
     pub fn store(&self) -> &inventory::Store {
         &self.store
+    }
+
+    /// Polls the pools `files` declare (OCI has no watch): those that differ from Git now
+    /// and did not before, and those that match again. Reads only; nothing is written.
+    pub async fn infra_drift(&self, sync: &config::Sync, files: &[source::File]) -> InfraDrift {
+        let mut out = InfraDrift::default();
+        let (Ok(manifests), _) = self.render(sync, files, &Inventory::default()).await else {
+            return out;
+        };
+        let (pools, _) = infra::split(manifests);
+        let Ok(specs) = infra::parse(&pools) else {
+            return out;
+        };
+        let Some(oci) = self.oci.as_ref() else {
+            return out;
+        };
+        for spec in &specs {
+            let planned = match crate::infra::plan(oci, spec, &self.resolved).await {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::warn!(sync = %sync.name, error = %e, "polling a pool for drift");
+                    continue;
+                }
+            };
+            let key = (sync.name.clone(), spec.key.clone());
+            let mut drifted = self.infra_drifted.lock().expect("drifted lock");
+            match (planned.diffs.is_empty(), drifted.contains(&key)) {
+                (false, false) => {
+                    drifted.insert(key);
+                    out.detected.push((spec.key.clone(), planned.diffs));
+                }
+                (true, true) => {
+                    drifted.remove(&key);
+                    out.resolved.push(spec.key.clone());
+                }
+                _ => {}
+            }
+        }
+        out
     }
 
     /// Infra specs are applied with this OCI identity (none: a revision with any fails).
@@ -346,7 +400,7 @@ impl Engine {
             revision: revision.to_string(),
             errors,
         })?;
-        infra::plan(self.oci.as_ref(), &specs, revision).await
+        infra::plan(self.oci.as_ref(), &specs, revision, &self.resolved).await
     }
 
     /// The pools that grow or change (`before`), or those that shrink; a dry run reports
