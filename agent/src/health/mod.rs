@@ -7,6 +7,7 @@ mod batch;
 mod generic;
 mod json;
 mod network;
+mod oci;
 mod pod;
 mod storage;
 mod wait;
@@ -174,6 +175,8 @@ pub fn assess(obj: Option<&Value>) -> Assessment {
         ("networking.k8s.io" | "extensions", "Ingress") => network::ingress(obj),
         ("apiextensions.k8s.io", "CustomResourceDefinition") => api::crd(obj),
         ("apiregistration.k8s.io", "APIService") => api::api_service(obj),
+        (g, k) if oci::is_eso(g, k) => oci::eso(obj),
+        (g, _) if oci::is_osok(g) => oci::osok(obj),
         _ => generic::generic(obj),
     }
 }
