@@ -240,10 +240,16 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
         assert!(started.elapsed() < WAIT, "no resync:\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    eprintln!(
-        "requests of two resyncs of an unchanged pool: {:?}",
-        &engine(&s)[before..]
-    );
+    let window = engine(&s)[before..].to_vec();
+    let pool_gets = window
+        .iter()
+        .filter(|r| **r == format!("GET /20180222/virtualNodePools/{POOL}"))
+        .count();
+    let others: Vec<&String> = window
+        .iter()
+        .filter(|r| !r.starts_with("GET /20180222/workRequests/") && !r.ends_with(POOL))
+        .collect();
+    assert!(others.is_empty() && pool_gets >= 4, "{window:?}");
 
     // To zero: held back, nothing written, the ConfigMap of that revision not applied.
     repo.push(
@@ -294,5 +300,34 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
         cm.data.unwrap()["value"],
         "2",
         "the capacity did not come, nor the objects"
+    );
+
+    // The pool leaves Git: reported as no longer managed, never deleted nor changed.
+    std::fs::remove_file(s.dir.path().join("fail-updates")).unwrap();
+    repo.push(
+        "main",
+        &[("deploy/cm.yaml", &harness::cm("a", "5"))],
+        &["deploy/pool.yaml"],
+    );
+    wait_value(
+        &cms,
+        "a",
+        "5",
+        &agent,
+        "the revision without the pool was never applied",
+    )
+    .await;
+    let log = agent.log();
+    assert!(
+        log.contains("object=VirtualNodePool/web action=skipped no longer in Git"),
+        "{log}"
+    );
+    let sizes: Vec<Value> = updates(&s)
+        .iter()
+        .map(|u| u["details"]["size"].clone())
+        .collect();
+    assert!(
+        sizes.iter().all(|n| *n != json!(0)),
+        "nothing ever scaled the pool to 0 or deleted it: {sizes:?}"
     );
 }

@@ -52,7 +52,7 @@ pub fn log_outcome(o: &Outcome) {
         .changes
         .entries
         .iter()
-        .filter(|c| c.action.is_write() || c.action == Action::Failed)
+        .filter(|c| c.action.is_write() || matches!(c.action, Action::Failed | Action::Skipped))
     {
         tracing::info!(sync = %o.sync, object = %c.subject, action = %c.action, message = c.message.as_deref().unwrap_or(""), "change");
     }

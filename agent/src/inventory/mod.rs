@@ -86,6 +86,10 @@ pub struct Status {
     /// Counts per action of the last sync that changed something.
     #[serde(default)]
     pub last_change_counts: BTreeMap<String, usize>,
+    /// The infra specs (OKE pools, `Kind/name`) the last applied revision declared: one
+    /// that leaves Git is reported as no longer managed, never deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<String>,
 }
 
 /// Everything stored for one sync.

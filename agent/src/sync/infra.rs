@@ -24,6 +24,41 @@ impl Staged {
         self.before.is_empty() && self.after.is_empty()
     }
 
+    /// The pools declared, as `Kind/name`.
+    pub fn subjects(&self) -> Vec<String> {
+        let mut all: Vec<String> = self
+            .before
+            .iter()
+            .chain(&self.after)
+            .map(|p| p.spec.key.to_string())
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The pools `previous` declared that this revision does not: reported as no longer
+    /// managed, and left in OCI as they are (deleting capacity from a commit is too
+    /// dangerous to be a default).
+    pub fn removed(&self, previous: &[String]) -> ChangeSet {
+        let now = self.subjects();
+        let mut set = ChangeSet::default();
+        for gone in previous.iter().filter(|p| !now.contains(p)) {
+            let Some((kind, name)) = gone.split_once('/') else {
+                continue;
+            };
+            let key = crate::core::ObjectKey {
+                group: INFRA_GROUP.into(),
+                version: "v1alpha1".into(),
+                kind: kind.into(),
+                namespace: None,
+                name: name.into(),
+            };
+            let why = "no longer in Git: no longer managed, and left in OCI as it is";
+            set.push(crate::core::Change::new(key, Action::Skipped).with_message(why));
+        }
+        set
+    }
+
     /// What a dry run reports: each pool configured (with its diff) or unchanged.
     pub fn dry_run(&self) -> ChangeSet {
         let mut set = ChangeSet::default();

@@ -64,6 +64,8 @@ pub struct Outcome {
     /// The objects as applied (owner labels included), for drift detection; empty when the
     /// revision was not applied.
     pub desired: Vec<DesiredObject>,
+    /// The infra specs the revision declares (`Kind/name`), once they were planned.
+    pub pools: Option<Vec<String>>,
 }
 
 /// One object of the applied desired state: what drift detection compares the live one with.
@@ -86,6 +88,7 @@ impl Outcome {
             health: Vec::new(),
             failure: None,
             desired: Vec::new(),
+            pools: None,
         }
     }
 
@@ -274,6 +277,8 @@ impl Engine {
                     .await;
             }
         };
+        let removed = staged.removed(&stored.status.pools);
+        outcome.pools = Some(staged.subjects());
         // 2. What would be pruned, and whether the guard allows it.
         let stale = stale_objects(&previous, &manifests);
         if let Some(reason) = held_back(sync, &previous, &stale, manifests.len()) {
@@ -316,6 +321,7 @@ impl Engine {
             .await;
         let mut infra_changes = grown;
         infra_changes.extend(self.apply_infra(&staged, false, opts).await);
+        infra_changes.extend(removed);
         infra_changes.extend(std::mem::take(&mut outcome.changes));
         outcome.changes = infra_changes;
         outcome.desired = desired_objects(&manifests, &discovery);
@@ -606,6 +612,11 @@ impl Engine {
                 .map(|f| crate::core::bounded(&f.to_string(), ERROR_LINES, ERROR_BYTES)),
             last_change_time: previous.status.last_change_time.clone(),
             last_change_counts: previous.status.last_change_counts.clone(),
+            // A revision that was not applied leaves the pools of the one that was.
+            pools: match (&outcome.failure, &outcome.pools) {
+                (None, Some(pools)) => pools.clone(),
+                _ => previous.status.pools.clone(),
+            },
         };
         if outcome.changes.has_writes() {
             status.last_change_counts = outcome

@@ -687,6 +687,7 @@ mod tests {
             health: vec![],
             failure,
             desired: vec![],
+            pools: None,
         }
     }
 
