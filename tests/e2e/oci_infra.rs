@@ -23,6 +23,16 @@ const CLUSTER: &str = "ocid1.cluster.oc1.iad.standin";
 const COMPARTMENT: &str = "ocid1.compartment.oc1..standin";
 const POOL: &str = "ocid1.virtualnodepool.oc1.iad.standin";
 const SUBNET: &str = "ocid1.subnet.oc1.iad.standin";
+const NODE_POOL: &str = "ocid1.nodepool.oc1.iad.standin";
+
+/// A managed node pool of 2 across three fault domains, named by its OCID.
+fn node_pool_file(size: u32) -> String {
+    format!(
+        "apiVersion: oke.gitops-agent.io/v1alpha1\nkind: NodePool\nmetadata:\n  name: batch\n\
+         spec:\n  nodePoolId: {NODE_POOL}\n  size: {size}\n  nodeShape: VM.Standard.E4.Flex\n  placement:\n\
+         \x20   - availabilityDomain: Uocm:IAD-AD-1\n      subnetId: {SUBNET}\n      faultDomains: [FAULT-DOMAIN-1, FAULT-DOMAIN-2, FAULT-DOMAIN-3]\n"
+    )
+}
 
 /// One virtual node pool of size 1 in FAULT-DOMAIN-1, in one cluster.
 fn seed(s: &StandIn) {
@@ -36,7 +46,13 @@ fn seed(s: &StandIn) {
     let write = |name: &str, v: Value| {
         std::fs::write(s.dir.path().join(name), v.to_string()).unwrap();
     };
-    write("pools.json", json!({ POOL: pool }));
+    let node_pool = json!({
+        "name": "batch", "clusterId": CLUSTER, "compartmentId": COMPARTMENT,
+        "lifecycleState": "ACTIVE", "kubernetesVersion": "v1.34.1", "nodeShape": "VM.Standard.E4.Flex",
+        "nodeConfigDetails": {"size": 2, "placementConfigs": [{"availabilityDomain": "Uocm:IAD-AD-1", "subnetId": SUBNET,
+                              "faultDomains": ["FAULT-DOMAIN-3", "FAULT-DOMAIN-2", "FAULT-DOMAIN-1"]}]},
+    });
+    write("pools.json", json!({ POOL: pool, NODE_POOL: node_pool }));
     write("clusters.json", json!({ CLUSTER: COMPARTMENT }));
 }
 
@@ -118,6 +134,7 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
         "main",
         &[
             ("deploy/pool.yaml", &pool_file(1, &one, "")),
+            ("deploy/nodepool.yaml", &node_pool_file(2)),
             ("deploy/cm.yaml", &harness::cm("a", "1")),
         ],
         &[],
@@ -126,7 +143,7 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
         "stateDir: {dir}/state\nnamespace: {ns}\n\
          resync: 10s\n\
          sources:\n  - {{name: infra, url: {url}, interval: 1s}}\n\
-         syncs:\n  - {{name: infra, source: infra, path: deploy, namespace: {ns}, selfHeal: true, health: {{wait: false}}}}\n\
+         syncs:\n  - {{name: infra, source: infra, path: deploy, namespace: {ns}, selfHeal: true, poolGuard: {{maxSizeStep: 5}}, health: {{wait: false}}}}\n\
          alerts:\n  sinks:\n    - {{type: ociNotifications, name: ons, topicId: {TOPIC_ID}, endpoint: \"https://127.0.0.1:{port}\"}}\n\
          {oci}",
         dir = work.path().display(),
@@ -157,6 +174,7 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
         "main",
         &[
             ("deploy/pool.yaml", &pool_file(3, &three, "")),
+            ("deploy/nodepool.yaml", &node_pool_file(3)),
             ("deploy/cm.yaml", &harness::cm("a", "2")),
         ],
         &[],
@@ -171,13 +189,21 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
     .await;
     let took = started.elapsed();
     let ups = updates(&s);
-    assert_eq!(ups.len(), 1, "{ups:?}");
-    assert_eq!(ups[0]["details"]["size"], 3);
+    assert_eq!(ups.len(), 2, "one Update per pool: {ups:?}");
+    let of = |id: &str| ups.iter().find(|u| u["pool"] == id).unwrap().clone();
+    let (virt, node) = (of(POOL), of(NODE_POOL));
+    assert_eq!(virt["details"]["size"], 3);
     assert_eq!(
-        ups[0]["details"]["placementConfigurations"][0]["faultDomain"],
+        virt["details"]["placementConfigurations"][0]["faultDomain"],
         json!(three)
     );
-    assert!(ups[0]["if-match"].is_string(), "updated with if-match");
+    // A node pool's size is in nodeConfigDetails; its fault domains did not change (same
+    // set, another order), so they are not sent.
+    assert_eq!(node["details"], json!({"nodeConfigDetails": {"size": 3}}));
+    assert!(
+        virt["if-match"].is_string() && node["if-match"].is_string(),
+        "updated with if-match"
+    );
     eprintln!("commit → work request SUCCEEDED and the revision applied: {took:?}");
 
     // Out of band (another client, signed as OCI requires): the pool shrinks to 2. The
@@ -208,8 +234,8 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
     let started = Instant::now();
     while !updates(&s)
         .iter()
-        .skip(2)
-        .any(|u| u["details"]["size"] == 3)
+        .skip(3)
+        .any(|u| u["pool"] == POOL && u["details"]["size"] == 3)
     {
         assert!(started.elapsed() < WAIT, "never healed:\n{}", agent.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -241,13 +267,14 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let window = engine(&s)[before..].to_vec();
-    let pool_gets = window
-        .iter()
-        .filter(|r| **r == format!("GET /20180222/virtualNodePools/{POOL}"))
-        .count();
+    let pool_get = |r: &&String| {
+        **r == format!("GET /20180222/virtualNodePools/{POOL}")
+            || **r == format!("GET /20180222/nodePools/{NODE_POOL}")
+    };
+    let pool_gets = window.iter().filter(pool_get).count();
     let others: Vec<&String> = window
         .iter()
-        .filter(|r| !r.starts_with("GET /20180222/workRequests/") && !r.ends_with(POOL))
+        .filter(|r| !r.starts_with("GET /20180222/workRequests/") && !pool_get(r))
         .collect();
     assert!(others.is_empty() && pool_gets >= 4, "{window:?}");
 

@@ -191,6 +191,21 @@ pub struct Sync {
     pub health: HealthWait,
     pub suspend: bool,
     pub prune_guard: PruneGuard,
+    /// Holds back a revision that resizes an OKE pool too much at once.
+    pub pool_guard: PoolGuard,
+}
+
+/// Holds back a revision that changes an infra spec's pool size by more than a step, or to
+/// zero, unless the file carries the allow-scale annotation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoolGuard {
+    pub max_size_step: u32,
+}
+
+impl Default for PoolGuard {
+    fn default() -> Self {
+        PoolGuard { max_size_step: 10 }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -363,4 +363,23 @@ mod tests {
             "{err}"
         );
     }
+
+    #[test]
+    fn the_pool_guard_is_a_step_of_at_least_one() {
+        let text = |step: u32| {
+            format!(
+                "namespace: gitops\nsources: [{{name: a, directory: ./d}}]\n\
+                 syncs: [{{name: s, source: a, namespace: ns, poolGuard: {{maxSizeStep: {step}}}}}]\n"
+            )
+        };
+        let cfg = crate::config::parse(Path::new("c.yaml"), &text(3)).unwrap();
+        assert_eq!(cfg.syncs[0].pool_guard.max_size_step, 3);
+        let err = crate::config::parse(Path::new("c.yaml"), &text(0))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("poolGuard.maxSizeStep must be at least 1"),
+            "{err}"
+        );
+    }
 }

@@ -107,6 +107,15 @@ pub(super) struct RawSync {
     pub(super) suspend: bool,
     #[serde(default)]
     pub(super) prune_guard: Option<RawPruneGuard>,
+    #[serde(default)]
+    pub(super) pool_guard: Option<RawPoolGuard>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawPoolGuard {
+    #[serde(default)]
+    pub(super) max_size_step: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -433,6 +433,17 @@ impl Validator {
                 prune_guard.max_ratio = r.value;
             }
         }
+        let mut pool_guard = PoolGuard::default();
+        if let Some(step) = s.pool_guard.as_ref().and_then(|g| g.max_size_step.as_ref()) {
+            if step.value == 0 {
+                let why = format!(
+                    "sync {:?}: poolGuard.maxSizeStep must be at least 1",
+                    s.name.value
+                );
+                self.at(step, why);
+            }
+            pool_guard.max_size_step = step.value;
+        }
         Sync {
             name: s.name.value,
             source: s.source.value,
@@ -443,6 +454,7 @@ impl Validator {
             health,
             suspend: s.suspend,
             prune_guard,
+            pool_guard,
         }
     }
 

@@ -22,8 +22,6 @@ const WORK_REQUEST_LIMIT: Duration = Duration::from_secs(30 * 60);
 /// the cap.
 const POLL_DEFAULT: Duration = Duration::from_secs(2);
 const POLL_CAP: Duration = Duration::from_secs(30);
-/// A size change larger than this (or to zero) is held back without the allow annotation.
-pub const DEFAULT_MAX_SIZE_STEP: u32 = 10;
 
 /// One field where OCI differs from Git.
 #[derive(Debug, Clone, PartialEq)]
@@ -190,6 +188,33 @@ impl Resolved {
     }
 }
 
+/// The Update body: only the fields that differ, each at its path, taken from `desired`
+/// (a list goes whole). Sending what already matches could make OCI do work for nothing,
+/// such as cycling nodes for a placement that did not change.
+pub fn patch(desired: &Value, diffs: &[FieldDiff]) -> Value {
+    let mut body = Value::Object(Default::default());
+    for d in diffs {
+        let parts: Vec<&str> = d.path.split('.').collect();
+        let value = parts.iter().fold(desired, |v, p| &v[*p]).clone();
+        set(&mut body, &parts, value);
+    }
+    body
+}
+
+fn set(at: &mut Value, path: &[&str], value: Value) {
+    let (Some((first, rest)), Some(obj)) = (path.split_first(), at.as_object_mut()) else {
+        return;
+    };
+    if rest.is_empty() {
+        obj.insert((*first).to_owned(), value);
+    } else {
+        let next = obj
+            .entry((*first).to_owned())
+            .or_insert_with(|| Value::Object(Default::default()));
+        set(next, rest, value);
+    }
+}
+
 /// Reads the pool a spec names and compares it.
 pub async fn plan(shared: &Shared, spec: &Spec, resolved: &Resolved) -> Result<Planned, Error> {
     let failed = |source| Error::Oci {
@@ -269,7 +294,7 @@ pub async fn apply(shared: &Shared, p: &Planned) -> Change {
 
 async fn update(shared: &Shared, p: &Planned) -> Result<(), String> {
     let kind = p.spec.kind;
-    let work = ce::update(shared, kind, &p.live, &p.spec.desired)
+    let work = ce::update(shared, kind, &p.live, &patch(&p.spec.desired, &p.diffs))
         .await
         .map_err(|e| e.to_string())?;
     let started = Instant::now();

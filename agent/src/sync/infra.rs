@@ -97,6 +97,7 @@ pub(super) async fn plan(
     specs: &[infra::Spec],
     revision: &str,
     resolved: &infra::Resolved,
+    max_step: u32,
 ) -> Result<Staged, Failure> {
     let mut staged = Staged::default();
     if specs.is_empty() {
@@ -112,7 +113,7 @@ pub(super) async fn plan(
         let planned = infra::plan(oci, s, resolved)
             .await
             .map_err(|e| Failure::Source(e.to_string()))?;
-        if let Some(reason) = infra::held_back(&planned, infra::DEFAULT_MAX_SIZE_STEP) {
+        if let Some(reason) = infra::held_back(&planned, max_step) {
             return Err(Failure::HeldBack {
                 revision: revision.to_owned(),
                 reason,

@@ -269,7 +269,7 @@ impl Engine {
         };
         // Infra specs go to OCI, not the Kubernetes API: compared and guarded now.
         let (pools, manifests) = infra::split(manifests);
-        let staged = match self.plan_infra(revision, &pools).await {
+        let staged = match self.plan_infra(sync, revision, &pools).await {
             Ok(staged) => staged,
             Err(failure) => {
                 return self
@@ -399,6 +399,7 @@ impl Engine {
     /// The revision's infra specs parsed, compared with OCI and guarded (no write).
     async fn plan_infra(
         &self,
+        sync: &config::Sync,
         revision: &str,
         pools: &[render::Manifest],
     ) -> Result<infra::Staged, Failure> {
@@ -406,7 +407,8 @@ impl Engine {
             revision: revision.to_string(),
             errors,
         })?;
-        infra::plan(self.oci.as_ref(), &specs, revision, &self.resolved).await
+        let step = sync.pool_guard.max_size_step;
+        infra::plan(self.oci.as_ref(), &specs, revision, &self.resolved, step).await
     }
 
     /// The pools that grow or change (`before`), or those that shrink; a dry run reports
