@@ -79,6 +79,17 @@ pub struct ChangeSet {
     pub entries: Vec<Change>,
 }
 
+impl FromIterator<ChangeSet> for ChangeSet {
+    /// The sets one after another.
+    fn from_iter<I: IntoIterator<Item = ChangeSet>>(sets: I) -> Self {
+        let mut all = ChangeSet::default();
+        for s in sets {
+            all.extend(s);
+        }
+        all
+    }
+}
+
 impl ChangeSet {
     pub fn push(&mut self, change: Change) {
         self.entries.push(change);

@@ -319,11 +319,9 @@ impl Engine {
         let mut inventory = applied_inventory(revision, &outcome.changes);
         self.prune(sync, &stale, &mut inventory, &mut outcome, opts)
             .await;
-        let mut infra_changes = grown;
-        infra_changes.extend(self.apply_infra(&staged, false, opts).await);
-        infra_changes.extend(removed);
-        infra_changes.extend(std::mem::take(&mut outcome.changes));
-        outcome.changes = infra_changes;
+        let shrunk = self.apply_infra(&staged, false, opts).await;
+        let objects = std::mem::take(&mut outcome.changes);
+        outcome.changes = [grown, shrunk, removed, objects].into_iter().collect();
         outcome.desired = desired_objects(&manifests, &discovery);
         // 5. Health.
         if sync.health.wait && !opts.dry_run {
