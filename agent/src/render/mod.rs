@@ -14,6 +14,7 @@ use crate::core::{ObjectKey, compact, parse_compact};
 use crate::source::File;
 
 mod crd;
+pub mod exec;
 mod parse;
 mod validate;
 
