@@ -15,6 +15,7 @@ use crate::source::File;
 
 mod crd;
 pub mod exec;
+pub mod kustomize;
 mod parse;
 mod validate;
 
