@@ -344,6 +344,7 @@ async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
     let (client, _) = cli.cluster.client().await?;
     let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
     engine.set_oci(cfg.oci.as_ref().map(gitops_agent::oci::Shared::for_config));
+    engine.set_kustomize(cfg.render.kustomize_binary());
     let mut changed = false;
     for s in selected(&cfg, only)? {
         let outcome = controller::sync_once(
@@ -385,6 +386,7 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
     let (client, _) = cli.cluster.counted_client(&counter).await?;
     let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
     engine.set_oci(cfg.oci.as_ref().map(gitops_agent::oci::Shared::for_config));
+    engine.set_kustomize(cfg.render.kustomize_binary());
     let mut ok = true;
     for s in selected(&cfg, only)? {
         if s.suspend {

@@ -76,6 +76,31 @@ pub struct Config {
     pub oci: Option<oci::OciConfig>,
     /// How many syncs the daemon runs at once (one sync never runs twice at once).
     pub concurrency: usize,
+    /// Where the renderer binaries are.
+    pub render: Render,
+}
+
+/// The renderer binaries: given here, else found on PATH.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Render {
+    #[serde(default)]
+    pub kustomize: Option<PathBuf>,
+}
+
+impl Render {
+    /// The kustomize binary: the configured one, else `kustomize` on PATH.
+    pub fn kustomize_binary(&self) -> Option<PathBuf> {
+        self.kustomize.clone().or_else(|| on_path("kustomize"))
+    }
+}
+
+/// `name` in a directory of PATH, when it is a file there.
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
 }
 
 /// The webhook receiver: where it listens, and a directory holding one file per

@@ -31,6 +31,8 @@ pub(super) struct RawConfig {
     pub(super) concurrency: Option<Spanned<usize>>,
     #[serde(default)]
     pub(super) oci: Option<Spanned<super::oci::OciConfig>>,
+    #[serde(default)]
+    pub(super) render: Option<super::Render>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -114,6 +114,7 @@ impl Validator {
                 }
                 None => Default::default(),
             },
+            render: raw.render.unwrap_or_default(),
             oci: raw.oci.map(|o| {
                 for p in o.value.problems() {
                     self.at(&o, p);

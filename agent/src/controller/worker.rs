@@ -46,7 +46,7 @@ pub async fn run(
     first: bool,
 ) -> Option<Ran> {
     let started = Instant::now();
-    let files = match source.read(revision, &s.path).await {
+    let files = match read_files(source, revision, &s.path).await {
         Ok(f) => f,
         Err(e) => {
             let outcome =
@@ -126,6 +126,20 @@ async fn apply(
     outcome
 }
 
+/// The files of a sync's path; for a kustomization there, the whole repository, every
+/// file (its bases may be anywhere in it, its generators read any file).
+pub async fn read_files(
+    source: &dyn Source,
+    revision: &Revision,
+    path: &str,
+) -> crate::source::Result<Vec<crate::source::File>> {
+    let files = source.read(revision, path).await?;
+    if crate::render::kustomize::kustomization(&files, path).is_none() {
+        return Ok(files);
+    }
+    source.read_all(revision, "").await
+}
+
 /// The sync's pools polled (OCI has no watch), their drift reported as the watches' is.
 async fn report_infra_drift(ctx: &Context, s: &config::Sync, files: &[crate::source::File]) {
     use crate::drift::Report;
@@ -189,7 +203,7 @@ pub async fn sync_once(
         Ok(r) => r,
         Err(e) => return Outcome::new(&s.name, "").failed(Failure::Source(e.to_string())),
     };
-    match source.read(&revision, &s.path).await {
+    match read_files(&*source, &revision, &s.path).await {
         Ok(files) => engine.sync_revision(s, &revision.id, &files, opts).await,
         Err(e) => Outcome::new(&s.name, &revision.id).failed(Failure::Source(e.to_string())),
     }

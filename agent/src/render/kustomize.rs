@@ -4,7 +4,8 @@
 //! private directory, so the binary sees nothing else of the machine; it runs with the
 //! default load restrictor (files only from inside each kustomization's root), without
 //! plugins, exec functions, network or Helm, and through [`exec::run`]'s sandbox. The
-//! output is one multi-document stream, rendered like any file.
+//! output is one multi-document stream, rendered like any file, named `<dir> (kustomize
+//! build).yaml` in messages.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -91,10 +92,9 @@ pub async fn build(
             dir: shown.clone(),
             source: scrub(source, tree.path()),
         })?;
-    let name = kustomization(files, dir)
-        .map_or_else(|| format!("{shown}/kustomization.yaml"), |k| k.path.clone());
+    // Named so that errors say where the objects came from, and read as YAML.
     Ok(File {
-        path: format!("{name} (kustomize build)"),
+        path: format!("{shown} (kustomize build).yaml"),
         content: out,
     })
 }
@@ -234,10 +234,7 @@ mod tests {
         let out = build(&binary(), &files, "overlays/oke", &Bounds::default())
             .await
             .unwrap();
-        assert_eq!(
-            out.path,
-            "overlays/oke/kustomization.yaml (kustomize build)"
-        );
+        assert_eq!(out.path, "overlays/oke (kustomize build).yaml");
         let text = String::from_utf8(out.content).unwrap();
         assert!(text.contains("name: oke-web"), "{text}");
         assert!(text.contains("namespace: shop"), "{text}");

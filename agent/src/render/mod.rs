@@ -290,6 +290,9 @@ pub enum Error {
     /// An infra spec (`oke.gitops-agent.io`) that is not valid.
     #[error("{0}")]
     InfraSpec(String),
+    /// A renderer (kustomize) that failed or could not run.
+    #[error("{0}")]
+    Renderer(String),
 }
 
 /// An [`Error`] with where it was found.

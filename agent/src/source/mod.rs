@@ -236,4 +236,16 @@ pub trait Source: Send + Sync {
         revision: &'a Revision,
         path: &'a str,
     ) -> BoxFuture<'a, Result<Vec<File>>>;
+
+    /// Like [`Source::read`], but every file, whatever its name (a renderer's inputs:
+    /// kustomize generators read `.env` and `.properties` files), under the same other
+    /// limits. Sources that filter when they fetch (a local directory, an Object Storage
+    /// prefix) give what they have.
+    fn read_all<'a>(
+        &'a self,
+        revision: &'a Revision,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<File>>> {
+        self.read(revision, path)
+    }
 }

@@ -134,6 +134,8 @@ pub struct Engine {
     infra_drifted: std::sync::Mutex<HashSet<(String, ObjectKey)>>,
     /// Pools named by cluster and name, looked up once.
     resolved: crate::infra::Resolved,
+    /// The kustomize binary, for syncs whose path holds a kustomization.
+    kustomize: Option<std::path::PathBuf>,
 }
 
 /// What changed in one poll of a sync's pools.
@@ -155,6 +157,7 @@ impl Engine {
             oci: None,
             infra_drifted: Default::default(),
             resolved: Default::default(),
+            kustomize: None,
         })
     }
 
@@ -208,6 +211,44 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Kustomizations are built with this binary (none: a sync with one fails, saying so).
+    pub fn set_kustomize(&mut self, binary: Option<std::path::PathBuf>) {
+        self.kustomize = binary;
+    }
+
+    /// The kustomization at the sync's path built, when there is one: its output is then
+    /// the one file rendered. `files` is the whole repository then (see the worker).
+    async fn kustomized(
+        &self,
+        sync: &config::Sync,
+        files: &[source::File],
+    ) -> Result<Option<source::File>, render::Errors> {
+        let Some(k) = render::kustomize::kustomization(files, &sync.path) else {
+            return Ok(None);
+        };
+        let fail = |message: String| {
+            render::Errors(vec![render::Located {
+                file: k.path.clone(),
+                line: 1,
+                column: None,
+                subject: None,
+                item: None,
+                error: render::Error::Renderer(message),
+            }])
+        };
+        let Some(binary) = &self.kustomize else {
+            return Err(fail(
+                "a kustomization, but no kustomize binary: put it on PATH or set render.kustomize"
+                    .into(),
+            ));
+        };
+        let bounds = render::exec::Bounds::default();
+        render::kustomize::build(binary, files, &sync.path, &bounds)
+            .await
+            .map(Some)
+            .map_err(|e| fail(e.to_string()))
     }
 
     /// Infra specs are applied with this OCI identity (none: a revision with any fails).
@@ -368,6 +409,18 @@ impl Engine {
         Result<Vec<render::Manifest>, render::Errors>,
         Arc<Discovery>,
     ) {
+        let built = match self.kustomized(sync, files).await {
+            Ok(built) => built,
+            Err(errors) => return (Err(errors), self.rm.discovery()),
+        };
+        let one;
+        let files = match built {
+            Some(f) => {
+                one = [f];
+                &one[..]
+            }
+            None => files,
+        };
         let mut discovery = self.rm.discovery();
         // 1. Render and validate the whole revision before any write; a kind discovery does
         // not know yet makes it look again (once in a while) before that counts as an error.

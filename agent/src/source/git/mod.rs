@@ -249,6 +249,12 @@ impl GitSource {
     /// Every file under `path` (`""` or `"."` for the whole tree) of `commit`, read from
     /// the mirror's object database, sorted by path. See [`read_tree`] for the rules.
     pub async fn read(&self, commit: Oid, path: &str) -> Result<Vec<File>> {
+        self.read_with(commit, path, self.inner.spec.limits.clone())
+            .await
+    }
+
+    /// [`GitSource::read`] under other limits (every file, for a renderer).
+    pub async fn read_with(&self, commit: Oid, path: &str, limits: Limits) -> Result<Vec<File>> {
         let inner = self.inner.clone();
         let path = path.to_owned();
         tokio::task::spawn_blocking(move || {
@@ -259,7 +265,7 @@ impl GitSource {
                 commit,
                 source,
             })?;
-            read_tree(&repo, commit, &path, &inner.spec.limits)
+            read_tree(&repo, commit, &path, &limits)
         })
         .await
         .map_err(|source| Error::Task {
@@ -417,12 +423,35 @@ impl super::Source for GitSource {
         revision: &'a super::Revision,
         path: &'a str,
     ) -> BoxFuture<'a, Result<Vec<File>>> {
+        self.read_revision(revision, path, self.inner.spec.limits.clone())
+    }
+
+    fn read_all<'a>(
+        &'a self,
+        revision: &'a super::Revision,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<File>>> {
+        let limits = Limits {
+            only: None,
+            ..self.inner.spec.limits.clone()
+        };
+        self.read_revision(revision, path, limits)
+    }
+}
+
+impl GitSource {
+    fn read_revision<'a>(
+        &'a self,
+        revision: &'a super::Revision,
+        path: &'a str,
+        limits: Limits,
+    ) -> BoxFuture<'a, Result<Vec<File>>> {
         Box::pin(async move {
             let commit = *revision.data::<Oid>().ok_or_else(|| Error::Invalid {
                 name: self.name().to_string(),
                 reason: format!("revision {revision} is not one of this Git source"),
             })?;
-            GitSource::read(self, commit, path).await
+            GitSource::read_with(self, commit, path, limits).await
         })
     }
 }
