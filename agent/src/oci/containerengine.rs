@@ -56,47 +56,13 @@ fn base(shared: &Shared) -> Result<String, Error> {
     ))
 }
 
-async fn send(
-    shared: &Shared,
-    method: &str,
-    url: &str,
-    body: Vec<u8>,
-    headers: &[String],
-    what: &str,
-) -> Result<reqwest::Response, Error> {
-    let client = shared.client().await?;
-    let request = super::request(method, url, body, None, headers)?;
-    let response = client.send(&request).await?;
-    if response.status().is_success() {
-        Ok(response)
-    } else {
-        Err(super::api_error(what.to_owned(), response).await)
-    }
-}
-
-async fn json(response: reqwest::Response, what: &str) -> Result<serde_json::Value, Error> {
-    let body = super::read_capped(response, 4 * 1024 * 1024, what).await?;
-    serde_json::from_slice(&body).map_err(|_| Error::Answer {
-        what: what.to_owned(),
-        reason: "the answer is not JSON".into(),
-    })
-}
-
-fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 /// The pool `id`, with its etag.
 pub async fn get(shared: &Shared, kind: PoolKind, id: &str) -> Result<Live, Error> {
     let what = format!("{}: Get{kind:?}", id);
     let url = format!("{}/{}/{}", base(shared)?, kind.path(), super::segment(id));
-    let response = send(shared, "GET", &url, Vec::new(), &[], &what).await?;
-    let etag = header(&response, "etag").unwrap_or_default();
-    let body = json(response, &what).await?;
+    let response = super::call(shared, "GET", &url, Vec::new(), &[], &what).await?;
+    let etag = super::header(&response, "etag").unwrap_or_default();
+    let body = super::read_json(response, 4 * 1024 * 1024, &what).await?;
     Ok(Live {
         id: id.to_owned(),
         etag,
@@ -123,8 +89,8 @@ pub async fn find(
         super::segment(cluster_id),
         super::segment(name)
     );
-    let response = send(shared, "GET", &url, Vec::new(), &[], &what).await?;
-    let listed = json(response, &what).await?;
+    let response = super::call(shared, "GET", &url, Vec::new(), &[], &what).await?;
+    let listed = super::read_json(response, 4 * 1024 * 1024, &what).await?;
     let items = listed
         .as_array()
         .or_else(|| listed["items"].as_array())
@@ -159,8 +125,8 @@ pub async fn find(
 pub async fn cluster_compartment(shared: &Shared, cluster_id: &str) -> Result<String, Error> {
     let what = format!("{cluster_id}: GetCluster");
     let url = format!("{}/clusters/{}", base(shared)?, super::segment(cluster_id));
-    let response = send(shared, "GET", &url, Vec::new(), &[], &what).await?;
-    let body = json(response, &what).await?;
+    let response = super::call(shared, "GET", &url, Vec::new(), &[], &what).await?;
+    let body = super::read_json(response, 4 * 1024 * 1024, &what).await?;
     body["compartmentId"]
         .as_str()
         .map(str::to_owned)
@@ -189,8 +155,8 @@ pub async fn update(
         headers.push(format!("if-match:{}", live.etag));
     }
     let body = serde_json::to_vec(details).expect("JSON values serialise");
-    let response = send(shared, "PUT", &url, body, &headers, &what).await?;
-    header(&response, "opc-work-request-id").ok_or_else(|| Error::Answer {
+    let response = super::call(shared, "PUT", &url, body, &headers, &what).await?;
+    super::header(&response, "opc-work-request-id").ok_or_else(|| Error::Answer {
         what,
         reason: "no opc-work-request-id in the answer".into(),
     })
@@ -200,11 +166,11 @@ pub async fn update(
 pub async fn work_request(shared: &Shared, id: &str) -> Result<WorkRequest, Error> {
     let what = format!("{id}: GetWorkRequest");
     let url = format!("{}/workRequests/{}", base(shared)?, super::segment(id));
-    let response = send(shared, "GET", &url, Vec::new(), &[], &what).await?;
-    let retry_after = header(&response, "retry-after")
+    let response = super::call(shared, "GET", &url, Vec::new(), &[], &what).await?;
+    let retry_after = super::header(&response, "retry-after")
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(Duration::from_secs);
-    let body = json(response, &what).await?;
+    let body = super::read_json(response, 4 * 1024 * 1024, &what).await?;
     Ok(WorkRequest {
         status: body["status"].as_str().unwrap_or_default().to_owned(),
         compartment_id: body["compartmentId"]
@@ -228,8 +194,8 @@ pub async fn work_request_errors(
         super::segment(id),
         super::segment(compartment_id)
     );
-    let response = send(shared, "GET", &url, Vec::new(), &[], &what).await?;
-    let body = json(response, &what).await?;
+    let response = super::call(shared, "GET", &url, Vec::new(), &[], &what).await?;
+    let body = super::read_json(response, 4 * 1024 * 1024, &what).await?;
     let items = body
         .as_array()
         .or_else(|| body["items"].as_array())

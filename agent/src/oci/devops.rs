@@ -41,21 +41,10 @@ fn url(shared: &Shared, repository: &str, rest: &str) -> Result<String, Error> {
     ))
 }
 
+/// A signed GET, asking for JSON.
 async fn get(shared: &Shared, url: &str, what: &str) -> Result<reqwest::Response, Error> {
-    let client = shared.client().await?;
-    let request = super::request(
-        "GET",
-        url,
-        Vec::new(),
-        None,
-        &["accept:application/json".into()],
-    )?;
-    let response = client.send(&request).await?;
-    if response.status().is_success() {
-        Ok(response)
-    } else {
-        Err(super::api_error(what.to_owned(), response).await)
-    }
+    let accept = ["accept:application/json".to_owned()];
+    super::call(shared, "GET", url, Vec::new(), &accept, what).await
 }
 
 /// What the branch or tag `name` of `repository` points at now.
@@ -88,11 +77,7 @@ pub async fn resolve(
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
-        let body = super::read_capped(response, 4 * 1024 * 1024, &what).await?;
-        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|_| Error::Answer {
-            what: what.clone(),
-            reason: "the answer is not JSON".into(),
-        })?;
+        let v = super::read_json(response, 4 * 1024 * 1024, &what).await?;
         let items = v["items"].as_array().ok_or_else(|| Error::Answer {
             what: what.clone(),
             reason: "the answer has no items".into(),

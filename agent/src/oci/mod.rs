@@ -88,6 +88,47 @@ pub async fn api_error(what: String, response: reqwest::Response) -> Error {
     }
 }
 
+/// Sends a signed request; a failed answer is an [`Error::Api`] naming `what`.
+pub(crate) async fn call(
+    shared: &Shared,
+    method: &str,
+    url: &str,
+    body: Vec<u8>,
+    headers: &[String],
+    what: &str,
+) -> Result<reqwest::Response, Error> {
+    let client = shared.client().await?;
+    let request = request(method, url, body, None, headers)?;
+    let response = client.send(&request).await?;
+    if response.status().is_success() {
+        Ok(response)
+    } else {
+        Err(api_error(what.to_owned(), response).await)
+    }
+}
+
+/// A response header's value, when it is text.
+pub(crate) fn header(response: &reqwest::Response, name: &str) -> Option<String> {
+    response
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// A response's JSON body, at most `max` bytes.
+pub(crate) async fn read_json(
+    response: reqwest::Response,
+    max: u64,
+    what: &str,
+) -> Result<serde_json::Value, Error> {
+    let body = read_capped(response, max, what).await?;
+    serde_json::from_slice(&body).map_err(|_| Error::Answer {
+        what: what.to_owned(),
+        reason: "the answer is not JSON".into(),
+    })
+}
+
 /// A response's body, refused as soon as it passes `max` bytes (the declared length is
 /// checked first, then what actually arrives).
 pub async fn read_capped(

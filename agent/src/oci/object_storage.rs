@@ -27,36 +27,12 @@ fn url(shared: &Shared, namespace: &str, bucket: &str, rest: &str) -> Result<Str
     ))
 }
 
-async fn send(
-    shared: &Shared,
-    method: &str,
-    url: &str,
-    what: &str,
-) -> Result<reqwest::Response, Error> {
-    let client = shared.client().await?;
-    let request = super::request(method, url, Vec::new(), None, &[])?;
-    let response = client.send(&request).await?;
-    if response.status().is_success() {
-        Ok(response)
-    } else {
-        Err(super::api_error(what.to_owned(), response).await)
-    }
-}
-
-fn header(response: &reqwest::Response, name: &str) -> Option<String> {
-    response
-        .headers()
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-}
-
 fn meta(response: &reqwest::Response, name: &str, what: &str) -> Result<Object, Error> {
-    let etag = header(response, "etag").ok_or_else(|| Error::Answer {
+    let etag = super::header(response, "etag").ok_or_else(|| Error::Answer {
         what: what.to_owned(),
         reason: "no etag in the answer".into(),
     })?;
-    let size = header(response, "content-length")
+    let size = super::header(response, "content-length")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
     Ok(Object {
@@ -80,7 +56,7 @@ pub async fn head(
         bucket,
         &format!("/{}", super::segment(name)),
     )?;
-    let response = send(shared, "HEAD", &url, &what).await?;
+    let response = super::call(shared, "HEAD", &url, Vec::new(), &[], &what).await?;
     meta(&response, name, &what)
 }
 
@@ -99,10 +75,18 @@ pub async fn get(
         bucket,
         &format!("/{}", super::segment(name)),
     )?;
-    let response = send(shared, "GET", &url, &format!("{what}: GetObject")).await?;
+    let response = super::call(
+        shared,
+        "GET",
+        &url,
+        Vec::new(),
+        &[],
+        &format!("{what}: GetObject"),
+    )
+    .await?;
     let object = meta(&response, name, &what)?;
     // A multipart object's `content-md5` is absent (it has opc-multipart-md5 instead).
-    let md5 = header(&response, "content-md5");
+    let md5 = super::header(&response, "content-md5");
     let body = super::read_capped(response, max, &what).await?;
     if let Some(want) = md5 {
         let got = base64::engine::general_purpose::STANDARD.encode(md5::Md5::digest(&body));
@@ -141,20 +125,20 @@ pub async fn list(
         if let Some(s) = &start {
             query.push_str(&format!("&start={}", super::segment(s)));
         }
-        let response = send(
+        let response = super::call(
             shared,
             "GET",
             &url(shared, namespace, bucket, &query)?,
+            Vec::new(),
+            &[],
             &what,
         )
         .await?;
-        let body = super::read_capped(response, 16 * 1024 * 1024, &what).await?;
+        let v = super::read_json(response, 16 * 1024 * 1024, &what).await?;
         let answer = |reason: &str| Error::Answer {
             what: what.clone(),
             reason: reason.into(),
         };
-        let v: serde_json::Value =
-            serde_json::from_slice(&body).map_err(|_| answer("the answer is not JSON"))?;
         for o in v["objects"]
             .as_array()
             .ok_or_else(|| answer("the answer has no objects"))?
