@@ -244,6 +244,20 @@ fn labels(map: &BTreeMap<String, String>) -> Value {
     )
 }
 
+/// Placements in the API's shape; the fault-domain list is `faultDomains` in a node pool's
+/// and `faultDomain` in a virtual node pool's.
+fn placements(list: Vec<Placement>, fault_domains: &str) -> Value {
+    list.into_iter()
+        .map(|p| {
+            let mut o =
+                json!({"availabilityDomain": p.availability_domain, "subnetId": p.subnet_id});
+            let fds = p.fault_domains.map(|f| json!(f));
+            put(o.as_object_mut().expect("object"), fault_domains, fds);
+            o
+        })
+        .collect()
+}
+
 /// Sets `obj[key] = value` when the file declared it.
 fn put(obj: &mut serde_json::Map<String, Value>, key: &str, value: Option<Value>) {
     if let Some(v) = value {
@@ -342,15 +356,7 @@ fn node_pool(doc: &Doc) -> Result<Parsed, Vec<String>> {
     put(
         &mut config,
         "placementConfigs",
-        s.placement.map(|pl| {
-            pl.into_iter()
-                .map(|p| {
-                    let mut o = json!({"availabilityDomain": p.availability_domain, "subnetId": p.subnet_id});
-                    put(o.as_object_mut().expect("object"), "faultDomains", p.fault_domains.map(|f| json!(f)));
-                    o
-                })
-                .collect()
-        }),
+        s.placement.map(|pl| placements(pl, "faultDomains")),
     );
     if !config.is_empty() {
         body.insert("nodeConfigDetails".into(), Value::Object(config));
@@ -422,15 +428,7 @@ fn virtual_node_pool(doc: &Doc) -> Result<Parsed, Vec<String>> {
     put(
         &mut body,
         "placementConfigurations",
-        s.placement.map(|pl| {
-            pl.into_iter()
-                .map(|p| {
-                    let mut o = json!({"availabilityDomain": p.availability_domain, "subnetId": p.subnet_id});
-                    put(o.as_object_mut().expect("object"), "faultDomain", p.fault_domains.map(|f| json!(f)));
-                    o
-                })
-                .collect()
-        }),
+        s.placement.map(|pl| placements(pl, "faultDomain")),
     );
     if let Some(pc) = s.pod_configuration {
         p.ocid("spec.podConfiguration.subnetId", &pc.subnet_id, "subnet");
