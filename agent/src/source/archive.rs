@@ -7,8 +7,9 @@
 
 use std::collections::BTreeMap;
 use std::io::{Cursor, Read};
+use std::sync::Arc;
 
-use super::git::tree::{normalize, resolve_link};
+use super::git::tree::{display_root, normalize, resolve_link, within};
 use super::{Error, File, Limits, Result};
 
 /// Symlinks are followed at most this deep, as in Git trees.
@@ -104,6 +105,42 @@ impl Archive {
             }
         }
         Ok(archive)
+    }
+
+    /// [`Archive::new`] off the async threads (it expands the archive once); `source` names
+    /// the source for a task that failed.
+    pub async fn open(
+        source: &str,
+        what: String,
+        bytes: Vec<u8>,
+        commit: Option<String>,
+        limits: &Limits,
+    ) -> Result<Arc<Self>> {
+        let limits = limits.clone();
+        tokio::task::spawn_blocking(move || {
+            Archive::new(&what, bytes, commit.as_deref(), &limits).map(Arc::new)
+        })
+        .await
+        .map_err(|e| Error::Task {
+            name: source.to_owned(),
+            source: e,
+        })?
+    }
+
+    /// [`Archive::read`] off the async threads.
+    pub async fn read_in_task(
+        self: &Arc<Self>,
+        source: &str,
+        path: &str,
+        limits: &Limits,
+    ) -> Result<Vec<File>> {
+        let (archive, path, limits) = (self.clone(), path.to_owned(), limits.clone());
+        tokio::task::spawn_blocking(move || archive.read(&path, &limits))
+            .await
+            .map_err(|e| Error::Task {
+                name: source.to_owned(),
+                source: e,
+            })?
     }
 
     /// Bytes as downloaded.
@@ -290,10 +327,6 @@ fn entry_path(raw: &[u8]) -> Result<String> {
     Ok(path)
 }
 
-fn within(root: &str, path: &str) -> bool {
-    root.is_empty() || path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
-}
-
 /// The cap on what one walk expands, against decompression bombs: four times a revision's
 /// byte limit (what is not read still has to be expanded to be skipped).
 struct Budget {
@@ -441,14 +474,6 @@ impl Resolver<'_> {
             target: at.to_owned(),
             reason: "too many levels of symbolic links",
         })
-    }
-}
-
-fn display_root(root: &str) -> String {
-    if root.is_empty() {
-        ".".into()
-    } else {
-        root.to_owned()
     }
 }
 

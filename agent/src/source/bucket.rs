@@ -96,15 +96,7 @@ impl BucketSource {
             .await
             .map_err(|e| self.oci_error(e))?;
         let what = format!("source {}: {object}", s.name);
-        let limits = s.limits.clone();
-        let archive =
-            tokio::task::spawn_blocking(move || Archive::new(&what, bytes, None, &limits))
-                .await
-                .map_err(|source| Error::Task {
-                    name: s.name.clone(),
-                    source,
-                })??;
-        let archive = Arc::new(archive);
+        let archive = Archive::open(&s.name, what, bytes, None, &s.limits).await?;
         held.archive = Some((meta.etag.clone(), archive.clone()));
         Ok(Revision::new(id(&meta.etag), Data::Archive(archive)))
     }
@@ -247,18 +239,14 @@ impl super::Source for BucketSource {
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<Revision>> {
-        Box::pin(async move {
-            let after = self.spec.limits.fetch_timeout;
-            tokio::time::timeout(after, self.fetch_inner())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::Timeout {
-                        name: self.spec.name.clone(),
-                        url: format!("{}/{}", self.spec.namespace, self.spec.bucket),
-                        after,
-                    })
-                })
-        })
+        let url = format!("{}/{}", self.spec.namespace, self.spec.bucket);
+        let after = self.spec.limits.fetch_timeout;
+        Box::pin(super::bounded_fetch(
+            &self.spec.name,
+            url,
+            after,
+            self.fetch_inner(),
+        ))
     }
 
     fn read<'a>(
@@ -266,25 +254,41 @@ impl super::Source for BucketSource {
         revision: &'a Revision,
         path: &'a str,
     ) -> BoxFuture<'a, Result<Vec<File>>> {
-        Box::pin(async move {
-            let limits = self.spec.limits.clone();
-            match revision.data::<Data>() {
-                Some(Data::Files(files)) => under(files, path, &limits),
-                Some(Data::Archive(archive)) => {
-                    let (archive, path) = (archive.clone(), path.to_owned());
-                    tokio::task::spawn_blocking(move || archive.read(&path, &limits))
-                        .await
-                        .map_err(|source| Error::Task {
-                            name: self.spec.name.clone(),
-                            source,
-                        })?
-                }
-                None => Err(Error::Invalid {
-                    name: self.spec.name.clone(),
-                    reason: format!("revision {revision} is not one of this Object Storage source"),
-                }),
+        Box::pin(self.read_under(revision, path, self.spec.limits.clone()))
+    }
+
+    /// Every file of an archive object; a prefix gives what its fetch downloaded (its
+    /// manifests only).
+    fn read_all<'a>(
+        &'a self,
+        revision: &'a Revision,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<File>>> {
+        let limits = Limits {
+            only: None,
+            ..self.spec.limits.clone()
+        };
+        Box::pin(self.read_under(revision, path, limits))
+    }
+}
+
+impl BucketSource {
+    async fn read_under(
+        &self,
+        revision: &Revision,
+        path: &str,
+        limits: Limits,
+    ) -> Result<Vec<File>> {
+        match revision.data::<Data>() {
+            Some(Data::Files(files)) => under(files, path, &limits),
+            Some(Data::Archive(archive)) => {
+                archive.read_in_task(&self.spec.name, path, &limits).await
             }
-        })
+            None => Err(Error::Invalid {
+                name: self.spec.name.clone(),
+                reason: format!("revision {revision} is not one of this Object Storage source"),
+            }),
+        }
     }
 }
 

@@ -102,15 +102,8 @@ impl DevOpsSource {
         .await
         .map_err(|e| self.oci_error(e))?;
         let what = format!("source {}: archive of {commit}", self.spec.name);
-        let (c, lim) = (commit.clone(), limits.clone());
         let archive =
-            tokio::task::spawn_blocking(move || Archive::new(&what, bytes, Some(&c), &lim))
-                .await
-                .map_err(|source| Error::Task {
-                    name: self.spec.name.clone(),
-                    source,
-                })??;
-        let archive = Arc::new(archive);
+            Archive::open(&self.spec.name, what, bytes, Some(commit.clone()), limits).await?;
         *held = Some((commit, archive.clone()));
         Ok(Revision::new(id, Held(archive)))
     }
@@ -122,18 +115,13 @@ impl super::Source for DevOpsSource {
     }
 
     fn fetch(&self) -> BoxFuture<'_, Result<Revision>> {
-        Box::pin(async move {
-            let after = self.spec.limits.fetch_timeout;
-            tokio::time::timeout(after, self.fetch_inner())
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Error::Timeout {
-                        name: self.spec.name.clone(),
-                        url: self.spec.repository_id.clone(),
-                        after,
-                    })
-                })
-        })
+        let (name, url) = (&self.spec.name, self.spec.repository_id.clone());
+        Box::pin(super::bounded_fetch(
+            name,
+            url,
+            self.spec.limits.fetch_timeout,
+            self.fetch_inner(),
+        ))
     }
 
     fn read<'a>(
@@ -141,19 +129,33 @@ impl super::Source for DevOpsSource {
         revision: &'a Revision,
         path: &'a str,
     ) -> BoxFuture<'a, Result<Vec<File>>> {
-        Box::pin(async move {
-            let Held(archive) = revision.data::<Held>().ok_or_else(|| Error::Invalid {
-                name: self.spec.name.clone(),
-                reason: format!("revision {revision} is not one of this DevOps source"),
-            })?;
-            let (archive, path, limits) =
-                (archive.clone(), path.to_owned(), self.spec.limits.clone());
-            tokio::task::spawn_blocking(move || archive.read(&path, &limits))
-                .await
-                .map_err(|source| Error::Task {
-                    name: self.spec.name.clone(),
-                    source,
-                })?
-        })
+        Box::pin(self.read_under(revision, path, self.spec.limits.clone()))
+    }
+
+    fn read_all<'a>(
+        &'a self,
+        revision: &'a Revision,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<File>>> {
+        let limits = Limits {
+            only: None,
+            ..self.spec.limits.clone()
+        };
+        Box::pin(self.read_under(revision, path, limits))
+    }
+}
+
+impl DevOpsSource {
+    async fn read_under(
+        &self,
+        revision: &Revision,
+        path: &str,
+        limits: Limits,
+    ) -> Result<Vec<File>> {
+        let Held(archive) = revision.data::<Held>().ok_or_else(|| Error::Invalid {
+            name: self.spec.name.clone(),
+            reason: format!("revision {revision} is not one of this DevOps source"),
+        })?;
+        archive.read_in_task(&self.spec.name, path, &limits).await
     }
 }

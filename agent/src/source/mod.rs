@@ -223,6 +223,24 @@ impl PartialEq for Revision {
     }
 }
 
+/// `fetch`, given up after `after` (a source's fetch timeout), naming what it fetched.
+async fn bounded_fetch(
+    name: &str,
+    url: String,
+    after: Duration,
+    fetch: impl std::future::Future<Output = Result<Revision>>,
+) -> Result<Revision> {
+    tokio::time::timeout(after, fetch)
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::Timeout {
+                name: name.to_owned(),
+                url,
+                after,
+            })
+        })
+}
+
 /// Where a sync's files come from.
 pub trait Source: Send + Sync {
     /// The source's configured name.

@@ -230,7 +230,7 @@ pub(crate) fn normalize(path: &str) -> Result<String> {
     Ok(parts.join("/"))
 }
 
-fn display_root(root: &str) -> String {
+pub(crate) fn display_root(root: &str) -> String {
     if root.is_empty() {
         ".".into()
     } else {
@@ -258,6 +258,7 @@ pub(crate) fn resolve_link(link: &str, target: &str) -> Option<String> {
     Some(parts.join("/"))
 }
 
-fn within(root: &str, path: &str) -> bool {
+/// Whether `path` is `root` or below it (`""` holds everything).
+pub(crate) fn within(root: &str, path: &str) -> bool {
     root.is_empty() || path == root || path.strip_prefix(root).is_some_and(|r| r.starts_with('/'))
 }
