@@ -16,6 +16,11 @@ pub struct Bounds {
     pub timeout: Duration,
     /// Most bytes of standard output; stderr gets a sixteenth of it.
     pub max_output: usize,
+    /// Most bytes of memory the renderer may allocate (its data segment, RLIMIT_DATA): a
+    /// chart's `until 1000000000` allocates gigabytes before it prints a byte. Not the
+    /// address space (RLIMIT_AS): Go's runtime reserves more of that than it uses and
+    /// aborts at start under a cap of even 2 GiB.
+    pub max_memory: u64,
 }
 
 impl Default for Bounds {
@@ -23,6 +28,7 @@ impl Default for Bounds {
         Bounds {
             timeout: Duration::from_secs(90),
             max_output: 64 * 1024 * 1024,
+            max_memory: 2 * 1024 * 1024 * 1024,
         }
     }
 }
@@ -87,6 +93,7 @@ pub async fn run(
         source,
     })?;
     let pgid = child.id();
+    limit_memory(pgid, bounds.max_memory);
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let max = bounds.max_output;
@@ -126,9 +133,37 @@ pub async fn run(
     Ok(out)
 }
 
-/// HOME and the XDG directories in `home`; PATH empty (the renderers exec nothing).
+/// Caps the memory of the just-started renderer (and what it starts, which inherits the
+/// limit). Set from outside, after the start, because setting it between fork and exec
+/// needs `unsafe`; the renderer reads its input first, so nothing it is told to allocate
+/// comes before the cap. A renderer gone already needs no cap.
+fn limit_memory(pid: Option<u32>, max: u64) {
+    use rustix::process::{Resource, Rlimit, prlimit};
+    let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) else {
+        return;
+    };
+    let cap = Rlimit {
+        current: Some(max),
+        maximum: Some(max),
+    };
+    if let Err(e) = prlimit(Some(pid), Resource::Data, cap) {
+        tracing::debug!(error = %e, "capping a renderer's memory");
+    }
+}
+
+/// HOME and the XDG directories in `home`; PATH empty (the renderers exec nothing); Helm's
+/// plugins from an empty directory; and every Go HTTP client sent to a proxy that is not
+/// there, so no request leaves even if a reference slipped past the checks (charts and
+/// bases come from the repository, never the network).
 fn private_env(home: &Path) -> Vec<(&'static str, PathBuf)> {
+    let nowhere = PathBuf::from("http://127.0.0.1:9");
     vec![
+        ("HTTP_PROXY", nowhere.clone()),
+        ("HTTPS_PROXY", nowhere.clone()),
+        ("http_proxy", nowhere.clone()),
+        ("https_proxy", nowhere),
+        ("NO_PROXY", PathBuf::new()),
+        ("HELM_PLUGINS", home.join("helm-plugins")),
         ("HOME", home.to_owned()),
         ("XDG_CONFIG_HOME", home.join("config")),
         ("XDG_CACHE_HOME", home.join("cache")),
@@ -186,13 +221,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let script = vec![
             "-c".to_owned(),
-            "echo \"$HOME|$PATH|${CARGO_PKG_NAME:-unset}\"".to_owned(),
+            "echo \"$HTTPS_PROXY|$HOME|$PATH|${CARGO_PKG_NAME:-unset}\"".to_owned(),
         ];
         let out = run(sh(), &script, dir.path(), &Bounds::default())
             .await
             .unwrap();
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("gitops-agent-render-home-"), "{text}");
+        assert!(
+            text.starts_with("http://127.0.0.1:9|"),
+            "no way out: {text}"
+        );
         assert!(text.trim_end().ends_with("||unset"), "{text}");
     }
 
@@ -225,6 +264,33 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn a_render_that_allocates_too_much_memory_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let bounds = Bounds {
+            max_memory: 256 * 1024 * 1024,
+            ..Default::default()
+        };
+        let python = [
+            "-c".to_owned(),
+            "import time; time.sleep(0.2); x = bytearray(1024 * 1024 * 1024)".to_owned(),
+        ];
+        let err = run(Path::new("/usr/bin/python3"), &python, dir.path(), &bounds)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("python3: failed"), "{err}");
+        assert!(err.contains("MemoryError"), "{err}");
+        // The same allocation under the default cap succeeds: the cap is what failed it.
+        let small = [
+            "-c".to_owned(),
+            "x = bytearray(64 * 1024 * 1024)".to_owned(),
+        ];
+        run(Path::new("/usr/bin/python3"), &small, dir.path(), &bounds)
+            .await
+            .unwrap();
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ pub const FILE_NAMES: [&str; 3] = ["kustomization.yaml", "kustomization.yml", "K
 pub enum Error {
     #[error("{path}: {reason}")]
     Path { path: String, reason: &'static str },
-    #[error("{dir}: writing the files for kustomize: {source}")]
+    #[error("{dir}: writing the files for the renderer: {source}")]
     Write {
         dir: String,
         #[source]
@@ -28,6 +28,8 @@ pub enum Error {
     #[error("{dir}: kustomize build: {source}")]
     Build {
         dir: String,
+        /// The kustomization file built.
+        file: String,
         #[source]
         source: exec::Error,
     },
@@ -56,28 +58,9 @@ pub async fn build(
 ) -> Result<File, Error> {
     let dir = dir.trim_matches('/');
     let shown = if dir.is_empty() { "." } else { dir }.to_owned();
-    refuse_remote(files)?;
-    let tree = tempfile::Builder::new()
-        .prefix("gitops-agent-kustomize-")
-        .tempdir()
-        .map_err(|source| Error::Write {
-            dir: shown.clone(),
-            source,
-        })?;
-    for f in files {
-        let to = inside(tree.path(), &f.path)?;
-        let write = || -> std::io::Result<()> {
-            if let Some(parent) = to.parent() {
-                std::fs::create_dir_all(parent)?;
-            }
-            std::fs::write(&to, &f.content)
-        };
-        write().map_err(|source| Error::Write {
-            dir: shown.clone(),
-            source,
-        })?;
-    }
-    let target = inside(tree.path(), if dir.is_empty() { "." } else { dir })?;
+    check_references(files, dir)?;
+    let tree = write_tree(files, &shown)?;
+    let target = inside(&tree.repo(), if dir.is_empty() { "." } else { dir })?;
     // `--load-restrictor LoadRestrictionsRootOnly` is the default; said anyway, so that no
     // configuration of the binary's can loosen it.
     let args = vec![
@@ -86,11 +69,14 @@ pub async fn build(
         "LoadRestrictionsRootOnly".to_owned(),
         target.display().to_string(),
     ];
-    let out = exec::run(binary, &args, tree.path(), bounds)
+    let out = exec::run(binary, &args, &tree.repo(), bounds)
         .await
         .map_err(|source| Error::Build {
             dir: shown.clone(),
-            source: scrub(source, tree.path()),
+            file: kustomization(files, dir)
+                .map(|k| k.path.clone())
+                .unwrap_or_else(|| shown.clone()),
+            source: tree.scrub(source),
         })?;
     // Named so that errors say where the objects came from, and read as YAML.
     Ok(File {
@@ -99,41 +85,153 @@ pub async fn build(
     })
 }
 
+impl Error {
+    /// The repository file (or directory) the error is about.
+    pub fn file(&self) -> String {
+        match self {
+            Error::Path { path, .. } => path.clone(),
+            Error::Write { dir, .. } => dir.clone(),
+            Error::Build { file, .. } => file.clone(),
+        }
+    }
+}
+
+/// A private temporary directory holding a revision's files under `repo/`, for a renderer
+/// to read; gone when dropped.
+pub struct Tree {
+    dir: tempfile::TempDir,
+}
+
+impl Tree {
+    /// Where the repository's root is.
+    pub fn repo(&self) -> PathBuf {
+        self.dir.path().join("repo")
+    }
+
+    /// Where the renderer's own inputs (not the repository's) may go.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The temporary directory's name out of a renderer's messages: they name repository
+    /// paths.
+    pub fn scrub(&self, e: exec::Error) -> exec::Error {
+        match e {
+            exec::Error::Failed {
+                program,
+                status,
+                stderr,
+            } => {
+                let repo = self.repo().display().to_string();
+                let top = self.dir.path().display().to_string();
+                let stderr = stderr
+                    .replace(&format!("{repo}/"), "")
+                    .replace(&repo, ".")
+                    .replace(&format!("{top}/"), "")
+                    .replace(&top, ".");
+                exec::Error::Failed {
+                    program,
+                    status,
+                    stderr,
+                }
+            }
+            other => other,
+        }
+    }
+}
+
+/// Writes `files` as plain files (the source already resolved symlinks, inside the tree
+/// only) under a fresh private directory, for the render of `shown`.
+pub fn write_tree(files: &[File], shown: &str) -> Result<Tree, Error> {
+    let io = |source| Error::Write {
+        dir: shown.to_owned(),
+        source,
+    };
+    let dir = tempfile::Builder::new()
+        .prefix("gitops-agent-render-")
+        .tempdir()
+        .map_err(io)?;
+    let tree = Tree { dir };
+    let repo = tree.repo();
+    std::fs::create_dir(&repo).map_err(io)?;
+    for f in files {
+        let to = inside(&repo, &f.path)?;
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent).map_err(io)?;
+        }
+        std::fs::write(&to, &f.content).map_err(io)?;
+    }
+    Ok(tree)
+}
+
 /// Remote bases and resources would be fetched over the network, bypassing the source (its
 /// revision, limits and credentials) and letting a repository pull anything from anywhere,
-/// as Flux's `--no-remote-bases` says; Helm inflation from kustomize runs a chart outside the
-/// agent's Helm sandbox. Both are refused before the binary runs, naming the file.
-fn refuse_remote(files: &[File]) -> Result<(), Error> {
-    for f in files {
-        let name = f.path.rsplit('/').next().unwrap_or(&f.path);
-        if !FILE_NAMES.contains(&name) {
+/// as Flux's `--no-remote-bases` says; a base may sit anywhere in the repository, but the
+/// load restrictor does not stop a directory reference from leaving it (`../../etc`); Helm
+/// inflation from kustomize runs a chart outside the agent's Helm sandbox. All are refused
+/// before the binary runs, naming the file, for the kustomization in `dir` and every one
+/// it reaches (others in the repository are not this build's business).
+fn check_references(files: &[File], dir: &str) -> Result<(), Error> {
+    let mut todo = vec![dir.to_owned()];
+    let mut seen = std::collections::HashSet::new();
+    while let Some(dir) = todo.pop() {
+        if !seen.insert(dir.clone()) {
             continue;
         }
+        // A file resource, or a directory without one: kustomize reads or reports it.
+        let Some(f) = kustomization(files, &dir) else {
+            continue;
+        };
         let Ok(doc) = serde_saphyr::from_slice::<serde_json::Value>(&f.content) else {
             continue; // kustomize says what is wrong with it
         };
-        let remote = ["resources", "components", "bases"].iter().any(|k| {
-            doc[*k]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-                .any(is_remote)
-        });
-        if remote {
-            return Err(Error::Path {
+        let refused = |reason| {
+            Err(Error::Path {
                 path: f.path.clone(),
-                reason: "remote bases and resources are not fetched: vendor them into the repository",
-            });
+                reason,
+            })
+        };
+        let references = ["resources", "components", "bases", "crds"]
+            .iter()
+            .flat_map(|k| doc[*k].as_array().into_iter().flatten())
+            .filter_map(|v| v.as_str());
+        for r in references {
+            if is_remote(r) {
+                return refused(
+                    "remote bases and resources are not fetched: vendor them into the repository",
+                );
+            }
+            match resolve(&dir, r) {
+                Some(path) => todo.push(path),
+                None => return refused("a resource or base outside the repository"),
+            }
         }
         if doc.get("helmCharts").is_some() || doc.get("helmChartInflationGenerator").is_some() {
-            return Err(Error::Path {
-                path: f.path.clone(),
-                reason: "Helm inflation from kustomize is off: give the sync a helm: chart instead",
-            });
+            return refused(
+                "Helm inflation from kustomize is off: give the sync a helm: chart instead",
+            );
         }
     }
     Ok(())
+}
+
+/// Where `reference`, from the directory `dir` (repository-relative), points in the
+/// repository; `None` when it leaves it.
+fn resolve(dir: &str, reference: &str) -> Option<String> {
+    if reference.starts_with('/') {
+        return None;
+    }
+    let mut parts: Vec<&str> = dir.split('/').filter(|c| !c.is_empty()).collect();
+    for c in reference.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            _ => parts.push(c),
+        }
+    }
+    Some(parts.join("/"))
 }
 
 /// A reference kustomize would fetch: a URL, an scp-like Git address, or a hosted repo path.
@@ -162,50 +260,26 @@ fn inside(root: &Path, rel: &str) -> Result<PathBuf, Error> {
     Ok(root.join(p))
 }
 
-/// The temporary directory's name out of kustomize's messages: they name repository paths.
-fn scrub(e: exec::Error, tree: &Path) -> exec::Error {
-    match e {
-        exec::Error::Failed {
-            program,
-            status,
-            stderr,
-        } => {
-            let prefix = format!("{}/", tree.display());
-            exec::Error::Failed {
-                program,
-                status,
-                stderr: stderr
-                    .replace(&prefix, "")
-                    .replace(&tree.display().to_string(), "."),
-            }
-        }
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::render::testing::{file, pinned};
 
-    /// The pinned binary, as tests/setup builds it.
-    fn binary() -> PathBuf {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let out = std::process::Command::new(root.join("tests/renderers/build"))
-            .output()
-            .expect("tests/renderers/build");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+    #[test]
+    fn references_are_followed_to_see_whether_they_leave_the_repository() {
+        assert_eq!(
+            resolve("overlays/oke", "../../base").as_deref(),
+            Some("base")
         );
-        PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kustomize")
+        assert_eq!(resolve("", "base").as_deref(), Some("base"));
+        assert_eq!(resolve("a", "./b/../c").as_deref(), Some("a/c"));
+        assert_eq!(resolve("overlays/oke", "../../../etc"), None);
+        assert_eq!(resolve("a", "b/../../.."), None);
+        assert_eq!(resolve("a", "/etc/kubernetes"), None);
     }
 
-    fn file(path: &str, content: &str) -> File {
-        File {
-            path: path.into(),
-            content: content.as_bytes().to_vec(),
-        }
+    fn binary() -> PathBuf {
+        pinned("kustomize")
     }
 
     fn repo() -> Vec<File> {
@@ -267,7 +341,32 @@ mod tests {
             err.to_string(),
             "remote/kustomization.yaml: remote bases and resources are not fetched: vendor them into the repository"
         );
-        files.retain(|f| !f.path.starts_with("remote/"));
+        // Only what the build reaches counts: the overlay does not reach `remote/`.
+        build(&bin, &files, "overlays/oke", &Bounds::default())
+            .await
+            .unwrap();
+        files.push(file("via/kustomization.yaml", "resources: [../remote]\n"));
+        let err = build(&bin, &files, "via", &Bounds::default())
+            .await
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("remote/kustomization.yaml: remote bases"),
+            "{err}"
+        );
+        files.retain(|f| !f.path.starts_with("remote/") && !f.path.starts_with("via/"));
+        files.push(file(
+            "up/kustomization.yaml",
+            "resources: [../base, ../../etc/kubernetes]\n",
+        ));
+        let err = build(&bin, &files, "up", &Bounds::default())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "up/kustomization.yaml: a resource or base outside the repository"
+        );
+        files.retain(|f| !f.path.starts_with("up/"));
         for dir in ["escape", "exec"] {
             let err = build(&bin, &files, dir, &Bounds::default())
                 .await
@@ -278,7 +377,7 @@ mod tests {
                 "{err}"
             );
             assert!(
-                !err.contains("gitops-agent-kustomize-"),
+                !err.contains("gitops-agent-render-"),
                 "no temporary path: {err}"
             );
             assert!(!err.contains("root:x:0:0"), "{err}");

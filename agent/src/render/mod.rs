@@ -13,10 +13,14 @@ use serde_json::value::RawValue;
 use crate::core::{ObjectKey, compact, parse_compact};
 use crate::source::File;
 
+pub mod build;
 mod crd;
 pub mod exec;
+pub mod helm;
 pub mod kustomize;
 mod parse;
+#[cfg(test)]
+mod testing;
 mod validate;
 
 use crd::collect_crd;
