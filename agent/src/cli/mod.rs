@@ -36,15 +36,10 @@ pub enum Command {
     Version,
     /// Connect to the cluster and report its version and who the agent is to it.
     Check,
-    /// Parse and validate manifests offline (no cluster): a directory of the repository.
-    Validate {
-        /// Directory to validate (as a sync path would be read).
-        #[arg(default_value = ".")]
-        dir: PathBuf,
-        /// Namespace given to namespaced objects that name none.
-        #[arg(long, default_value = "default")]
-        namespace: String,
-    },
+    /// Parse and validate manifests offline (no cluster): a directory of the repository,
+    /// built first when it holds a kustomization or a chart (Chart.yaml), as a sync would.
+    /// Exit code 0 when valid, 1 when not.
+    Validate(ValidateArgs),
     /// Show what a sync would change, as a unified diff per object. Exit code 1 when
     /// something would change, 0 when nothing would, 2 on error (like kubectl diff).
     Diff {
@@ -73,6 +68,34 @@ pub enum Command {
         #[command(subcommand)]
         command: Box<OciCommand>,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Directory to validate (as a sync path would be read).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+    /// Namespace given to namespaced objects that name none (and a chart's release
+    /// namespace).
+    #[arg(long, default_value = "default")]
+    namespace: String,
+    /// The repository's root, which bases and values files must stay inside (default: the
+    /// Git work tree holding DIR, else DIR).
+    #[arg(long, value_name = "DIR")]
+    root: Option<PathBuf>,
+    /// A chart: the Kubernetes version to render for (offline, there is no cluster to ask).
+    #[arg(long, value_name = "VERSION")]
+    kube_version: Option<String>,
+    /// A chart: an API version (or group/version/Kind) the cluster serves besides the
+    /// built-in ones (repeatable).
+    #[arg(long = "api-versions", value_name = "GROUP/VERSION")]
+    api_versions: Vec<String>,
+    /// A chart: a values file (repeatable; later ones win).
+    #[arg(long = "values", short = 'f', value_name = "FILE")]
+    values: Vec<PathBuf>,
+    /// A chart: the release name.
+    #[arg(long, default_value = "release")]
+    release_name: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -171,9 +194,10 @@ impl Cli {
                 println!("user:     {}", id.username);
                 println!("groups:   {}", id.groups.join(", "));
                 println!("via:      {origin}");
+                check_renderers(&self.config).await;
                 check_oci(&self.config).await
             }
-            Command::Validate { dir, namespace } => validate(&dir, &namespace),
+            Command::Validate(args) => validate(&self.config, args).await,
             Command::Diff { ref sync } => {
                 let code = match diff(&self, sync.as_deref()).await {
                     Ok(true) => 1,
@@ -202,6 +226,23 @@ impl Cli {
             }
             Command::Status => status(&self).await,
             Command::Oci { command } => oci_command(*command).await,
+        }
+    }
+}
+
+/// The renderer binaries the agent would use (configured, else on PATH) and their versions.
+async fn check_renderers(config: &std::path::Path) {
+    let cfg = config::load(config).map(|c| c.render).unwrap_or_default();
+    let renderers = sync::renderers(&cfg).await;
+    for (name, tool) in [
+        ("kustomize", &renderers.kustomize),
+        ("helm", &renderers.helm),
+    ] {
+        // Aligned with the lines above, one space at least.
+        let label = format!("{:<9} ", format!("{name}:"));
+        match tool {
+            Some(t) => println!("{label}{} ({})", t.version, t.path.display()),
+            None => println!("{label}not found (set render.{name} or put it on PATH)"),
         }
     }
 }
@@ -294,13 +335,95 @@ async fn oci_command(command: OciCommand) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn validate(dir: &std::path::Path, namespace: &str) -> anyhow::Result<ExitCode> {
-    let files = source::read_dir(dir, &source::Limits::default())?;
+/// `validate`: the directory read as a sync would read it (the whole repository when a
+/// renderer builds it), built, rendered and checked; infra specs too.
+async fn validate(config: &std::path::Path, args: ValidateArgs) -> anyhow::Result<ExitCode> {
+    let absolute = |p: &std::path::Path| {
+        p.canonicalize()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    };
+    let dir = absolute(&args.dir)?;
+    let manifests = source::read_dir(&dir, &source::Limits::default())?;
+    let is_chart = dir.join("Chart.yaml").is_file();
+    if !is_chart && render::kustomize::kustomization(&manifests, "").is_none() {
+        return report_valid(&args.dir, &manifests, &args.namespace);
+    }
+    let root = match &args.root {
+        Some(r) => absolute(r)?,
+        None => work_tree(&dir).unwrap_or_else(|| dir.clone()),
+    };
+    let inside = |p: &std::path::Path| -> anyhow::Result<String> {
+        let abs = absolute(p)?;
+        let rel = abs.strip_prefix(&root).map_err(|_| {
+            let root = root.display();
+            anyhow::anyhow!("{}: outside the repository root {root}", p.display())
+        })?;
+        Ok(rel.to_string_lossy().into_owned())
+    };
+    let path = inside(&dir)?;
+    let chart = match is_chart {
+        false => None,
+        true => Some(render::helm::Chart {
+            chart: path.clone(),
+            values_files: args
+                .values
+                .iter()
+                .map(|v| inside(v))
+                .collect::<anyhow::Result<_>>()?,
+            values: serde_json::Value::Null,
+            release_name: args.release_name.clone(),
+            namespace: args.namespace.clone(),
+            post_render: None,
+        }),
+    };
+    if chart.is_some() && args.kube_version.is_none() {
+        let dir = dir.display();
+        anyhow::bail!("{dir}: a chart: pass --kube-version (offline, there is no cluster to ask)");
+    }
+    let all = source::Limits {
+        only: None,
+        ..Default::default()
+    };
+    let files = source::read_dir(&root, &all)?;
+    // The configuration's renderers when there is one (offline, nothing else of it is used).
+    let render_cfg = match config.exists() {
+        true => config::load(config)?.render,
+        false => Default::default(),
+    };
+    let renderers = sync::renderers(&render_cfg).await;
+    let caps = render::helm::Capabilities {
+        kube_version: args.kube_version.clone().unwrap_or_default(),
+        api_versions: args.api_versions.clone(),
+    };
+    let recipe = render::build::Recipe::of(&files, &path, chart.as_ref())
+        .ok_or_else(|| anyhow::anyhow!("{}: nothing to build", dir.display()))?;
+    match renderers.build("validate", "", recipe, &files, &caps).await {
+        Ok((out, _)) => report_valid(&args.dir, &out, &args.namespace),
+        Err(e) => {
+            println!("{e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// The Git work tree `dir` is in, if any.
+fn work_tree(dir: &std::path::Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .find(|d| d.join(".git").exists())
+        .map(|d| d.to_owned())
+}
+
+/// Renders `files` and checks its infra specs; prints the result.
+fn report_valid(
+    dir: &std::path::Path,
+    files: &[source::File],
+    namespace: &str,
+) -> anyhow::Result<ExitCode> {
     let opts = render::Options {
         default_namespace: namespace.to_string(),
         ..Default::default()
     };
-    let rendered = render::render(&files, &opts, &render::BuiltinScopes).and_then(|manifests| {
+    let rendered = render::render(files, &opts, &render::BuiltinScopes).and_then(|manifests| {
         // Infra specs (OKE node pools) are checked as the sync would check them.
         let infra: Vec<render::Manifest> = manifests
             .iter()
@@ -344,7 +467,7 @@ async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
     let (client, _) = cli.cluster.client().await?;
     let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
     engine.set_oci(cfg.oci.as_ref().map(gitops_agent::oci::Shared::for_config));
-    engine.set_kustomize(cfg.render.kustomize_binary());
+    engine.set_renderers(sync::renderers(&cfg.render).await);
     let mut changed = false;
     for s in selected(&cfg, only)? {
         let outcome = controller::sync_once(
@@ -386,7 +509,7 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
     let (client, _) = cli.cluster.counted_client(&counter).await?;
     let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
     engine.set_oci(cfg.oci.as_ref().map(gitops_agent::oci::Shared::for_config));
-    engine.set_kustomize(cfg.render.kustomize_binary());
+    engine.set_renderers(sync::renderers(&cfg.render).await);
     let mut ok = true;
     for s in selected(&cfg, only)? {
         if s.suspend {

@@ -82,6 +82,22 @@ impl Discovery {
         self.resolve(&gvk.group, &gvk.version, &gvk.kind).is_some()
     }
 
+    /// Every `group/version` and `group/version/Kind` served (`v1`, `v1/Pod` for the core
+    /// group), sorted: what Helm's `.Capabilities.APIVersions` holds.
+    pub fn api_versions(&self) -> Vec<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for (group, version, kind) in self.by_gvk.keys() {
+            let gv = if group.is_empty() {
+                version.clone()
+            } else {
+                format!("{group}/{version}")
+            };
+            out.insert(format!("{gv}/{kind}"));
+            out.insert(gv);
+        }
+        out.into_iter().collect()
+    }
+
     pub fn len(&self) -> usize {
         self.by_gvk.len()
     }

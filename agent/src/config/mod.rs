@@ -80,12 +80,29 @@ pub struct Config {
     pub render: Render,
 }
 
-/// The renderer binaries: given here, else found on PATH.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// The renderer binaries (given here, else found on PATH) and the bounds of one render.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Render {
-    #[serde(default)]
     pub kustomize: Option<PathBuf>,
+    pub helm: Option<PathBuf>,
+    /// Longest one render may take; its process group is killed then.
+    pub timeout: Duration,
+    /// Most bytes one render may print.
+    pub max_output_bytes: usize,
+    /// Most bytes of memory one render may allocate.
+    pub max_memory_bytes: u64,
+}
+
+impl Default for Render {
+    fn default() -> Self {
+        Render {
+            kustomize: None,
+            helm: None,
+            timeout: Duration::from_secs(90),
+            max_output_bytes: 64 * 1024 * 1024,
+            max_memory_bytes: 2 * 1024 * 1024 * 1024,
+        }
+    }
 }
 
 impl Render {
@@ -93,6 +110,25 @@ impl Render {
     pub fn kustomize_binary(&self) -> Option<PathBuf> {
         self.kustomize.clone().or_else(|| on_path("kustomize"))
     }
+
+    /// The helm binary: the configured one, else `helm` on PATH.
+    pub fn helm_binary(&self) -> Option<PathBuf> {
+        self.helm.clone().or_else(|| on_path("helm"))
+    }
+}
+
+/// A Helm chart in the repository, rendered with `helm template`. Paths are from the
+/// repository root.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Helm {
+    pub chart: String,
+    pub values_files: Vec<String>,
+    /// Inline values (a mapping, or null), over the files.
+    pub values: serde_json::Value,
+    pub release_name: String,
+    pub namespace: String,
+    /// A directory holding a kustomization the chart's output goes through.
+    pub post_render: Option<String>,
 }
 
 /// `name` in a directory of PATH, when it is a file there.
@@ -218,6 +254,8 @@ pub struct Sync {
     pub prune_guard: PruneGuard,
     /// Holds back a revision that resizes an OKE pool too much at once.
     pub pool_guard: PoolGuard,
+    /// Render a Helm chart instead of the path's files.
+    pub helm: Option<Helm>,
 }
 
 /// Holds back a revision that changes an infra spec's pool size by more than a step, or to
@@ -371,6 +409,64 @@ syncs:
             }
         );
         assert_eq!(y.prune_guard.max_ratio, 0.25);
+    }
+
+    #[test]
+    fn a_helm_sync_and_the_render_bounds_load_with_their_defaults_and_checks() {
+        let text = "\
+render: {helm: /opt/helm, timeout: 30s, maxOutputBytes: 1048576}
+sources:
+  - {name: apps, url: https://git.example/apps.git}
+syncs:
+  - name: web
+    source: apps
+    namespace: shop
+    helm:
+      chart: ./charts/web/
+      valuesFiles: [env/oke.yaml]
+      values: {replicas: 2, image: {tag: \"1.2\"}}
+      postRender: overlays/helm-oke
+";
+        let c = parse_ok(text);
+        assert_eq!(c.render.helm.as_deref(), Some(Path::new("/opt/helm")));
+        assert_eq!(c.render.timeout, Duration::from_secs(30));
+        assert_eq!(c.render.max_output_bytes, 1024 * 1024);
+        assert_eq!(
+            c.render.max_memory_bytes,
+            Render::default().max_memory_bytes
+        );
+        let h = c.syncs[0].helm.as_ref().unwrap();
+        assert_eq!(h.chart, "charts/web");
+        assert_eq!(h.values_files, ["env/oke.yaml"]);
+        assert_eq!(h.values["image"]["tag"], "1.2");
+        assert_eq!(
+            (h.release_name.as_str(), h.namespace.as_str()),
+            ("web", "shop")
+        );
+        assert_eq!(h.post_render.as_deref(), Some("overlays/helm-oke"));
+
+        let bad = "\
+render: {maxMemoryBytes: 0}
+sources:
+  - {name: apps, url: https://git.example/apps.git}
+syncs:
+  - name: web
+    source: apps
+    namespace: shop
+    path: charts
+    helm: {chart: ../up, valuesFiles: [/etc/values.yaml], values: [1], releaseName: Web}
+";
+        let p: Vec<String> = problems(bad).into_iter().map(|p| p.message).collect();
+        for want in [
+            "render.maxMemoryBytes must be more than 0",
+            "a helm sync names its chart in helm.chart; path is for directories and kustomizations",
+            "helm.chart must be relative to the repository root, without ..",
+            "helm.valuesFiles must be relative to the repository root, without ..",
+            "helm.values must be a mapping",
+            "helm.releaseName \"Web\": must be a DNS label",
+        ] {
+            assert!(p.iter().any(|m| m.contains(want)), "{want}: {p:?}");
+        }
     }
 
     #[test]

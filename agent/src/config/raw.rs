@@ -32,7 +32,7 @@ pub(super) struct RawConfig {
     #[serde(default)]
     pub(super) oci: Option<Spanned<super::oci::OciConfig>>,
     #[serde(default)]
-    pub(super) render: Option<super::Render>,
+    pub(super) render: Option<RawRender>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -111,6 +111,39 @@ pub(super) struct RawSync {
     pub(super) prune_guard: Option<RawPruneGuard>,
     #[serde(default)]
     pub(super) pool_guard: Option<RawPoolGuard>,
+    #[serde(default)]
+    pub(super) helm: Option<RawHelm>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawRender {
+    #[serde(default)]
+    pub(super) kustomize: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub(super) helm: Option<std::path::PathBuf>,
+    #[serde(default)]
+    pub(super) timeout: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) max_output_bytes: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub(super) max_memory_bytes: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub(super) struct RawHelm {
+    pub(super) chart: Spanned<String>,
+    #[serde(default)]
+    pub(super) values_files: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub(super) values: Option<Spanned<serde_json::Value>>,
+    #[serde(default)]
+    pub(super) release_name: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) namespace: Option<Spanned<String>>,
+    #[serde(default)]
+    pub(super) post_render: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

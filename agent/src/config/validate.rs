@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_saphyr::Spanned;
 
-use super::raw::{RawConfig, RawSource, RawSync};
+use super::raw::{RawConfig, RawHelm, RawRender, RawSource, RawSync};
 use super::*;
 
 /// The webhook receiver's providers, as its secret files are named.
@@ -114,7 +114,7 @@ impl Validator {
                 }
                 None => Default::default(),
             },
-            render: raw.render.unwrap_or_default(),
+            render: self.render(raw.render),
             oci: raw.oci.map(|o| {
                 for p in o.value.problems() {
                     self.at(&o, p);
@@ -379,30 +379,15 @@ impl Validator {
         one.clone()
     }
 
-    fn sync(&mut self, s: RawSync) -> Sync {
+    fn sync(&mut self, mut s: RawSync) -> Sync {
         self.dns_label(&s.name, "sync name");
         self.dns_label(&s.namespace, "namespace");
+        let what = format!("sync {:?}: path", s.name.value);
         let path = match &s.path {
             None => String::new(),
-            Some(p) => {
-                let cleaned = p.value.trim_matches('/').to_string();
-                let cleaned = if cleaned == "." {
-                    String::new()
-                } else {
-                    cleaned
-                };
-                if p.value.starts_with('/') || cleaned.split('/').any(|c| c == "..") {
-                    self.at(
-                        p,
-                        format!(
-                            "sync {:?}: path must be relative to the repository root, without ..",
-                            s.name.value
-                        ),
-                    );
-                }
-                cleaned.trim_start_matches("./").to_string()
-            }
+            Some(p) => self.repo_path(p, &what),
         };
+        let helm = s.helm.take().map(|h| self.helm(h, &s));
         let health = match &s.health {
             None => HealthWait {
                 wait: true,
@@ -456,6 +441,108 @@ impl Validator {
             suspend: s.suspend,
             prune_guard,
             pool_guard,
+            helm,
+        }
+    }
+
+    /// A path from the repository root: relative, without `..`; `.` is the root.
+    fn repo_path(&mut self, p: &Spanned<String>, what: &str) -> String {
+        let cleaned = p.value.trim_matches('/').to_string();
+        let cleaned = if cleaned == "." {
+            String::new()
+        } else {
+            cleaned
+        };
+        if p.value.starts_with('/') || cleaned.split('/').any(|c| c == "..") {
+            self.at(
+                p,
+                format!("{what} must be relative to the repository root, without .."),
+            );
+        }
+        cleaned.trim_start_matches("./").to_string()
+    }
+
+    fn helm(&mut self, h: RawHelm, s: &RawSync) -> Helm {
+        let name = &s.name.value;
+        if let Some(p) = &s.path {
+            let why = format!(
+                "sync {name:?}: a helm sync names its chart in helm.chart; path is for directories and kustomizations"
+            );
+            self.at(p, why);
+        }
+        let release_name = match &h.release_name {
+            Some(r) => {
+                self.dns_label(r, "helm.releaseName");
+                r.value.clone()
+            }
+            None => name.clone(),
+        };
+        let namespace = match &h.namespace {
+            Some(n) => {
+                self.dns_label(n, "helm.namespace");
+                n.value.clone()
+            }
+            None => s.namespace.value.clone(),
+        };
+        let values = match h.values {
+            Some(v) if !v.value.is_object() && !v.value.is_null() => {
+                self.at(&v, format!("sync {name:?}: helm.values must be a mapping"));
+                serde_json::Value::Null
+            }
+            Some(v) => v.value,
+            None => serde_json::Value::Null,
+        };
+        Helm {
+            chart: self.repo_path(&h.chart, &format!("sync {name:?}: helm.chart")),
+            values_files: h
+                .values_files
+                .iter()
+                .map(|f| self.repo_path(f, &format!("sync {name:?}: helm.valuesFiles")))
+                .collect(),
+            values,
+            release_name,
+            namespace,
+            post_render: h
+                .post_render
+                .as_ref()
+                .map(|p| self.repo_path(p, &format!("sync {name:?}: helm.postRender"))),
+        }
+    }
+
+    fn render(&mut self, raw: Option<RawRender>) -> Render {
+        let d = Render::default();
+        let Some(r) = raw else { return d };
+        let positive = |this: &mut Self, v: &Option<Spanned<u64>>, what: &str, default: u64| match v
+        {
+            Some(v) if v.value == 0 => {
+                this.at(v, format!("render.{what} must be more than 0"));
+                default
+            }
+            Some(v) => v.value,
+            None => default,
+        };
+        let output = r.max_output_bytes.map(|v| Spanned {
+            value: v.value as u64,
+            referenced: v.referenced,
+            defined: v.defined,
+        });
+        Render {
+            timeout: self.duration(
+                r.timeout.as_ref(),
+                d.timeout,
+                Duration::from_secs(1),
+                "render.timeout",
+            ),
+            max_output_bytes: positive(self, &output, "maxOutputBytes", d.max_output_bytes as u64)
+                as usize,
+            max_memory_bytes: positive(
+                self,
+                &r.max_memory_bytes,
+                "maxMemoryBytes",
+                d.max_memory_bytes,
+            ),
+            kustomize: r.kustomize,
+            helm: r.helm,
         }
     }
 

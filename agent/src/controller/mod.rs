@@ -275,7 +275,7 @@ pub async fn run(
     alerts::watch_oci(&cfg, w.metrics.clone(), oci_tx);
     let mut engine = Engine::new(client.clone(), &cfg.namespace).await?;
     engine.set_oci(cfg.oci.as_ref().map(crate::oci::Shared::for_config));
-    engine.set_kustomize(cfg.render.kustomize_binary());
+    engine.set_renderers(crate::sync::renderers(&cfg.render).await);
     let (detector, reports) = Detector::new(client.clone(), opts.drift.clone());
     // The detector's gauges are read at every scrape: they change between the loop's passes.
     let counted = detector.clone();

@@ -46,7 +46,7 @@ pub async fn run(
     first: bool,
 ) -> Option<Ran> {
     let started = Instant::now();
-    let files = match read_files(source, revision, &s.path).await {
+    let files = match read_files(source, revision, s).await {
         Ok(f) => f,
         Err(e) => {
             let outcome =
@@ -73,7 +73,7 @@ pub async fn run(
         // Judge first whatever the watch cache cannot vouch for, so drift that a watch
         // missed is reported (and healed) as drift rather than silently re-applied.
         ctx.detector.recheck_sync(&s.name).await;
-        report_infra_drift(ctx, s, &files).await;
+        report_infra_drift(ctx, s, &revision.id, &files).await;
         if !s.self_heal {
             return None;
         }
@@ -126,24 +126,33 @@ async fn apply(
     outcome
 }
 
-/// The files of a sync's path; for a kustomization there, the whole repository, every
-/// file (its bases may be anywhere in it, its generators read any file).
+/// The files of a sync's path; for a chart, or a kustomization there, the whole
+/// repository, every file (bases and values files may be anywhere in it, generators and
+/// templates read any file).
 pub async fn read_files(
     source: &dyn Source,
     revision: &Revision,
-    path: &str,
+    s: &config::Sync,
 ) -> crate::source::Result<Vec<crate::source::File>> {
-    let files = source.read(revision, path).await?;
-    if crate::render::kustomize::kustomization(&files, path).is_none() {
+    if s.helm.is_some() {
+        return source.read_all(revision, "").await;
+    }
+    let files = source.read(revision, &s.path).await?;
+    if crate::render::kustomize::kustomization(&files, &s.path).is_none() {
         return Ok(files);
     }
     source.read_all(revision, "").await
 }
 
 /// The sync's pools polled (OCI has no watch), their drift reported as the watches' is.
-async fn report_infra_drift(ctx: &Context, s: &config::Sync, files: &[crate::source::File]) {
+async fn report_infra_drift(
+    ctx: &Context,
+    s: &config::Sync,
+    revision: &str,
+    files: &[crate::source::File],
+) {
     use crate::drift::Report;
-    let drift = ctx.engine.infra_drift(s, files).await;
+    let drift = ctx.engine.infra_drift(s, revision, files).await;
     for (subject, diffs) in drift.detected {
         let fields = diffs
             .into_iter()
@@ -203,7 +212,7 @@ pub async fn sync_once(
         Ok(r) => r,
         Err(e) => return Outcome::new(&s.name, "").failed(Failure::Source(e.to_string())),
     };
-    match read_files(&*source, &revision, &s.path).await {
+    match read_files(&*source, &revision, s).await {
         Ok(files) => engine.sync_revision(s, &revision.id, &files, opts).await,
         Err(e) => Outcome::new(&s.name, &revision.id).failed(Failure::Source(e.to_string())),
     }

@@ -157,8 +157,9 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// The endings a plain manifest directory is made of.
-    pub const MANIFESTS: [&'static str; 3] = [".yaml", ".yml", ".json"];
+    /// The endings a plain manifest directory is made of, and kustomize's extension-less
+    /// `Kustomization` (so that a sync path holding one is seen to be a kustomization).
+    pub const MANIFESTS: [&'static str; 4] = [".yaml", ".yml", ".json", "kustomization"];
 
     /// Whether the file at `path` is read at all.
     pub fn reads(&self, path: &str) -> bool {

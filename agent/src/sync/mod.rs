@@ -66,6 +66,8 @@ pub struct Outcome {
     pub desired: Vec<DesiredObject>,
     /// The infra specs the revision declares (`Kind/name`), once they were planned.
     pub pools: Option<Vec<String>>,
+    /// How the revision was built, when a renderer (kustomize, Helm) built it.
+    pub render: Option<render::build::Built>,
 }
 
 /// One object of the applied desired state: what drift detection compares the live one with.
@@ -89,6 +91,7 @@ impl Outcome {
             failure: None,
             desired: Vec::new(),
             pools: None,
+            render: None,
         }
     }
 
@@ -134,8 +137,10 @@ pub struct Engine {
     infra_drifted: std::sync::Mutex<HashSet<(String, ObjectKey)>>,
     /// Pools named by cluster and name, looked up once.
     resolved: crate::infra::Resolved,
-    /// The kustomize binary, for syncs whose path holds a kustomization.
-    kustomize: Option<std::path::PathBuf>,
+    /// The renderers (kustomize, Helm) and their cache.
+    renderers: render::build::Builder,
+    /// The API server's version, for Helm's capabilities: read once, at the first chart.
+    kube_version: tokio::sync::OnceCell<String>,
 }
 
 /// What changed in one poll of a sync's pools.
@@ -157,13 +162,15 @@ impl Engine {
             oci: None,
             infra_drifted: Default::default(),
             resolved: Default::default(),
-            kustomize: None,
+            renderers: Default::default(),
+            kube_version: Default::default(),
         })
     }
 
     /// Forgets what a sync that left the configuration declared.
     pub fn forget(&self, sync: &str) {
         self.claims.forget(sync);
+        self.renderers.forget(sync);
     }
 
     pub fn client(&self) -> &Client {
@@ -176,9 +183,15 @@ impl Engine {
 
     /// Polls the pools `files` declare (OCI has no watch): those that differ from Git now
     /// and did not before, and those that match again. Reads only; nothing is written.
-    pub async fn infra_drift(&self, sync: &config::Sync, files: &[source::File]) -> InfraDrift {
+    pub async fn infra_drift(
+        &self,
+        sync: &config::Sync,
+        revision: &str,
+        files: &[source::File],
+    ) -> InfraDrift {
         let mut out = InfraDrift::default();
-        let (Ok(manifests), _) = self.render(sync, files, &Inventory::default()).await else {
+        let none = Inventory::default();
+        let (Ok(manifests), _, _) = self.render(sync, revision, files, &none).await else {
             return out;
         };
         let (pools, _) = infra::split(manifests);
@@ -213,42 +226,74 @@ impl Engine {
         out
     }
 
-    /// Kustomizations are built with this binary (none: a sync with one fails, saying so).
-    pub fn set_kustomize(&mut self, binary: Option<std::path::PathBuf>) {
-        self.kustomize = binary;
+    /// Kustomizations and charts are built with these renderers (none: a sync that needs
+    /// one fails, saying so).
+    pub fn set_renderers(&mut self, renderers: render::build::Builder) {
+        self.renderers = renderers;
     }
 
-    /// The kustomization at the sync's path built, when there is one: its output is then
-    /// the one file rendered. `files` is the whole repository then (see the worker).
-    async fn kustomized(
+    /// The sync's chart, or the kustomization at its path, built (or taken from the cache):
+    /// its output is then what is rendered. `files` is the whole repository then (see the
+    /// worker).
+    async fn built(
         &self,
         sync: &config::Sync,
+        revision: &str,
         files: &[source::File],
-    ) -> Result<Option<source::File>, render::Errors> {
-        let Some(k) = render::kustomize::kustomization(files, &sync.path) else {
+    ) -> Result<Option<(Arc<Vec<source::File>>, render::build::Built)>, render::Errors> {
+        let chart = sync.helm.as_ref().map(helm_chart);
+        let Some(recipe) = render::build::Recipe::of(files, &sync.path, chart.as_ref()) else {
             return Ok(None);
         };
-        let fail = |message: String| {
+        let caps = match recipe {
+            render::build::Recipe::Helm(_) => self.capabilities().await,
+            render::build::Recipe::Kustomize(_) => Default::default(),
+        };
+        let built = self
+            .renderers
+            .build(&sync.name, revision, recipe, files, &caps);
+        built.await.map(Some).map_err(|e| {
+            let (file, line) = e.location();
+            // The location leads the line already; the message need not say it again.
+            let text = e.to_string();
+            let text = [format!("{file}:{line}: "), format!("{file}: ")]
+                .iter()
+                .find_map(|p| text.strip_prefix(p.as_str()))
+                .unwrap_or(&text)
+                .to_owned();
             render::Errors(vec![render::Located {
-                file: k.path.clone(),
-                line: 1,
+                file,
+                line,
                 column: None,
                 subject: None,
                 item: None,
-                error: render::Error::Renderer(message),
+                error: render::Error::Renderer(text),
             }])
+        })
+    }
+
+    /// What Helm's `.Capabilities` should say: the API server's version and every
+    /// apiVersion and kind discovery knows.
+    async fn capabilities(&self) -> render::helm::Capabilities {
+        let version = self.kube_version.get_or_try_init(|| async {
+            self.rm
+                .client()
+                .apiserver_version()
+                .await
+                .map(|v| v.git_version)
+        });
+        let kube_version = match version.await {
+            Ok(v) => v.clone(),
+            Err(e) => {
+                // Helm then assumes its own default; the next chart asks again.
+                tracing::warn!(error = %e, "reading the API server's version for Helm");
+                String::new()
+            }
         };
-        let Some(binary) = &self.kustomize else {
-            return Err(fail(
-                "a kustomization, but no kustomize binary: put it on PATH or set render.kustomize"
-                    .into(),
-            ));
-        };
-        let bounds = render::exec::Bounds::default();
-        render::kustomize::build(binary, files, &sync.path, &bounds)
-            .await
-            .map(Some)
-            .map_err(|e| fail(e.to_string()))
+        render::helm::Capabilities {
+            kube_version,
+            api_versions: self.rm.discovery().api_versions(),
+        }
     }
 
     /// Infra specs are applied with this OCI identity (none: a revision with any fails).
@@ -295,7 +340,8 @@ impl Engine {
         };
         let previous = stored.inventory.clone();
         // 1. Render and validate the whole revision before any write.
-        let (rendered, discovery) = self.render(sync, files, &previous).await;
+        let (rendered, discovery, built) = self.render(sync, revision, files, &previous).await;
+        outcome.render = built;
         let manifests = match rendered {
             Ok(m) => m,
             Err(errors) => {
@@ -403,24 +449,20 @@ impl Engine {
     async fn render(
         &self,
         sync: &config::Sync,
+        revision: &str,
         files: &[source::File],
         previous: &Inventory,
     ) -> (
         Result<Vec<render::Manifest>, render::Errors>,
         Arc<Discovery>,
+        Option<render::build::Built>,
     ) {
-        let built = match self.kustomized(sync, files).await {
-            Ok(built) => built,
-            Err(errors) => return (Err(errors), self.rm.discovery()),
+        let (output, built) = match self.built(sync, revision, files).await {
+            Ok(Some((output, built))) => (Some(output), Some(built)),
+            Ok(None) => (None, None),
+            Err(errors) => return (Err(errors), self.rm.discovery(), None),
         };
-        let one;
-        let files = match built {
-            Some(f) => {
-                one = [f];
-                &one[..]
-            }
-            None => files,
-        };
+        let files = output.as_deref().map(Vec::as_slice).unwrap_or(files);
         let mut discovery = self.rm.discovery();
         // 1. Render and validate the whole revision before any write; a kind discovery does
         // not know yet makes it look again (once in a while) before that counts as an error.
@@ -444,7 +486,7 @@ impl Engine {
                 .declare(&sync.name, &manifests, |k| recorded.contains(k));
             declared.map(|()| manifests)
         });
-        (rendered, discovery)
+        (rendered, discovery, built)
     }
 
     /// The revision's infra specs parsed, compared with OCI and guarded (no write).
@@ -732,6 +774,46 @@ fn conflicted(m: &render::Manifest, owners: &apply::Owners) -> bool {
         .foreign
         .get(&m.id)
         .is_some_and(|owner| apply::conflict(&m.id, owner, &m.object).is_some())
+}
+
+/// The renderers the configuration names, or those on PATH, each asked for its version;
+/// one that does not answer is left out (a sync that needs it fails, saying so), with a
+/// warning naming why.
+pub async fn renderers(cfg: &config::Render) -> render::build::Builder {
+    use render::build::{Renderer, Tool};
+    async fn probe(path: Option<std::path::PathBuf>, renderer: Renderer) -> Option<Tool> {
+        let path = path?;
+        match Tool::probe(&path, renderer).await {
+            Ok(tool) => Some(tool),
+            Err(e) => {
+                let path = path.display();
+                tracing::warn!(renderer = renderer.as_str(), %path, error = %e, "renderer unusable");
+                None
+            }
+        }
+    }
+    let bounds = render::exec::Bounds {
+        timeout: cfg.timeout,
+        max_output: cfg.max_output_bytes,
+        max_memory: cfg.max_memory_bytes,
+    };
+    render::build::Builder::new(
+        probe(cfg.kustomize_binary(), Renderer::Kustomize).await,
+        probe(cfg.helm_binary(), Renderer::Helm).await,
+        bounds,
+    )
+}
+
+/// A sync's Helm settings as the renderer takes them.
+fn helm_chart(h: &config::Helm) -> render::helm::Chart {
+    render::helm::Chart {
+        chart: h.chart.clone(),
+        values_files: h.values_files.clone(),
+        values: h.values.clone(),
+        release_name: h.release_name.clone(),
+        namespace: h.namespace.clone(),
+        post_render: h.post_render.clone(),
+    }
 }
 
 /// The revision rendered with the sync's namespace and owner label.

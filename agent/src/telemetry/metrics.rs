@@ -198,6 +198,20 @@ struct AlertLabels {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RenderLabels {
+    sync: String,
+    renderer: String,
+    /// `hit`: served from the render cache, no binary ran; `miss`: the binary ran.
+    cache: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RendererLabels {
+    sync: String,
+    renderer: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ApiLabels {
     kind: ApiKind,
 }
@@ -236,6 +250,8 @@ pub struct Metrics {
     /// The revision each sync's series currently carries, so that a new one replaces it.
     revisions: Mutex<HashMap<String, String>>,
     api_requests: Family<ApiLabels, Counter>,
+    renders: Family<RenderLabels, Counter>,
+    render_duration: HistogramFamily<RendererLabels>,
     /// Read at every scrape, so the request counters are current even while the event
     /// loop sleeps (drift checks make requests between its passes).
     requests: std::sync::OnceLock<crate::cluster::RequestCounter>,
@@ -276,6 +292,8 @@ impl Metrics {
             revision: Family::default(),
             revisions: Mutex::new(HashMap::new()),
             api_requests: Family::default(),
+            renders: Family::default(),
+            render_duration: Family::new_with_constructor(fetch_buckets),
             requests: std::sync::OnceLock::new(),
             on_scrape: std::sync::OnceLock::new(),
             leader: Gauge::default(),
@@ -341,23 +359,45 @@ impl Metrics {
             "Kubernetes API requests made; writes and dry_runs are subsets of total",
             m.api_requests.clone(),
         );
+        m.register_identity();
+        m.register_renders();
+        m
+    }
+
+    /// Who this replica is: leader or not, and its OCI identity's state.
+    fn register_identity(&mut self) {
+        let r = &mut self.registry;
         r.register(
             "gitops_agent_leader",
             "1 while this replica holds the leader lease",
-            m.leader.clone(),
+            self.leader.clone(),
         );
         r.register(
             "gitops_agent_oci_identity_ok",
             "1 while the OCI identity has valid credentials and its last refresh worked",
-            m.oci_identity_ok.clone(),
+            self.oci_identity_ok.clone(),
         );
         r.register_with_unit(
             "gitops_agent_oci_token_expiry",
             "When the OCI session token in use expires (Unix time; 0 for an API key)",
             prometheus_client::registry::Unit::Seconds,
-            m.oci_token_expiry.clone(),
+            self.oci_token_expiry.clone(),
         );
-        m
+    }
+
+    fn register_renders(&mut self) {
+        let r = &mut self.registry;
+        r.register(
+            "gitops_agent_renders",
+            "Builds of a sync's kustomization or chart, by renderer and whether the render cache served it",
+            self.renders.clone(),
+        );
+        r.register_with_unit(
+            "gitops_agent_render_duration",
+            "Time a renderer binary (kustomize, helm) took for one build",
+            Unit::Seconds,
+            self.render_duration.clone(),
+        );
     }
 
     /// Records one finished sync: its duration by result, one count per object and
@@ -378,6 +418,25 @@ impl Metrics {
                     action: ActionLabel(action),
                 })
                 .inc_by(n as u64);
+        }
+        if let Some(built) = &outcome.render {
+            let renderer = built.renderer.as_str().to_owned();
+            let cache = if built.cached { "hit" } else { "miss" };
+            self.renders
+                .get_or_create(&RenderLabels {
+                    sync: sync.to_string(),
+                    renderer: renderer.clone(),
+                    cache: cache.to_owned(),
+                })
+                .inc();
+            if !built.cached {
+                let labels = RendererLabels {
+                    sync: sync.to_string(),
+                    renderer,
+                };
+                let h = self.render_duration.get_or_create(&labels);
+                h.observe(built.took.as_secs_f64());
+            }
         }
         if result == SyncResult::Succeeded && !outcome.revision.is_empty() {
             self.set_applied_revision(sync, &outcome.revision);
@@ -452,6 +511,19 @@ impl Metrics {
             self.objects.remove(&ObjectLabels {
                 sync: sync.to_string(),
                 action: ActionLabel(action),
+            });
+        }
+        for renderer in ["kustomize", "helm"] {
+            for cache in ["hit", "miss"] {
+                self.renders.remove(&RenderLabels {
+                    sync: sync.to_string(),
+                    renderer: renderer.to_owned(),
+                    cache: cache.to_owned(),
+                });
+            }
+            self.render_duration.remove(&RendererLabels {
+                sync: sync.to_string(),
+                renderer: renderer.to_owned(),
             });
         }
     }
@@ -688,6 +760,7 @@ mod tests {
             failure,
             desired: vec![],
             pools: None,
+            render: None,
         }
     }
 
@@ -899,6 +972,36 @@ mod tests {
         let body = scrape(&m).await;
         assert!(!body.contains(r#"sync="shop""#), "{body}");
         assert!(body.contains(r#"revision="main@sha1:1111""#), "{body}");
+    }
+
+    #[test]
+    fn builds_are_counted_by_renderer_and_cache_and_timed_when_a_binary_ran() {
+        use crate::render::build::{Built, Renderer};
+        let m = Metrics::new();
+        let mut o = outcome("abc", &[], None);
+        for cached in [false, true, true] {
+            o.render = Some(Built {
+                renderer: Renderer::Helm,
+                cached,
+                took: if cached {
+                    Duration::ZERO
+                } else {
+                    Duration::from_millis(250)
+                },
+            });
+            m.observe_sync("shop", &o, Duration::from_secs(1));
+        }
+        let text = m.encode().unwrap();
+        for want in [
+            "gitops_agent_renders_total{sync=\"shop\",renderer=\"helm\",cache=\"miss\"} 1",
+            "gitops_agent_renders_total{sync=\"shop\",renderer=\"helm\",cache=\"hit\"} 2",
+            "gitops_agent_render_duration_seconds_sum{sync=\"shop\",renderer=\"helm\"} 0.25",
+            "gitops_agent_render_duration_seconds_count{sync=\"shop\",renderer=\"helm\"} 1",
+        ] {
+            assert!(text.contains(want), "{want}: {text}");
+        }
+        m.forget_sync("shop");
+        assert!(!m.encode().unwrap().contains("sync=\"shop\",renderer"));
     }
 
     #[test]
