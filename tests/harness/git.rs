@@ -111,6 +111,22 @@ impl Repo {
         self.head(branch)
     }
 
+    /// Adds a symbolic link `link` → `target` on `branch` and pushes it.
+    pub fn push_link(&self, branch: &str, link: &str, target: &str) -> String {
+        git(&self.work, &["checkout", "--quiet", branch]).run();
+        let p = self.work.join(link);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(target, &p).unwrap();
+        git(&self.work, &["add", "--"]).arg(link).run();
+        git(&self.work, &["commit", "--quiet", "-m"])
+            .arg(format!("link {link}"))
+            .run();
+        git(&self.work, &["push", "--quiet", "origin"])
+            .arg(format!("HEAD:refs/heads/{branch}"))
+            .run();
+        self.head(branch)
+    }
+
     /// Tags the head of `branch` (annotated) and pushes the tag.
     pub fn tag(&self, branch: &str, tag: &str) -> String {
         git(&self.work, &["tag", "-a", "-m", tag, tag])

@@ -57,6 +57,27 @@ pub fn repo_root() -> PathBuf {
 
 /// The shared control plane, started on first use. Panics (failing the test) with the
 /// supervisor's own error when the cluster cannot start.
+/// What a build script beside the tests prints: the directory holding its binaries.
+fn built(script: &str) -> PathBuf {
+    let script = repo_root().join(script);
+    let out = Command::new(&script)
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(out.status.success(), "{} failed", script.display());
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// kubectl at the control plane's version (tests/cluster/build), the peer tests compare with.
+pub fn kubectl() -> PathBuf {
+    built("tests/cluster/build").join("kubectl")
+}
+
+/// A pinned renderer (`kustomize`, `helm`), as tests/renderers/build builds it.
+pub fn renderer(name: &str) -> PathBuf {
+    built("tests/renderers/build").join(name)
+}
+
 pub fn control_plane() -> &'static ControlPlane {
     match CONTROL_PLANE.get_or_init(start) {
         Ok(cp) => cp,
