@@ -293,6 +293,7 @@ async fn a_kustomize_overlay_applies_as_kubectl_would_and_prunes_the_old_generat
     let config = config(work.path(), &agent_ns.name, &repo.file_url(), &[sync], "");
     let (ok, out) = sync_once(&config);
     assert!(ok, "{out}");
+    assert!(out.contains("\n  rendered: kustomize in "), "{out}");
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns.name);
     let names = || async {
         let mut n: Vec<String> = cms

@@ -535,6 +535,13 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
             }
         }
         println!("  summary: {}", outcome.changes.summary());
+        if let Some(b) = &outcome.render {
+            let how = match b.cached {
+                true => "from the render cache".to_owned(),
+                false => format!("in {:.2}s", b.took.as_secs_f64()),
+            };
+            println!("  rendered: {} {how}", b.renderer.as_str());
+        }
         println!(
             "  took {:.2}s, {} API requests ({} writes, {} dry-runs)",
             started.elapsed().as_secs_f64(),

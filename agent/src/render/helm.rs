@@ -136,7 +136,7 @@ pub async fn template(
         .await
         .map_err(|e| Error::Template {
             chart: shown.clone(),
-            source: mask(tree.scrub(e), &secrets),
+            source: mask(tree.scrub(e), &secrets, &name, &shown),
         })?;
     match &chart.post_render {
         None => Ok(split(&out, &name, &shown)),
@@ -224,8 +224,10 @@ fn collect_strings(v: &Value, out: &mut Vec<String>) {
     }
 }
 
-/// `e` with every given value replaced by `***`, longest first.
-fn mask(e: exec::Error, secrets: &[String]) -> exec::Error {
+/// `e` with every given value replaced by `***`, longest first, and Helm's template names
+/// (`web/templates/x.yaml`, from the chart's name) as the repository's paths
+/// (`charts/web/templates/x.yaml`, from its directory `dir`).
+fn mask(e: exec::Error, secrets: &[String], name: &str, dir: &str) -> exec::Error {
     let exec::Error::Failed {
         program,
         status,
@@ -238,6 +240,14 @@ fn mask(e: exec::Error, secrets: &[String]) -> exec::Error {
     secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
     for s in secrets {
         stderr = stderr.replace(s.as_str(), "***");
+    }
+    let prefix = if dir == "." {
+        String::new()
+    } else {
+        format!("{dir}/")
+    };
+    for sub in ["templates/", "charts/", "crds/"] {
+        stderr = stderr.replace(&format!("{name}/{sub}"), &format!("{prefix}{sub}"));
     }
     exec::Error::Failed {
         program,

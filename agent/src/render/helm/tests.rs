@@ -148,8 +148,8 @@ async fn values_never_appear_in_helms_errors() {
         "{err}"
     );
     assert!(
-        err.contains("web/templates/fail.yaml"),
-        "names the template: {err}"
+        err.contains("(charts/web/templates/fail.yaml:1:"),
+        "names the template by its path in the repository: {err}"
     );
     assert!(err.contains("bad password ***"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
