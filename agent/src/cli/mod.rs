@@ -380,11 +380,7 @@ async fn validate(config: &std::path::Path, args: ValidateArgs) -> anyhow::Resul
         let dir = dir.display();
         anyhow::bail!("{dir}: a chart: pass --kube-version (offline, there is no cluster to ask)");
     }
-    let all = source::Limits {
-        only: None,
-        ..Default::default()
-    };
-    let files = source::read_dir(&root, &all)?;
+    let files = source::read_dir_all(&root, &source::Limits::default())?;
     // The configuration's renderers when there is one (offline, nothing else of it is used).
     let render_cfg = match config.exists() {
         true => config::load(config)?.render,

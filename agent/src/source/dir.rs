@@ -15,13 +15,30 @@ use super::{Error, File, Limits, Result, Revision, Source};
 /// paths are relative to `dir`. `.git` directories are skipped: a checkout's metadata is
 /// not part of its content.
 pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
+    read(dir, limits, false)
+}
+
+/// Like [`read_dir`], and also every other file that passes the same rules (a renderer's
+/// inputs: `.env`, `.tpl`), best effort: one of those that breaks a rule (a link out, a
+/// FIFO, too large, past a limit) is skipped rather than failing the read, as a working
+/// directory holds much that is no input of anything.
+pub fn read_dir_all(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
+    read(dir, limits, true)
+}
+
+fn read(dir: &Path, limits: &Limits, others: bool) -> Result<Vec<File>> {
     let io = |path: &Path| {
         let path = path.display().to_string();
         move |source| Error::Io { path, source }
     };
     let root = dir.canonicalize().map_err(io(dir))?;
-    let mut files = Vec::new();
-    let mut bytes = 0u64;
+    let mut reader = Reader {
+        dir,
+        root: &root,
+        limits,
+        files: Vec::new(),
+        bytes: 0,
+    };
     let mut stack = vec![(root.clone(), String::new())];
     while let Some((abs, rel)) = stack.pop() {
         for entry in std::fs::read_dir(&abs).map_err(io(&abs))? {
@@ -50,47 +67,72 @@ pub fn read_dir(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
                 }
                 continue;
             }
-            if !limits.reads(&rel) {
-                continue;
+            if limits.reads(&rel) {
+                reader.add(&path, rel, kind)?;
+            } else if others && let Err(e) = reader.add(&path, rel, kind) {
+                tracing::debug!(error = %e, "skipping a file no manifest needs");
             }
-            let target = if kind.is_symlink() {
-                link_target(dir, &root, &path, &rel)?
-            } else if kind.is_file() {
-                path
-            } else {
-                // A FIFO or a socket would block or fail on read.
-                return Err(Error::BadPath {
-                    path: rel,
-                    reason: "not a regular file",
-                });
-            };
-            if files.len() >= limits.max_files {
-                return Err(Error::TooManyFiles {
-                    path: dir.display().to_string(),
-                    max: limits.max_files,
-                });
-            }
-            let size = std::fs::metadata(&target).map_err(io(&target))?.len();
-            if size > limits.max_file_size {
-                return Err(Error::FileTooLarge {
-                    path: rel,
-                    size,
-                    max: limits.max_file_size,
-                });
-            }
-            bytes += size;
-            if bytes > limits.max_total_bytes {
-                return Err(Error::TooManyBytes {
-                    path: dir.display().to_string(),
-                    max: limits.max_total_bytes,
-                });
-            }
-            let content = std::fs::read(&target).map_err(io(&target))?;
-            files.push(File { path: rel, content });
         }
     }
+    let mut files = reader.files;
     files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(files)
+}
+
+/// The files read so far, and their bytes.
+struct Reader<'a> {
+    dir: &'a Path,
+    root: &'a Path,
+    limits: &'a Limits,
+    files: Vec<File>,
+    bytes: u64,
+}
+
+impl Reader<'_> {
+    /// Reads the file at `path` (`rel` from the root) under the rules, or says which it
+    /// breaks (and reads nothing).
+    fn add(&mut self, path: &Path, rel: String, kind: std::fs::FileType) -> Result<()> {
+        let io = |path: &Path| {
+            let path = path.display().to_string();
+            move |source| Error::Io { path, source }
+        };
+        let limits = self.limits;
+        let target = if kind.is_symlink() {
+            link_target(self.dir, self.root, path, &rel)?
+        } else if kind.is_file() {
+            path.to_owned()
+        } else {
+            // A FIFO or a socket would block or fail on read.
+            return Err(Error::BadPath {
+                path: rel,
+                reason: "not a regular file",
+            });
+        };
+        if self.files.len() >= limits.max_files {
+            return Err(Error::TooManyFiles {
+                path: self.dir.display().to_string(),
+                max: limits.max_files,
+            });
+        }
+        let size = std::fs::metadata(&target).map_err(io(&target))?.len();
+        if size > limits.max_file_size {
+            return Err(Error::FileTooLarge {
+                path: rel,
+                size,
+                max: limits.max_file_size,
+            });
+        }
+        if self.bytes + size > limits.max_total_bytes {
+            return Err(Error::TooManyBytes {
+                path: self.dir.display().to_string(),
+                max: limits.max_total_bytes,
+            });
+        }
+        self.bytes += size;
+        let content = std::fs::read(&target).map_err(io(&target))?;
+        self.files.push(File { path: rel, content });
+        Ok(())
+    }
 }
 
 /// The file a symlink at `path` (`rel` from the root) names, when it is one inside `root`.
@@ -156,7 +198,8 @@ impl Source for DirSource {
     fn fetch(&self) -> BoxFuture<'_, Result<Revision>> {
         Box::pin(async move {
             let (dir, limits) = (self.dir.clone(), self.limits.clone());
-            let files = tokio::task::spawn_blocking(move || read_dir(&dir, &limits))
+            // Every file a renderer may need, so the revision covers them too.
+            let files = tokio::task::spawn_blocking(move || read_dir_all(&dir, &limits))
                 .await
                 .map_err(|source| Error::Task {
                     name: self.name.clone(),
@@ -175,6 +218,18 @@ impl Source for DirSource {
     }
 
     fn read<'a>(
+        &'a self,
+        revision: &'a Revision,
+        path: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<File>>> {
+        Box::pin(async move {
+            let mut files = self.read_all(revision, path).await?;
+            files.retain(|f| self.limits.reads(&f.path));
+            Ok(files)
+        })
+    }
+
+    fn read_all<'a>(
         &'a self,
         revision: &'a Revision,
         path: &'a str,
@@ -216,6 +271,30 @@ mod tests {
 
     fn paths(files: &[File]) -> Vec<&str> {
         files.iter().map(|f| f.path.as_str()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_directory_source_gives_renderers_every_input_and_syncs_their_manifests() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("app")).unwrap();
+        std::fs::write(root.join("app/kustomization.yaml"), "resources: []\n").unwrap();
+        std::fs::write(root.join("app/settings.env"), "a=b\n").unwrap();
+        // Others that break a rule are skipped, not fatal: a big README, a link out.
+        std::fs::write(root.join("app/README.md"), "x".repeat(5 << 20)).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", root.join("app/passwd")).unwrap();
+        let source = DirSource::new("dev", root);
+        let revision = source.fetch().await.unwrap();
+        let manifests = source.read(&revision, "app").await.unwrap();
+        assert_eq!(paths(&manifests), ["app/kustomization.yaml"]);
+        let all = source.read_all(&revision, "").await.unwrap();
+        assert_eq!(paths(&all), ["app/kustomization.yaml", "app/settings.env"]);
+        // An input's change is a new revision.
+        std::fs::write(root.join("app/settings.env"), "a=c\n").unwrap();
+        assert_ne!(source.fetch().await.unwrap().id, revision.id);
+        // A manifest still breaks the read when it breaks a rule.
+        std::os::unix::fs::symlink("/etc/passwd", root.join("app/stolen.yaml")).unwrap();
+        assert!(source.fetch().await.is_err());
     }
 
     #[test]

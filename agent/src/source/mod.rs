@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use git2::Oid;
 
-pub use dir::{DirSource, read_dir};
+pub use dir::{DirSource, read_dir, read_dir_all};
 pub use git::{Credentials, Fetched, GitSource, Reference, SourceSpec, read_tree};
 
 /// One file of a revision, as read from Git (or a local directory): its path relative to
@@ -258,8 +258,8 @@ pub trait Source: Send + Sync {
 
     /// Like [`Source::read`], but every file, whatever its name (a renderer's inputs:
     /// kustomize generators read `.env` and `.properties` files), under the same other
-    /// limits. Sources that filter when they fetch (a local directory, an Object Storage
-    /// prefix) give what they have.
+    /// limits. A source that filters when it fetches (an Object Storage prefix) gives what
+    /// it has.
     fn read_all<'a>(
         &'a self,
         revision: &'a Revision,
