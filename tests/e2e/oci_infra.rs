@@ -344,11 +344,15 @@ async fn a_commit_changes_a_virtual_node_pool_through_oci() {
         "the revision without the pool was never applied",
     )
     .await;
-    let log = agent.log();
-    assert!(
-        log.contains("object=VirtualNodePool/web action=skipped no longer in Git"),
-        "{log}"
-    );
+    // The outcome is logged once the sync ends, which may be after the ConfigMap changed.
+    let started = Instant::now();
+    while !agent
+        .log()
+        .contains("object=VirtualNodePool/web action=skipped no longer in Git")
+    {
+        assert!(started.elapsed() < WAIT, "{}", agent.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let sizes: Vec<Value> = updates(&s)
         .iter()
         .map(|u| u["details"]["size"].clone())
