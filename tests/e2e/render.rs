@@ -280,7 +280,7 @@ async fn a_kustomize_overlay_applies_as_kubectl_would_and_prunes_the_old_generat
         agent_ns,
         ns,
         repo,
-        ..
+        upstream: _upstream,
     } = setup("render").await;
     let files = overlay_files(&ns.name);
     let borrowed: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
@@ -478,7 +478,7 @@ async fn a_helm_chart_applies_as_kubectl_would_with_the_live_clusters_capabiliti
         agent_ns,
         ns,
         repo,
-        ..
+        upstream: _upstream,
     } = setup("helm").await;
     widget_crd(&client).await;
     repo.push("main", &chart_files(), &[]);
@@ -562,8 +562,13 @@ fn add_namespace(yaml: &[u8], ns: &str) -> Vec<u8> {
 
 #[tokio::test]
 async fn a_resync_of_an_unchanged_revision_runs_no_renderer() {
+    // The Git server lives as long as the bindings: none may be dropped with `..`.
     let Setup {
-        agent_ns, ns, repo, ..
+        agent_ns,
+        ns,
+        repo,
+        upstream: _upstream,
+        client: _client,
     } = setup("cache").await;
     let files = overlay_and_chart(&ns.name);
     let borrowed: Vec<(&str, &str)> = files.iter().map(|(p, c)| (*p, c.as_str())).collect();
