@@ -18,6 +18,7 @@ pub mod infra;
 pub mod inventory;
 pub mod notify;
 pub mod oci;
+pub mod policy;
 pub mod prune;
 pub mod render;
 pub mod secrets;
