@@ -590,13 +590,19 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
     let upstream = Upstream::new();
     let repo = upstream.create("examples");
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+    // The example is a kustomize base and an oke overlay: every file of the tree.
     let mut files = Vec::new();
-    for entry in std::fs::read_dir(root.join("shop")).unwrap() {
-        let p = entry.unwrap().path();
-        files.push((
-            format!("shop/{}", p.file_name().unwrap().to_str().unwrap()),
-            std::fs::read_to_string(&p).unwrap(),
-        ));
+    let mut dirs = vec![root.join("shop")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+                continue;
+            }
+            let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_owned();
+            files.push((rel, std::fs::read_to_string(&p).unwrap()));
+        }
     }
     repo.push("main", &harness::borrowed(&files), &[]);
     let state = tempfile::tempdir().unwrap();
@@ -604,9 +610,10 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
     std::fs::write(
         &config,
         format!(
-            "stateDir: {}\nnamespace: {}\nsources:\n  - name: examples\n    url: {}\nsyncs:\n  - name: shop\n    source: examples\n    path: shop\n    namespace: shop\n    health: {{timeout: 90s}}\n",
+            "stateDir: {}\nnamespace: {}\nrender: {{kustomize: {}}}\nsources:\n  - name: examples\n    url: {}\nsyncs:\n  - name: shop\n    source: examples\n    path: shop/overlays/oke\n    namespace: shop\n    health: {{timeout: 90s}}\n",
             state.path().display(),
             agent_ns.name,
+            harness::renderer("kustomize").display(),
             repo.file_url()
         ),
     )
@@ -634,7 +641,8 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
     );
     for line in [
         "Namespace/shop created",
-        "ConfigMap/shop/web-config created",
+        "ConfigMap/shop/web-config-",
+        "  rendered: kustomize in ",
         "Deployment/shop/web created",
         "Deployment/shop/redis created",
         "Service/shop/redis created",
@@ -693,9 +701,19 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
 
     // Someone edits the ConfigMap behind Git's back: diff shows it and exits 1.
     let cms: Api<ConfigMap> = Api::namespaced(admin.clone(), "shop");
+    // The generated ConfigMap's name carries its content hash.
+    let name = cms
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .find(|n| n.starts_with("web-config-"))
+        .unwrap();
     let patch = serde_json::json!({"data": {"GREETING": "changed by hand"}});
-    cms.patch("web-config", &kube::api::PatchParams::apply("someone-else").force(), &kube::api::Patch::Apply(&serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-config"}, "data": patch["data"]
+    cms.patch(&name, &kube::api::PatchParams::apply("someone-else").force(), &kube::api::Patch::Apply(&serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": patch["data"]
     })))
     .await
     .unwrap();
@@ -703,7 +721,7 @@ async fn binary_syncs_the_example_repo_and_reports_status() {
     assert_eq!(code, Some(1), "{out}");
     assert!(
         out.contains("-  GREETING: changed by hand")
-            && out.contains("+  GREETING: Hello from gitops-agent"),
+            && out.contains("+  GREETING: Hello from gitops-agent on OKE"),
         "{out}"
     );
 
