@@ -211,3 +211,107 @@ fn what_the_apiserver_or_the_agent_would_refuse_is_a_load_error_naming_the_place
         ]
     );
 }
+
+/// A pack's policies and fixtures, from `policies/<pack>/`.
+fn pack(name: &str) -> (PolicySet, Vec<Value>) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../policies")
+        .join(name);
+    let read = |file: &str| -> Vec<Value> {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        serde_saphyr::from_multiple(&text).unwrap()
+    };
+    let objects: Vec<(At, Value)> = read("policies.yaml")
+        .into_iter()
+        .enumerate()
+        .map(|(i, o)| {
+            let at = At {
+                file: format!("policies/{name}/policies.yaml"),
+                line: i,
+            };
+            (at, o)
+        })
+        .collect();
+    let set = load(&objects).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+    (set, read("fixtures.yaml"))
+}
+
+/// The allowed-registries ConfigMap the baseline fixtures assume.
+struct AllowedRegistries;
+
+impl Params for AllowedRegistries {
+    fn find(&self, _: &str, kind: &str, ns: Option<&str>, r: &ParamRef) -> Vec<Value> {
+        assert_eq!(kind, "ConfigMap");
+        match (ns, r.name.as_deref()) {
+            (Some("gitops-agent"), Some("allowed-registries")) => {
+                vec![json!({"data": {"registries": "*.ocir.io, ghcr.io"}})]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// The verdict of the pack on one fixture, as the fixtures write it.
+fn verdict(set: &PolicySet, object: &Value) -> String {
+    let kind = object["kind"].as_str().unwrap();
+    let api_version = object["apiVersion"].as_str().unwrap();
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default();
+    let resource = match kind {
+        "Pod" | "Secret" | "ConfigMap" | "Service" | "Deployment" | "DaemonSet" | "StatefulSet"
+        | "ReplicaSet" | "Job" | "CronJob" | "RoleBinding" | "ClusterRoleBinding" => {
+            format!("{}s", kind.to_lowercase())
+        }
+        other => panic!("no plural for {other}"),
+    };
+    let ns_labels = match namespace {
+        "managed" => json!({"oke.gitops-agent.io/virtual-nodes": "false"}),
+        _ => json!({}),
+    };
+    let ns = json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": namespace, "labels": ns_labels}});
+    let user = User::default();
+    let s = Subject {
+        target: Target {
+            group: group.into(),
+            version: version.into(),
+            kind: kind.into(),
+            resource,
+            namespaced: !namespace.is_empty(),
+            name: object["metadata"]["name"].as_str().unwrap().into(),
+            namespace: namespace.into(),
+            labels: labels(object),
+            old_labels: None,
+            namespace_labels: labels(&ns),
+        },
+        operation: Operation::Create,
+        object,
+        old_object: None,
+        namespace: Some(&ns),
+        user: &user,
+        dry_run: true,
+    };
+    let v = set.evaluate(&s, &AllowedRegistries);
+    match (v.iter().find(|v| v.denies()), v.first()) {
+        (Some(d), _) => format!("deny {}", d.policy),
+        (None, Some(w)) => format!("warn {}", w.policy),
+        (None, None) => "allow".into(),
+    }
+}
+
+#[test]
+fn every_pack_fixture_gets_the_verdict_it_expects() {
+    let mut count = 0;
+    for name in ["virtual-nodes", "secrets", "baseline"] {
+        let (set, fixtures) = pack(name);
+        for f in &fixtures {
+            let want = f["metadata"]["annotations"]["policy.gitops-agent.io/expect"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: a fixture without expect: {f}"));
+            let subject = format!("{}/{}", f["kind"], f["metadata"]["name"]);
+            assert_eq!(verdict(&set, f), want, "{name}: {subject}");
+            count += 1;
+        }
+    }
+    assert!(count >= 60, "{count} fixtures");
+}
