@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::expr::{self, Compiled};
-use super::{Binding, Params, Policy, Subject, Violation, activation};
+use super::{Binding, Params, Policy, Subject, Violation};
 use kube_cel::cel::Value as Cel;
 
 /// Longest messageExpression result the apiserver takes.
@@ -18,6 +18,7 @@ pub(super) fn binding(
     p: &Policy,
     b: &Binding,
     s: &Subject<'_>,
+    bound: &expr::Bound,
     params: &dyn Params,
 ) -> Vec<Violation> {
     let deny = |message: String, reason: &str| Violation {
@@ -51,7 +52,7 @@ pub(super) fn binding(
     };
     let mut out = Vec::new();
     for param in found {
-        for (message, reason) in validate(p, s, param) {
+        for (message, reason) in validate(p, bound, &param) {
             out.push(deny(message, &reason));
         }
     }
@@ -59,10 +60,9 @@ pub(super) fn binding(
 }
 
 /// Every failed validation for one param, in order: its message and reason; none admits.
-fn validate(p: &Policy, s: &Subject<'_>, param: Value) -> Vec<(String, String)> {
-    let mut a = activation(s, param);
+fn validate(p: &Policy, bound: &expr::Bound, param: &Value) -> Vec<(String, String)> {
     // matchConditions: a false one skips the policy, whatever the errors.
-    let ctx = expr::context(&a);
+    let mut ctx = bound.context(param);
     let mut failed = None;
     for (name, c) in &p.conditions {
         let error = match c.eval(&ctx) {
@@ -80,12 +80,13 @@ fn validate(p: &Policy, s: &Subject<'_>, param: Value) -> Vec<(String, String)> 
         };
     }
     // Variables in order, each seeing the ones before; a failed one is left out.
+    let mut variables = std::collections::HashMap::new();
     for (name, c) in &p.variables {
-        if let Ok(v) = c.eval(&expr::context(&a)) {
-            a.variables.insert(name.clone(), v);
+        if let Ok(v) = c.eval(&ctx) {
+            variables.insert(name.clone(), v);
+            expr::set_variables(&mut ctx, &variables);
         }
     }
-    let ctx = expr::context(&a);
     let mut out = Vec::new();
     for v in &p.validations {
         let failure = match v.expression.eval(&ctx) {

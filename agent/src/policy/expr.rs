@@ -80,19 +80,13 @@ const FUNCTIONS: &[&str] = &[
     "join",
     "strings.quote",
     "format",
-    // lists and sets
+    // lists (not ext.Lists v3: slice, flatten, distinct, sort, reverse, first, last and
+    // lists.range came with 1.34, and its apiserver refuses them in a policy written to it,
+    // its compatibility version being N-1) and sets
     "isSorted",
     "sum",
     "min",
     "max",
-    "slice",
-    "flatten",
-    "distinct",
-    "first",
-    "last",
-    "sort",
-    "reverse",
-    "lists.range",
     "sets.contains",
     "sets.equivalent",
     "sets.intersects",
@@ -323,31 +317,59 @@ impl Compiled {
     }
 }
 
-/// A context with the Kubernetes libraries and `a`'s variables bound.
-pub fn context(a: &Activation) -> Context<'static> {
+/// The functions, registered once: every evaluation's context is a scope inside it.
+static LIBRARIES: std::sync::LazyLock<Context<'static>> = std::sync::LazyLock::new(|| {
     let mut ctx = Context::default();
     ctx.register_all();
-    for (name, value) in [
-        ("object", &a.object),
-        ("oldObject", &a.old_object),
-        ("params", &a.params),
-        ("namespaceObject", &a.namespace_object),
-        ("request", &a.request),
-    ] {
-        ctx.add_variable_from_value(name, to_cel(value));
+    ctx
+});
+
+/// An activation's object, old object, namespace and request as CEL, converted once for
+/// every policy that judges the same object.
+pub struct Bound {
+    values: Vec<(&'static str, Value)>,
+}
+
+impl Bound {
+    pub fn new(a: &Activation) -> Bound {
+        let values = vec![
+            ("object", to_cel(&a.object)),
+            ("oldObject", to_cel(&a.old_object)),
+            ("namespaceObject", to_cel(&a.namespace_object)),
+            ("request", to_cel(&a.request)),
+        ];
+        Bound { values }
     }
-    let vars: HashMap<Key, Value> = a
-        .variables
+
+    /// A context with the Kubernetes libraries, these values and `params` bound.
+    pub fn context(&self, params: &serde_json::Value) -> Context<'static> {
+        let mut ctx = LIBRARIES.new_inner_scope();
+        for (name, value) in &self.values {
+            ctx.add_variable_from_value(*name, value.clone());
+        }
+        ctx.add_variable_from_value("params", to_cel(params));
+        set_variables(&mut ctx, &HashMap::new());
+        ctx
+    }
+}
+
+/// A context with the Kubernetes libraries and `a`'s variables bound.
+pub fn context(a: &Activation) -> Context<'static> {
+    let mut ctx = Bound::new(a).context(&a.params);
+    set_variables(&mut ctx, &a.variables);
+    ctx
+}
+
+/// Binds `variables` (the policy's, evaluated so far) in `ctx`.
+pub fn set_variables(ctx: &mut Context<'_>, variables: &HashMap<String, Value>) {
+    let vars: HashMap<Key, Value> = variables
         .iter()
         .map(|(k, v)| (Key::String(Arc::new(k.clone())), v.clone()))
         .collect();
-    ctx.add_variable_from_value(
-        "variables",
-        Value::Map(Map {
-            map: Arc::new(vars),
-        }),
-    );
-    ctx
+    let map = Map {
+        map: Arc::new(vars),
+    };
+    ctx.add_variable_from_value("variables", Value::Map(map));
 }
 
 /// JSON as CEL, keys as they are (`metadata.labels['app.kubernetes.io/name']` finds its

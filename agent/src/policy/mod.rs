@@ -179,10 +179,39 @@ mod load;
 pub use load::load;
 
 impl PolicySet {
+    /// The (apiVersion, kind) of every policy's params.
+    pub fn param_kinds(&self) -> std::collections::HashSet<(String, String)> {
+        self.policies
+            .iter()
+            .filter_map(|p| p.param_kind.clone())
+            .collect()
+    }
+
+    /// The params bindings name: (apiVersion, kind, namespace, name); the namespace empty
+    /// when the binding gives none.
+    pub fn named_params(&self) -> Vec<(String, String, String, String)> {
+        let mut out = Vec::new();
+        for b in &self.bindings {
+            let Some(p) = self.policies.iter().find(|p| p.name == b.policy) else {
+                continue;
+            };
+            let (Some((api_version, kind)), Some(r)) = (&p.param_kind, &b.param_ref) else {
+                continue;
+            };
+            if let Some(name) = &r.name {
+                let ns = r.namespace.clone().unwrap_or_default();
+                out.push((api_version.clone(), kind.clone(), ns, name.clone()));
+            }
+        }
+        out
+    }
+
     /// Every violation of `s`: each matching policy, each matching binding of it, each
     /// param.
     pub fn evaluate(&self, s: &Subject<'_>, params: &dyn Params) -> Vec<Violation> {
         let mut out = Vec::new();
+        // Converted to CEL once, at the first policy that matches.
+        let mut bound: Option<expr::Bound> = None;
         for p in &self.policies {
             if !matching::matches(&p.constraints, &s.target, s.operation) {
                 continue;
@@ -192,7 +221,8 @@ impl PolicySet {
                 if narrowed.is_some_and(|m| !matching::matches(m, &s.target, s.operation)) {
                     continue;
                 }
-                out.extend(evaluate::binding(p, b, s, params));
+                let bound = bound.get_or_insert_with(|| expr::Bound::new(&activation(s)));
+                out.extend(evaluate::binding(p, b, s, bound, params));
             }
         }
         out
@@ -246,12 +276,12 @@ pub fn labels(object: &Value) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// The activation for one evaluation, variables still to come.
-fn activation(s: &Subject<'_>, params: Value) -> Activation {
+/// The activation for one object, params and variables still to come.
+fn activation(s: &Subject<'_>) -> Activation {
     Activation {
         object: s.object.clone(),
         old_object: s.old_object.cloned().unwrap_or(Value::Null),
-        params,
+        params: Value::Null,
         namespace_object: namespace_object(s),
         request: request(s),
         variables: HashMap::new(),
