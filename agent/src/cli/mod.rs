@@ -96,6 +96,13 @@ pub struct ValidateArgs {
     /// A chart: the release name.
     #[arg(long, default_value = "release")]
     release_name: String,
+    /// A policy pack the objects must pass (repeatable); policy files among the objects
+    /// apply too. Exit code 1 when one denies.
+    #[arg(long = "pack", value_name = "NAME")]
+    packs: Vec<String>,
+    /// Where packs are (default: the configuration's policies.dir).
+    #[arg(long, value_name = "DIR")]
+    policies: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -343,10 +350,28 @@ async fn validate(config: &std::path::Path, args: ValidateArgs) -> anyhow::Resul
             .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
     };
     let dir = absolute(&args.dir)?;
+    // The configuration's renderers and policies directory when there is one (offline,
+    // nothing else of it is used).
+    let cfg = match config.exists() {
+        true => Some(config::load(config)?),
+        false => None,
+    };
+    let policies_dir = match (&args.policies, &cfg) {
+        (Some(d), _) => d.clone(),
+        (None, Some(c)) => c.policies.dir.clone(),
+        (None, None) => config::Policies::default().dir,
+    };
+    let packs =
+        sync::policy::Packs::read(&policies_dir, &args.packs).map_err(|e| anyhow::anyhow!(e))?;
+    let checks = Checks {
+        namespace: &args.namespace,
+        packs: &packs,
+        names: &args.packs,
+    };
     let manifests = source::read_dir(&dir, &source::Limits::default())?;
     let is_chart = dir.join("Chart.yaml").is_file();
     if !is_chart && render::kustomize::kustomization(&manifests, "").is_none() {
-        return report_valid(&args.dir, &manifests, &args.namespace);
+        return report_valid(&args.dir, &manifests, &checks);
     }
     let root = match &args.root {
         Some(r) => absolute(r)?,
@@ -381,11 +406,7 @@ async fn validate(config: &std::path::Path, args: ValidateArgs) -> anyhow::Resul
         anyhow::bail!("{dir}: a chart: pass --kube-version (offline, there is no cluster to ask)");
     }
     let files = source::read_dir_all(&root, &source::Limits::default())?;
-    // The configuration's renderers when there is one (offline, nothing else of it is used).
-    let render_cfg = match config.exists() {
-        true => config::load(config)?.render,
-        false => Default::default(),
-    };
+    let render_cfg = cfg.map(|c| c.render).unwrap_or_default();
     let renderers = sync::renderers(&render_cfg).await;
     let caps = render::helm::Capabilities {
         kube_version: args.kube_version.clone().unwrap_or_default(),
@@ -394,7 +415,7 @@ async fn validate(config: &std::path::Path, args: ValidateArgs) -> anyhow::Resul
     let recipe = render::build::Recipe::of(&files, &path, chart.as_ref())
         .ok_or_else(|| anyhow::anyhow!("{}: nothing to build", dir.display()))?;
     match renderers.build("validate", "", recipe, &files, &caps).await {
-        Ok((out, _)) => report_valid(&args.dir, &out, &args.namespace),
+        Ok((out, _)) => report_valid(&args.dir, &out, &checks),
         Err(e) => {
             println!("{e}");
             Ok(ExitCode::FAILURE)
@@ -409,14 +430,22 @@ fn work_tree(dir: &std::path::Path) -> Option<PathBuf> {
         .map(|d| d.to_owned())
 }
 
-/// Renders `files` and checks its infra specs; prints the result.
+/// What `validate` checks the objects against.
+struct Checks<'a> {
+    namespace: &'a str,
+    packs: &'a sync::policy::Packs,
+    names: &'a [String],
+}
+
+/// Renders `files`, checks its infra specs and judges it by the policies; prints the result:
+/// exit code 1 when invalid or denied.
 fn report_valid(
     dir: &std::path::Path,
     files: &[source::File],
-    namespace: &str,
+    checks: &Checks<'_>,
 ) -> anyhow::Result<ExitCode> {
     let opts = render::Options {
-        default_namespace: namespace.to_string(),
+        default_namespace: checks.namespace.to_string(),
         ..Default::default()
     };
     let rendered = render::render(files, &opts, &render::BuiltinScopes).and_then(|manifests| {
@@ -428,16 +457,66 @@ fn report_valid(
             .collect();
         gitops_agent::infra::parse_manifests(&infra).map(|_| manifests)
     });
-    match rendered {
-        Ok(manifests) => {
-            println!("{}: {} objects valid", dir.display(), manifests.len());
-            Ok(ExitCode::SUCCESS)
-        }
+    let manifests = match rendered {
+        Ok(manifests) => manifests,
         Err(errors) => {
             println!("{errors}");
-            Ok(ExitCode::FAILURE)
+            return Ok(ExitCode::FAILURE);
         }
+    };
+    let names: Vec<&String> = checks.names.iter().collect();
+    let set = sync::policy::load_set(checks.packs, &names, &manifests, Vec::new())
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let findings = match &set {
+        None => Vec::new(),
+        Some(set) => offline_findings(set, &manifests),
+    };
+    for f in &findings {
+        println!("{f}");
     }
+    if findings.iter().any(|f| f.violation.denies()) {
+        return Ok(ExitCode::FAILURE);
+    }
+    println!("{}: {} objects valid", dir.display(), manifests.len());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The policies' findings without a cluster: kinds resolve from the built-in ones and the
+/// revision's CustomResourceDefinitions, namespaces and params from the revision.
+fn offline_findings(
+    set: &gitops_agent::policy::PolicySet,
+    manifests: &[render::Manifest],
+) -> Vec<sync::policy::Finding> {
+    let crds: Vec<(String, String, String, bool)> = manifests
+        .iter()
+        .filter(|m| m.id.kind == "CustomResourceDefinition")
+        .map(|m| {
+            let v = m.value();
+            let s = &v["spec"];
+            let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_owned();
+            let namespaced = s["scope"] == "Namespaced";
+            (
+                text(&s["group"]),
+                text(&s["names"]["kind"]),
+                text(&s["names"]["plural"]),
+                namespaced,
+            )
+        })
+        .collect();
+    let resolve = |id: &gitops_agent::core::ObjectKey| {
+        use render::Scopes;
+        if let Some(plural) = render::BuiltinScopes::plural(&id.group, &id.kind) {
+            let namespaced = render::BuiltinScopes.namespaced(&id.group, &id.kind)?;
+            return Some((plural.to_owned(), namespaced));
+        }
+        crds.iter()
+            .find(|(g, k, _, _)| *g == id.group && *k == id.kind)
+            .map(|(_, _, plural, namespaced)| (plural.clone(), *namespaced))
+    };
+    let lookups = sync::policy::Lookups::from_revision(manifests, set);
+    let user = gitops_agent::policy::User::default();
+    let none = inventory::Inventory::default();
+    sync::policy::findings(set, manifests, &none, &resolve, &lookups, &user)
 }
 
 /// The syncs selected by `--sync`, or all of them.
@@ -464,6 +543,8 @@ async fn diff(cli: &Cli, only: Option<&str>) -> anyhow::Result<bool> {
     let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
     engine.set_oci(cfg.oci.as_ref().map(gitops_agent::oci::Shared::for_config));
     engine.set_renderers(sync::renderers(&cfg.render).await);
+    let packs = sync::policy_packs(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+    engine.set_policies(packs, cfg.policies.packs.clone());
     let mut changed = false;
     for s in selected(&cfg, only)? {
         let outcome = controller::sync_once(
@@ -506,6 +587,8 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
     let mut engine = sync::Engine::new(client.clone(), &cfg.namespace).await?;
     engine.set_oci(cfg.oci.as_ref().map(gitops_agent::oci::Shared::for_config));
     engine.set_renderers(sync::renderers(&cfg.render).await);
+    let packs = sync::policy_packs(&cfg).map_err(|e| anyhow::anyhow!(e))?;
+    engine.set_policies(packs, cfg.policies.packs.clone());
     let mut ok = true;
     for s in selected(&cfg, only)? {
         if s.suspend {
@@ -531,6 +614,9 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
             }
         }
         println!("  summary: {}", outcome.changes.summary());
+        for f in &outcome.findings {
+            println!("  policy: {f}");
+        }
         if let Some(b) = &outcome.render {
             let how = match b.cached {
                 true => "from the render cache".to_owned(),

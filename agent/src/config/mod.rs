@@ -78,6 +78,45 @@ pub struct Config {
     pub concurrency: usize,
     /// Where the renderer binaries are.
     pub render: Render,
+    /// The policy packs every sync must pass, and where packs are.
+    pub policies: Policies,
+}
+
+/// Policy packs: `<dir>/<pack>/policies.yaml`, ValidatingAdmissionPolicies and bindings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Policies {
+    #[serde(default = "default_policies_dir")]
+    pub dir: PathBuf,
+    /// Packs every sync must pass.
+    #[serde(default)]
+    pub packs: Vec<String>,
+}
+
+impl Default for Policies {
+    fn default() -> Self {
+        Policies {
+            dir: default_policies_dir(),
+            packs: Vec::new(),
+        }
+    }
+}
+
+fn default_policies_dir() -> PathBuf {
+    PathBuf::from("/etc/gitops-agent/policies")
+}
+
+/// The policies one sync must pass besides the global packs and the ones its revision
+/// carries.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct SyncPolicies {
+    /// More packs, for this sync.
+    #[serde(default)]
+    pub packs: Vec<String>,
+    /// Syncs whose applied policies this one must pass too (a platform team's sync).
+    #[serde(default)]
+    pub from_syncs: Vec<String>,
 }
 
 /// The renderer binaries (given here, else found on PATH) and the bounds of one render.
@@ -256,6 +295,7 @@ pub struct Sync {
     pub pool_guard: PoolGuard,
     /// Render a Helm chart instead of the path's files.
     pub helm: Option<Helm>,
+    pub policies: SyncPolicies,
 }
 
 /// Holds back a revision that changes an infra spec's pool size by more than a step, or to
@@ -467,6 +507,36 @@ syncs:
         ] {
             assert!(p.iter().any(|m| m.contains(want)), "{want}: {p:?}");
         }
+    }
+
+    #[test]
+    fn policy_packs_and_other_syncs_policies_are_named_and_checked() {
+        let text = "\
+policies: {packs: [baseline]}
+sources:
+  - {name: apps, url: https://git.example/apps.git}
+syncs:
+  - {name: platform, source: apps, namespace: default}
+  - {name: web, source: apps, namespace: shop, policies: {packs: [virtual-nodes], fromSyncs: [platform]}}
+";
+        let c = parse_ok(text);
+        assert_eq!(c.policies.packs, ["baseline"]);
+        assert_eq!(c.policies.dir, PathBuf::from("/etc/gitops-agent/policies"));
+        assert_eq!(c.syncs[1].policies.packs, ["virtual-nodes"]);
+        assert_eq!(c.syncs[1].policies.from_syncs, ["platform"]);
+        assert_eq!(c.syncs[0].policies, SyncPolicies::default());
+        let bad = text.replace("fromSyncs: [platform]", "fromSyncs: [web, nowhere]");
+        let p: Vec<String> = problems(&bad).into_iter().map(|p| p.message).collect();
+        assert!(
+            p.iter()
+                .any(|m| m.contains("policies.fromSyncs names \"web\", which is no other sync")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter()
+                .any(|m| m.contains("\"nowhere\", which is no other sync")),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub(super) struct RawConfig {
     pub(super) oci: Option<Spanned<super::oci::OciConfig>>,
     #[serde(default)]
     pub(super) render: Option<RawRender>,
+    #[serde(default)]
+    pub(super) policies: Option<super::Policies>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -113,6 +115,8 @@ pub(super) struct RawSync {
     pub(super) pool_guard: Option<RawPoolGuard>,
     #[serde(default)]
     pub(super) helm: Option<RawHelm>,
+    #[serde(default)]
+    pub(super) policies: Option<Spanned<super::SyncPolicies>>,
 }
 
 #[derive(Debug, Deserialize)]

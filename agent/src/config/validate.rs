@@ -115,6 +115,7 @@ impl Validator {
                 None => Default::default(),
             },
             render: self.render(raw.render),
+            policies: raw.policies.unwrap_or_default(),
             oci: raw.oci.map(|o| {
                 for p in o.value.problems() {
                     self.at(&o, p);
@@ -148,7 +149,19 @@ impl Validator {
         }
         let mut seen_syncs: BTreeMap<String, u64> = BTreeMap::new();
         let mut syncs = Vec::new();
+        let names: Vec<String> = raw_syncs.iter().map(|s| s.name.value.clone()).collect();
         for s in raw_syncs {
+            if let Some(p) = &s.policies {
+                for other in &p.value.from_syncs {
+                    if *other == s.name.value || !names.contains(other) {
+                        let why = format!(
+                            "sync {:?}: policies.fromSyncs names {other:?}, which is no other sync",
+                            s.name.value
+                        );
+                        self.at(p, why);
+                    }
+                }
+            }
             if let Some(first) = seen_syncs.insert(s.name.value.clone(), s.name.referenced.line()) {
                 self.at(
                     &s.name,
@@ -442,6 +455,7 @@ impl Validator {
             prune_guard,
             pool_guard,
             helm,
+            policies: s.policies.map(|p| p.value).unwrap_or_default(),
         }
     }
 

@@ -56,4 +56,7 @@ pub fn log_outcome(o: &Outcome) {
     {
         tracing::info!(sync = %o.sync, object = %c.subject, action = %c.action, message = c.message.as_deref().unwrap_or(""), "change");
     }
+    for f in &o.findings {
+        tracing::warn!(sync = %o.sync, object = %f.subject, file = %f.file, line = f.line, policy = %f.violation.policy, binding = %f.violation.binding, message = %f.violation.message, "policy warning");
+    }
 }

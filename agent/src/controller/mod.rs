@@ -47,6 +47,8 @@ pub enum Error {
     Listen(String, #[source] std::io::Error),
     #[error(transparent)]
     Leader(leader::Error),
+    #[error("{0}")]
+    Policies(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -276,6 +278,8 @@ pub async fn run(
     let mut engine = Engine::new(client.clone(), &cfg.namespace).await?;
     engine.set_oci(cfg.oci.as_ref().map(crate::oci::Shared::for_config));
     engine.set_renderers(crate::sync::renderers(&cfg.render).await);
+    let packs = crate::sync::policy_packs(&cfg).map_err(Error::Policies)?;
+    engine.set_policies(packs, cfg.policies.packs.clone());
     let (detector, reports) = Detector::new(client.clone(), opts.drift.clone());
     // The detector's gauges are read at every scrape: they change between the loop's passes.
     let counted = detector.clone();

@@ -126,8 +126,18 @@ impl Scopes for BuiltinScopes {
     fn namespaced(&self, group: &str, kind: &str) -> Option<bool> {
         BUILTIN_KINDS
             .iter()
-            .find(|(g, k, _)| *g == group && *k == kind)
-            .map(|(_, _, namespaced)| *namespaced)
+            .find(|(g, k, _, _)| *g == group && *k == kind)
+            .map(|(_, _, namespaced, _)| *namespaced)
+    }
+}
+
+impl BuiltinScopes {
+    /// The plural resource name of a built-in kind (`deployments`).
+    pub fn plural(group: &str, kind: &str) -> Option<&'static str> {
+        BUILTIN_KINDS
+            .iter()
+            .find(|(g, k, _, _)| *g == group && *k == kind)
+            .map(|(_, _, _, plural)| *plural)
     }
 }
 
@@ -151,6 +161,7 @@ macro_rules! builtin_kinds {
             <$ty as Resource>::GROUP,
             <$ty as Resource>::KIND,
             <<$ty as Resource>::Scope as ScopeKind>::NAMESPACED,
+            <$ty as Resource>::URL_PATH_SEGMENT,
         )),*]
     };
 }
@@ -158,7 +169,7 @@ macro_rules! builtin_kinds {
 /// Every persisted kind of k8s-openapi's v1_34 API. Left out on purpose: create-only
 /// review and request kinds (TokenReview, SubjectAccessReview, Binding, ...), which are not
 /// stored and cannot be applied, and meta types (Status, APIGroup, ...).
-static BUILTIN_KINDS: &[(&str, &str, bool)] = {
+static BUILTIN_KINDS: &[(&str, &str, bool, &str)] = {
     use k8s_openapi::api as k;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions as apiext;
     use k8s_openapi::kube_aggregator::pkg::apis::apiregistration as apireg;
@@ -920,13 +931,17 @@ mod tests {
         assert_eq!(s.namespaced("apps", "Secret"), None);
         assert_eq!(s.namespaced("example.com", "Gizmo"), None);
         // Two versions of one kind never disagree on scope.
-        for (g, k, n) in BUILTIN_KINDS {
+        for (g, k, n, _) in BUILTIN_KINDS {
             assert!(
                 BUILTIN_KINDS
                     .iter()
-                    .all(|(g2, k2, n2)| (g, k) != (g2, k2) || n == n2)
+                    .all(|(g2, k2, n2, _)| (g, k) != (g2, k2) || n == n2)
             );
         }
+        assert_eq!(
+            BuiltinScopes::plural("apps", "Deployment"),
+            Some("deployments")
+        );
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::source;
 
 mod claims;
 mod infra;
+pub mod policy;
 
 /// Why a sync did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +42,13 @@ pub enum Failure {
     Health(String),
     #[error("{0}")]
     Store(String),
+    #[error("revision {revision} is denied by policy; nothing was applied:\n{}", policy::lines(.findings))]
+    Denied {
+        revision: String,
+        findings: Vec<policy::Finding>,
+    },
+    #[error("revision {revision}: its policies do not load; nothing was applied:\n{reason}")]
+    Policies { revision: String, reason: String },
 }
 
 impl Failure {
@@ -68,6 +76,9 @@ pub struct Outcome {
     pub pools: Option<Vec<String>>,
     /// How the revision was built, when a renderer (kustomize, Helm) built it.
     pub render: Option<render::build::Built>,
+    /// Policy warnings and audit findings about the revision's objects (denials are its
+    /// failure instead).
+    pub findings: Vec<policy::Finding>,
 }
 
 /// One object of the applied desired state: what drift detection compares the live one with.
@@ -92,6 +103,7 @@ impl Outcome {
             desired: Vec::new(),
             pools: None,
             render: None,
+            findings: Vec::new(),
         }
     }
 
@@ -141,6 +153,11 @@ pub struct Engine {
     renderers: render::build::Builder,
     /// The API server's version, for Helm's capabilities: read once, at the first chart.
     kube_version: tokio::sync::OnceCell<String>,
+    /// The policy packs read at start, and those every sync must pass.
+    packs: policy::Packs,
+    global_packs: Vec<String>,
+    /// Who the agent is (`request.userInfo` of its writes): asked once.
+    identity: tokio::sync::OnceCell<(String, Vec<String>)>,
 }
 
 /// What changed in one poll of a sync's pools.
@@ -164,6 +181,9 @@ impl Engine {
             resolved: Default::default(),
             renderers: Default::default(),
             kube_version: Default::default(),
+            packs: Default::default(),
+            global_packs: Vec::new(),
+            identity: Default::default(),
         })
     }
 
@@ -224,6 +244,12 @@ impl Engine {
             }
         }
         out
+    }
+
+    /// Every sync must pass `global` of `packs`, and each the packs it names.
+    pub fn set_policies(&mut self, packs: policy::Packs, global: Vec<String>) {
+        self.packs = packs;
+        self.global_packs = global;
     }
 
     /// Kustomizations and charts are built with these renderers (none: a sync that needs
@@ -339,16 +365,13 @@ impl Engine {
             Err(e) => return outcome.failed(Failure::Store(e.to_string())),
         };
         let previous = stored.inventory.clone();
-        // 1. Render and validate the whole revision before any write.
-        let (rendered, discovery, built) = self.render(sync, revision, files, &previous).await;
-        outcome.render = built;
-        let manifests = match rendered {
-            Ok(m) => m,
-            Err(errors) => {
-                let failure = Failure::Render {
-                    revision: revision.to_string(),
-                    errors,
-                };
+        // 1. Render, validate and judge the whole revision before any write.
+        let (manifests, discovery) = match self
+            .admit(sync, revision, files, &previous, &mut outcome)
+            .await
+        {
+            Ok(admitted) => admitted,
+            Err(failure) => {
                 return self
                     .stop(sync, &mut stored, &previous, outcome, failure, opts)
                     .await;
@@ -425,6 +448,27 @@ impl Engine {
         self.record(sync, &mut stored, &inventory, &mut outcome, opts)
             .await;
         outcome
+    }
+
+    /// The revision rendered, validated and judged by the policies: its objects, or why it
+    /// stops. How it was built and the policies' warnings go to `outcome`.
+    async fn admit(
+        &self,
+        sync: &config::Sync,
+        revision: &str,
+        files: &[source::File],
+        previous: &Inventory,
+        outcome: &mut Outcome,
+    ) -> Result<(Vec<render::Manifest>, Arc<Discovery>), Failure> {
+        let (rendered, discovery, built) = self.render(sync, revision, files, previous).await;
+        outcome.render = built;
+        let manifests = rendered.map_err(|errors| Failure::Render {
+            revision: revision.to_string(),
+            errors,
+        })?;
+        let policed = self.police(sync, revision, &manifests, previous, &discovery);
+        outcome.findings = policed.await?;
+        Ok((manifests, discovery))
     }
 
     /// Ends the sync with `failure`, recording `inventory` and the status.
@@ -802,6 +846,18 @@ pub async fn renderers(cfg: &config::Render) -> render::build::Builder {
         probe(cfg.helm_binary(), Renderer::Helm).await,
         bounds,
     )
+}
+
+/// The packs the configuration names (for every sync, and for each), read from its
+/// policies directory.
+pub fn policy_packs(cfg: &config::Config) -> Result<policy::Packs, String> {
+    let mut names: Vec<String> = cfg.policies.packs.clone();
+    for s in &cfg.syncs {
+        names.extend(s.policies.packs.iter().cloned());
+    }
+    names.sort();
+    names.dedup();
+    policy::Packs::read(&cfg.policies.dir, &names)
 }
 
 /// A sync's Helm settings as the renderer takes them.

@@ -761,6 +761,7 @@ mod tests {
             desired: vec![],
             pools: None,
             render: None,
+            findings: vec![],
         }
     }
 
