@@ -117,6 +117,32 @@ pub fn drift_alert(r: Report) -> Option<Alert> {
     }
 }
 
+/// The alerts of a sync's policy warnings and audit findings, each once while it lasts:
+/// `warned` remembers, per sync, the findings last seen, so a resync of the same revision
+/// alerts nothing new, and a finding that went away and came back alerts again.
+pub fn policy_alerts(
+    warned: &mut HashMap<String, std::collections::BTreeSet<String>>,
+    o: &Outcome,
+) -> Vec<Alert> {
+    let now: std::collections::BTreeSet<String> =
+        o.findings.iter().map(ToString::to_string).collect();
+    let before = warned.insert(o.sync.clone(), now).unwrap_or_default();
+    o.findings
+        .iter()
+        .filter(|f| !before.contains(&f.to_string()))
+        .map(|f| Alert::PolicyWarning {
+            sync: o.sync.clone(),
+            revision: o.revision.clone(),
+            subject: f.id.clone(),
+            policy: f.violation.policy.clone(),
+            binding: f.violation.binding.clone(),
+            file: f.file.clone(),
+            line: f.line,
+            message: crate::core::bounded(&f.violation.message, 5, 1024),
+        })
+        .collect()
+}
+
 /// The alert a sync outcome raises, once per distinct failure: `alerted` remembers, per
 /// sync, what was last alerted, so a failing revision retried every few seconds alerts once.
 pub fn sync_alert(alerted: &mut HashMap<String, String>, o: &Outcome) -> Option<Alert> {
@@ -147,5 +173,61 @@ pub fn sync_alert(alerted: &mut HashMap<String, String>, o: &Outcome) -> Option<
                 },
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::ObjectKey;
+    use crate::policy::{Action, Violation};
+    use crate::sync::policy::Finding;
+
+    fn warned(message: &str) -> Finding {
+        let id = ObjectKey {
+            group: "apps".into(),
+            version: "v1".into(),
+            kind: "Deployment".into(),
+            namespace: Some("shop".into()),
+            name: "web".into(),
+        };
+        Finding {
+            subject: id.to_string(),
+            id,
+            file: "app/web.yaml".into(),
+            line: 3,
+            violation: Violation {
+                policy: "spread".into(),
+                binding: "spread".into(),
+                actions: vec![Action::Warn],
+                message: message.into(),
+                reason: "Invalid".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn a_policy_warning_is_alerted_once_while_it_lasts() {
+        let mut seen = HashMap::new();
+        let mut o = Outcome::new("shop", "rev1");
+        o.findings = vec![warned("no spread")];
+        let alerts = policy_alerts(&mut seen, &o);
+        assert_eq!(alerts.len(), 1);
+        assert_eq!(
+            alerts[0].summary(),
+            "Deployment/shop/web: policy spread (binding spread) at app/web.yaml:3: no spread"
+        );
+        assert_eq!(alerts[0].reason(), "PolicyWarning");
+        assert!(
+            policy_alerts(&mut seen, &o).is_empty(),
+            "a resync alerts nothing new"
+        );
+        let clean = Outcome::new("shop", "rev2");
+        assert!(policy_alerts(&mut seen, &clean).is_empty());
+        assert_eq!(
+            policy_alerts(&mut seen, &o).len(),
+            1,
+            "back again: alerted again"
+        );
     }
 }

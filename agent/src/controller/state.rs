@@ -60,6 +60,8 @@ pub struct Controller {
     seen: HashSet<String>,
     slots: Arc<Semaphore>,
     alerted: HashMap<String, String>,
+    /// The policy findings last alerted, per sync.
+    warned: HashMap<String, std::collections::BTreeSet<String>>,
     /// Only the leader starts fetches and syncs.
     leading: bool,
     /// Syncs run under it: losing the lease stops them at once.
@@ -100,6 +102,7 @@ impl Controller {
             revisions: HashMap::new(),
             seen: HashSet::new(),
             alerted: HashMap::new(),
+            warned: HashMap::new(),
             leading: false,
             claim: p.claim,
             background: Default::default(),
@@ -338,6 +341,9 @@ impl Controller {
     fn report(&mut self, outcome: &Outcome, duration: Duration) {
         self.metrics.observe_sync(&outcome.sync, outcome, duration);
         if let Some(a) = alerts::sync_alert(&mut self.alerted, outcome) {
+            self.dispatcher.send(a);
+        }
+        for a in alerts::policy_alerts(&mut self.warned, outcome) {
             self.dispatcher.send(a);
         }
     }

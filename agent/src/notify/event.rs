@@ -56,6 +56,20 @@ pub enum Event {
         revision: String,
         reason: String,
     },
+    /// A policy binding with the Warn or Audit action found something about an object
+    /// (a Deny stops the revision: that is a SyncFailed).
+    PolicyWarning {
+        sync: String,
+        revision: String,
+        #[serde(with = "subject_string")]
+        subject: ObjectKey,
+        policy: String,
+        binding: String,
+        /// Where the object is written in Git.
+        file: String,
+        line: usize,
+        message: String,
+    },
     /// The agent's OCI identity cannot get credentials (a refresh or the first exchange
     /// failed); not about one sync.
     OciIdentityFailing { error: String },
@@ -119,7 +133,8 @@ impl Event {
             | Event::Fight { sync, .. }
             | Event::SyncFailed { sync, .. }
             | Event::SyncRecovered { sync, .. }
-            | Event::PruneHeldBack { sync, .. } => sync,
+            | Event::PruneHeldBack { sync, .. }
+            | Event::PolicyWarning { sync, .. } => sync,
             Event::OciIdentityFailing { .. } | Event::OciIdentityRecovered => "",
         }
     }
@@ -129,7 +144,8 @@ impl Event {
         match self {
             Event::DriftDetected { subject, .. }
             | Event::DriftResolved { subject, .. }
-            | Event::Fight { subject, .. } => Some(subject),
+            | Event::Fight { subject, .. }
+            | Event::PolicyWarning { subject, .. } => Some(subject),
             _ => None,
         }
     }
@@ -143,6 +159,7 @@ impl Event {
             Event::SyncFailed { .. } => "SyncFailed",
             Event::SyncRecovered { .. } => "SyncRecovered",
             Event::PruneHeldBack { .. } => "PruneHeldBack",
+            Event::PolicyWarning { .. } => "PolicyWarning",
             Event::OciIdentityFailing { .. } => "OciIdentityFailing",
             Event::OciIdentityRecovered => "OciIdentityRecovered",
         }
@@ -155,6 +172,7 @@ impl Event {
             Event::Fight { .. } => "Apply",
             Event::SyncFailed { .. } | Event::SyncRecovered { .. } => "Sync",
             Event::PruneHeldBack { .. } => "Prune",
+            Event::PolicyWarning { .. } => "Validate",
             Event::OciIdentityFailing { .. } | Event::OciIdentityRecovered => "Authenticate",
         }
     }
@@ -181,6 +199,12 @@ impl Event {
                 format!("sync/{sync}")
             }
             Event::PruneHeldBack { sync, revision, .. } => format!("prune/{sync}/{revision}"),
+            Event::PolicyWarning {
+                sync,
+                subject,
+                policy,
+                ..
+            } => format!("policy/{sync}/{}/{policy}", subject_key(subject)),
             Event::OciIdentityFailing { .. } | Event::OciIdentityRecovered => "oci/identity".into(),
         }
     }
@@ -244,6 +268,17 @@ impl Event {
             } => format!(
                 "sync/{sync}: prune held back at {}: {reason}",
                 short(revision)
+            ),
+            Event::PolicyWarning {
+                subject,
+                policy,
+                binding,
+                file,
+                line,
+                message,
+                ..
+            } => format!(
+                "{subject}: policy {policy} (binding {binding}) at {file}:{line}: {message}"
             ),
             Event::OciIdentityFailing { error } => format!("oci/identity: {error}"),
             Event::OciIdentityRecovered => "oci/identity: credentials work again".into(),

@@ -22,6 +22,7 @@ use crate::render::Manifest;
 /// One policy finding about one object of a revision.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Finding {
+    pub id: ObjectKey,
     /// `Kind/ns/name`.
     pub subject: String,
     pub file: String,
@@ -278,6 +279,7 @@ pub fn findings(
         };
         for violation in set.evaluate(&s, lookups) {
             out.push(Finding {
+                id: m.id.clone(),
                 subject: m.subject(),
                 file: m.file.clone(),
                 line: m.line,
