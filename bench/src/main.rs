@@ -11,6 +11,7 @@ mod git;
 mod latency;
 mod oci;
 mod peers;
+mod policies;
 mod report;
 mod sink;
 
@@ -32,10 +33,10 @@ use crate::report::{Measured, Run};
 
 #[derive(Parser, Debug)]
 #[command(about = "Benchmark gitops-agent against kubectl and the apiserver's raw SSA bound")]
-struct Args {
+pub struct Args {
     /// Corpus sizes, comma separated.
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
-    objects: Vec<usize>,
+    pub objects: Vec<usize>,
     /// Use this running cluster instead of starting the local control plane.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -59,14 +60,18 @@ struct Args {
     /// stand-ins); written to `bench/RESULTS-oci.md`.
     #[arg(long)]
     oci: bool,
+    /// Instead of the rows above: what the virtual-nodes policy pack adds to a cold sync at
+    /// each N; written to `bench/RESULTS-policies.md`.
+    #[arg(long)]
+    policies: bool,
 }
 
 /// Bounds for the long steps: far past any plausible time, so a timeout means broken.
-const SYNC_LIMIT: Duration = Duration::from_secs(20 * 60);
+pub const SYNC_LIMIT: Duration = Duration::from_secs(20 * 60);
 const DAEMON_READY_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// Lets the controllers' churn after one contender (ReplicaSets, kwok pods) settle
 /// before the next is timed.
-const SETTLE: Duration = Duration::from_secs(15);
+pub const SETTLE: Duration = Duration::from_secs(15);
 /// Bound for the controllers to roll out the corpus's Deployments.
 const SETTLE_LIMIT: Duration = Duration::from_secs(10 * 60);
 
@@ -106,6 +111,9 @@ async fn main() -> anyhow::Result<()> {
 async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Result<()> {
     if args.oci {
         return bench_oci(args, cp, agent_bin).await;
+    }
+    if args.policies {
+        return policies::bench_policies(args, cp, agent_bin).await;
     }
     let client = cp.client().await?;
     let kubernetes = cp.version().await;
@@ -206,7 +214,7 @@ async fn bench_oci(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::
 }
 
 /// The agent's namespace and the alert sink's signing key in it.
-async fn prepare_system_namespace(client: &Client) -> anyhow::Result<()> {
+pub async fn prepare_system_namespace(client: &Client) -> anyhow::Result<()> {
     let pp = PatchParams::apply("bench").force();
     let ns: Api<Namespace> = Api::all(client.clone());
     ns.patch(
