@@ -264,10 +264,7 @@ impl super::Source for BucketSource {
         revision: &'a Revision,
         path: &'a str,
     ) -> BoxFuture<'a, Result<Vec<File>>> {
-        let limits = Limits {
-            only: None,
-            ..self.spec.limits.clone()
-        };
+        let limits = self.spec.limits.every_file();
         Box::pin(self.read_under(revision, path, limits))
     }
 }

@@ -26,11 +26,13 @@ pub fn read_dir_all(dir: &Path, limits: &Limits) -> Result<Vec<File>> {
     read(dir, limits, true)
 }
 
+/// An I/O error about `path`, for `map_err`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.display().to_string();
+    move |source| Error::Io { path, source }
+}
+
 fn read(dir: &Path, limits: &Limits, others: bool) -> Result<Vec<File>> {
-    let io = |path: &Path| {
-        let path = path.display().to_string();
-        move |source| Error::Io { path, source }
-    };
     let root = dir.canonicalize().map_err(io(dir))?;
     let mut reader = Reader {
         dir,
@@ -92,10 +94,6 @@ impl Reader<'_> {
     /// Reads the file at `path` (`rel` from the root) under the rules, or says which it
     /// breaks (and reads nothing).
     fn add(&mut self, path: &Path, rel: String, kind: std::fs::FileType) -> Result<()> {
-        let io = |path: &Path| {
-            let path = path.display().to_string();
-            move |source| Error::Io { path, source }
-        };
         let limits = self.limits;
         let target = if kind.is_symlink() {
             link_target(self.dir, self.root, path, &rel)?
@@ -137,10 +135,7 @@ impl Reader<'_> {
 
 /// The file a symlink at `path` (`rel` from the root) names, when it is one inside `root`.
 fn link_target(dir: &Path, root: &Path, path: &Path, rel: &str) -> Result<PathBuf> {
-    let link = std::fs::read_link(path).map_err(|source| Error::Io {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let link = std::fs::read_link(path).map_err(io(path))?;
     let shown = link.display().to_string();
     let escape = || Error::SymlinkEscape {
         path: rel.to_owned(),

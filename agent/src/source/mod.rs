@@ -161,6 +161,14 @@ impl Limits {
     /// `Kustomization` (so that a sync path holding one is seen to be a kustomization).
     pub const MANIFESTS: [&'static str; 4] = [".yaml", ".yml", ".json", "kustomization"];
 
+    /// These limits, reading every file whatever its name (what [`Source::read_all`] reads).
+    pub fn every_file(&self) -> Limits {
+        Limits {
+            only: None,
+            ..self.clone()
+        }
+    }
+
     /// Whether the file at `path` is read at all.
     pub fn reads(&self, path: &str) -> bool {
         let name = path.rsplit('/').next().unwrap_or(path).to_ascii_lowercase();

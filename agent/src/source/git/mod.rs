@@ -431,10 +431,7 @@ impl super::Source for GitSource {
         revision: &'a super::Revision,
         path: &'a str,
     ) -> BoxFuture<'a, Result<Vec<File>>> {
-        let limits = Limits {
-            only: None,
-            ..self.inner.spec.limits.clone()
-        };
+        let limits = self.inner.spec.limits.every_file();
         self.read_revision(revision, path, limits)
     }
 }
