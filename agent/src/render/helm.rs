@@ -45,11 +45,13 @@ pub struct Capabilities {
 pub enum Error {
     #[error("{path}: {reason}")]
     Path { path: String, reason: &'static str },
-    /// A values file that does not parse: where, and the parser's message, never the text.
-    #[error("{file}:{line}: a values file must be a YAML mapping: {message}")]
-    Values {
+    /// A values file (or Chart.yaml, or a post-render kustomization) that does not parse
+    /// as a mapping: where, and the parser's message, never the text.
+    #[error("{file}:{line}: {what} must be a YAML mapping: {message}")]
+    Mapping {
         file: String,
         line: usize,
+        what: &'static str,
         message: String,
     },
     #[error("{chart}: writing the chart for helm: {source}")]
@@ -74,7 +76,7 @@ impl Error {
     pub fn location(&self) -> (String, usize) {
         match self {
             Error::Path { path, .. } => (path.clone(), 1),
-            Error::Values { file, line, .. } => (file.clone(), *line),
+            Error::Mapping { file, line, .. } => (file.clone(), *line),
             Error::Write { chart, .. } | Error::Template { chart, .. } => {
                 (format!("{chart}/Chart.yaml"), 1)
             }
@@ -114,7 +116,7 @@ pub async fn template(
     // The chart's own defaults too: Helm's YAML errors quote the text.
     let defaults = chart_yaml.replace("Chart.yaml", "values.yaml");
     if let Some(f) = files.iter().find(|f| f.path == defaults) {
-        values_file(f)?;
+        mapping(f, VALUES)?;
     }
     let mut secrets = Vec::new();
     collect_strings(&chart.values, &mut secrets);
@@ -123,7 +125,7 @@ pub async fn template(
             path: path.clone(),
             reason: "values file not in the repository",
         })?;
-        collect_strings(&values_file(f)?, &mut secrets);
+        collect_strings(&mapping(f, VALUES)?, &mut secrets);
     }
     let tree = kustomize::write_tree(files, &shown)?;
     let inline = tree.path().join("values.json");
@@ -182,7 +184,7 @@ fn arguments(chart: &Chart, caps: &Capabilities, repo: &Path, inline: &Path) -> 
 
 /// The chart's `name` from its Chart.yaml: Helm's `# Source:` lines start with it.
 fn chart_name(meta: &File) -> Result<String, Error> {
-    let doc = values_file(meta)?;
+    let doc = mapping(meta, "Chart.yaml")?;
     doc.get("name")
         .and_then(Value::as_str)
         .map(str::to_owned)
@@ -192,12 +194,16 @@ fn chart_name(meta: &File) -> Result<String, Error> {
         })
 }
 
-/// A values file (or Chart.yaml) parsed: one mapping, or empty.
-fn values_file(f: &File) -> Result<Value, Error> {
+/// What a values file is called in errors.
+const VALUES: &str = "a values file";
+
+/// A file that must hold one YAML mapping (or nothing), parsed; `what` names it in errors.
+fn mapping(f: &File, what: &'static str) -> Result<Value, Error> {
     let limits = super::Limits::default();
-    let not_yaml = |line: usize, message: String| Error::Values {
+    let not_yaml = |line: usize, message: String| Error::Mapping {
         file: f.path.clone(),
         line,
+        what,
         message,
     };
     let text = std::str::from_utf8(&f.content).map_err(|_| not_yaml(1, "not UTF-8".into()))?;
@@ -302,7 +308,7 @@ async fn post_render(
             reason: "helm.postRender must name a directory holding a kustomization",
         });
     };
-    let mut doc = values_file(k)?;
+    let mut doc = mapping(k, "a kustomization")?;
     let resources = doc
         .as_object_mut()
         .expect("a mapping")
