@@ -129,7 +129,7 @@ pub(super) struct RawRender {
     #[serde(default)]
     pub(super) timeout: Option<Spanned<String>>,
     #[serde(default)]
-    pub(super) max_output_bytes: Option<Spanned<usize>>,
+    pub(super) max_output_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     pub(super) max_memory_bytes: Option<Spanned<u64>>,
 }

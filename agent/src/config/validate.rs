@@ -526,20 +526,7 @@ impl Validator {
     fn render(&mut self, raw: Option<RawRender>) -> Render {
         let d = Render::default();
         let Some(r) = raw else { return d };
-        let positive = |this: &mut Self, v: &Option<Spanned<u64>>, what: &str, default: u64| match v
-        {
-            Some(v) if v.value == 0 => {
-                this.at(v, format!("render.{what} must be more than 0"));
-                default
-            }
-            Some(v) => v.value,
-            None => default,
-        };
-        let output = r.max_output_bytes.map(|v| Spanned {
-            value: v.value as u64,
-            referenced: v.referenced,
-            defined: v.defined,
-        });
+        let output = d.max_output_bytes as u64;
         Render {
             timeout: self.duration(
                 r.timeout.as_ref(),
@@ -547,16 +534,26 @@ impl Validator {
                 Duration::from_secs(1),
                 "render.timeout",
             ),
-            max_output_bytes: positive(self, &output, "maxOutputBytes", d.max_output_bytes as u64)
-                as usize,
-            max_memory_bytes: positive(
-                self,
+            max_output_bytes: self.positive(&r.max_output_bytes, "maxOutputBytes", output) as usize,
+            max_memory_bytes: self.positive(
                 &r.max_memory_bytes,
                 "maxMemoryBytes",
                 d.max_memory_bytes,
             ),
             kustomize: r.kustomize,
             helm: r.helm,
+        }
+    }
+
+    /// A `render.` bound: more than 0, else `default`.
+    fn positive(&mut self, v: &Option<Spanned<u64>>, what: &str, default: u64) -> u64 {
+        match v {
+            Some(v) if v.value == 0 => {
+                self.at(v, format!("render.{what} must be more than 0"));
+                default
+            }
+            Some(v) => v.value,
+            None => default,
         }
     }
 
