@@ -504,9 +504,7 @@ fn offline_findings(
         })
         .collect();
     let resolve = |id: &gitops_agent::core::ObjectKey| {
-        use render::Scopes;
-        if let Some(plural) = render::BuiltinScopes::plural(&id.group, &id.kind) {
-            let namespaced = render::BuiltinScopes.namespaced(&id.group, &id.kind)?;
+        if let Some((plural, namespaced)) = render::BuiltinScopes::resource(&id.group, &id.kind) {
             return Some((plural.to_owned(), namespaced));
         }
         crds.iter()

@@ -132,12 +132,13 @@ impl Scopes for BuiltinScopes {
 }
 
 impl BuiltinScopes {
-    /// The plural resource name of a built-in kind (`deployments`).
-    pub fn plural(group: &str, kind: &str) -> Option<&'static str> {
+    /// The plural resource name of a built-in kind (`deployments`), and whether it is
+    /// namespaced.
+    pub fn resource(group: &str, kind: &str) -> Option<(&'static str, bool)> {
         BUILTIN_KINDS
             .iter()
             .find(|(g, k, _, _)| *g == group && *k == kind)
-            .map(|(_, _, _, plural)| *plural)
+            .map(|(_, _, namespaced, plural)| (*plural, *namespaced))
     }
 }
 
@@ -390,9 +391,8 @@ impl fmt::Display for Errors {
 
 impl std::error::Error for Errors {}
 
-/// Turns a revision's files into validated objects. Plain YAML and JSON directories are
-/// [`Plain`]; kustomize and Helm plug in as more renderers, and their output goes through
-/// the same validation.
+/// Turns a revision's files into validated objects: [`Plain`] YAML and JSON. kustomize and
+/// Helm run before it (`build`), and their output is rendered as files by it.
 pub trait Renderer: Send + Sync {
     fn render(
         &self,
@@ -939,8 +939,8 @@ mod tests {
             );
         }
         assert_eq!(
-            BuiltinScopes::plural("apps", "Deployment"),
-            Some("deployments")
+            BuiltinScopes::resource("apps", "Deployment"),
+            Some(("deployments", true))
         );
     }
 

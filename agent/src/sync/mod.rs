@@ -883,7 +883,7 @@ fn render_revision(
         labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
         ..Default::default()
     };
-    // Plain YAML and JSON today; kustomize and Helm plug in here as more renderers.
+    // A kustomization's or chart's output arrives here as files (see `built`).
     render::Plain.render(files, &ropts, discovery)
 }
 
