@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
 use k8s_openapi::api::admissionregistration::v1::ParamRef;
-use kube::api::{Api, DynamicObject, ListParams};
+use kube::api::{Api, ListParams};
 use serde_json::Value;
 
 use super::{Discovery, Engine};
@@ -147,15 +147,15 @@ impl Engine {
     /// The policies and bindings sync `other` applied, from the cluster (its owner label).
     async fn applied_policies(&self, other: &str) -> Result<Vec<(At, Value)>, String> {
         let mut out = Vec::new();
+        let discovery = self.rm.discovery();
         for kind in [
             "ValidatingAdmissionPolicy",
             "ValidatingAdmissionPolicyBinding",
         ] {
-            let discovery = self.rm.discovery();
             let Some(r) = discovery.resolve("admissionregistration.k8s.io", "v1", kind) else {
                 return Err(format!("{kind}: not served by this cluster"));
             };
-            let api: Api<DynamicObject> = Api::all_with(self.client().clone(), &r.api);
+            let api = crate::cluster::api_for(self.client(), &r.api, None);
             let lp = ListParams::default().labels(&format!("{OWNER_LABEL}={other}"));
             let list = api
                 .list(&lp)
@@ -359,16 +359,14 @@ impl Lookups {
     /// The Namespaces and named params the revision does not carry, from the cluster.
     async fn live(&mut self, engine: &Engine, manifests: &[Manifest], set: &PolicySet) {
         let l = self;
-        let wanted: Vec<String> = manifests
+        // Each namespace once, however many objects it holds.
+        let wanted: std::collections::BTreeSet<String> = manifests
             .iter()
             .filter_map(|m| m.id.namespace.clone())
             .filter(|ns| !l.namespaces.contains_key(ns))
             .collect();
         let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(engine.client().clone());
         for ns in wanted {
-            if l.namespaces.contains_key(&ns) {
-                continue;
-            }
             let live = api.get_opt(&ns).await.ok().flatten();
             let live = live.and_then(|n| serde_json::to_value(n).ok());
             l.namespaces.insert(ns, live);
@@ -378,6 +376,7 @@ impl Lookups {
 
     /// The params bindings name by name that the revision does not carry, from the cluster.
     async fn live_params(&mut self, engine: &Engine, set: &PolicySet) {
+        let discovery = engine.rm.discovery();
         for (api_version, kind, namespace, name) in set.named_params() {
             let key = (
                 api_version.clone(),
@@ -389,14 +388,11 @@ impl Lookups {
                 continue;
             }
             let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
-            let discovery = engine.rm.discovery();
             let Some(r) = discovery.resolve(group, version, &kind) else {
                 continue;
             };
-            let api: Api<DynamicObject> = match namespace.is_empty() {
-                true => Api::all_with(engine.client().clone(), &r.api),
-                false => Api::namespaced_with(engine.client().clone(), &namespace, &r.api),
-            };
+            let ns = Some(namespace.as_str()).filter(|n| !n.is_empty());
+            let api = crate::cluster::api_for(engine.client(), &r.api, ns);
             if let Ok(Some(o)) = api.get_opt(&name).await
                 && let Ok(v) = serde_json::to_value(o)
             {
