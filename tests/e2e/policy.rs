@@ -18,18 +18,8 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::Api;
 
 fn run(args: &[&str], config: &Path, dir: Option<&Path>) -> (i32, String) {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gitops-agent"));
-    c.args(args).arg("--config").arg(config);
-    if let Some(d) = dir {
-        c.current_dir(d);
-    }
-    if args[0] != "validate" {
-        c.arg("--kubeconfig").arg(control_plane().kubeconfig());
-    }
-    let out = c.output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+    let (code, text) = harness::agent_cli(args, config, dir);
+    (code.unwrap_or(-1), text)
 }
 
 fn deployment(name: &str, replicas: u32) -> String {

@@ -67,19 +67,8 @@ fn config_with(
 
 /// `gitops-agent sync --once`: whether it succeeded, and all it printed.
 fn sync_once(config: &Path) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
-        .args(["sync", "--once", "--config"])
-        .arg(config)
-        .arg("--kubeconfig")
-        .arg(control_plane().kubeconfig())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let (code, text) = harness::agent_cli(&["sync", "--once"], config, None);
+    (code == Some(0), text)
 }
 
 /// `kubectl diff --server-side` of `manifests` against the cluster: what it printed, after
@@ -785,17 +774,11 @@ async fn validate_renders_overlays_and_charts_offline() {
     let tree = checkout(&repo, work.path());
     let cfg = config(work.path(), "agent", "file:///nowhere", &[], "");
     let validate = |args: &[&str]| {
-        let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
-            .arg("validate")
-            .args(args)
-            .arg("--config")
-            .arg(&cfg)
-            .current_dir(&tree)
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        (out.status.code(), text)
+        let args: Vec<&str> = ["validate"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        harness::agent_cli(&args, &cfg, Some(&tree))
     };
     let (code, out) = validate(&["overlays/oke"]);
     assert_eq!(code, Some(0), "{out}");
@@ -819,14 +802,7 @@ async fn validate_renders_overlays_and_charts_offline() {
         "{out}"
     );
     // `check` names the binaries and their versions.
-    let out = Command::new(env!("CARGO_BIN_EXE_gitops-agent"))
-        .args(["check", "--config"])
-        .arg(&cfg)
-        .arg("--kubeconfig")
-        .arg(control_plane().kubeconfig())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let (_, text) = harness::agent_cli(&["check"], &cfg, None);
     assert!(text.contains("\nkustomize: v5.8.1 ("), "{text}");
     assert!(text.contains("\nhelm:     v3.22.0 ("), "{text}");
 }

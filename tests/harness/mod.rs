@@ -78,6 +78,24 @@ pub fn renderer(name: &str) -> PathBuf {
     built("tests/renderers/build").join(name)
 }
 
+/// `gitops-agent ARGS --config CONFIG`, in `dir` when given, against the test cluster
+/// (`--kubeconfig`) unless it is `validate` (offline): its exit code and all it printed,
+/// standard output first.
+pub fn agent_cli(args: &[&str], config: &Path, dir: Option<&Path>) -> (Option<i32>, String) {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_gitops-agent"));
+    c.args(args).arg("--config").arg(config);
+    if let Some(d) = dir {
+        c.current_dir(d);
+    }
+    if args.first() != Some(&"validate") {
+        c.arg("--kubeconfig").arg(control_plane().kubeconfig());
+    }
+    let out = c.output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), text)
+}
+
 pub fn control_plane() -> &'static ControlPlane {
     match CONTROL_PLANE.get_or_init(start) {
         Ok(cp) => cp,
