@@ -330,3 +330,71 @@ pub async fn scale(
     let patch = kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": replicas}}));
     api.patch_scale(name, &pp, &patch).await.unwrap();
 }
+
+/// Server-side applies every document of `yaml` (a `kustomize build`, a manifest file) as
+/// the cluster admin with field manager `manager`, CustomResourceDefinitions first (and
+/// waited on until served), the way an operator installs something before the agent runs.
+pub async fn apply_documents(client: &Client, yaml: &str, manager: &str) {
+    use kube::api::{DynamicObject, GroupVersionKind, Patch, PatchParams};
+    use kube::discovery::{Discovery, Scope};
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(yaml).unwrap_or_else(|e| panic!("YAML documents: {e}"));
+    let docs: Vec<serde_json::Value> = docs.into_iter().filter(|d| d.is_object()).collect();
+    let is_crd = |d: &serde_json::Value| d["kind"] == "CustomResourceDefinition";
+    let pp = PatchParams::apply(manager).force();
+    for pass in [true, false] {
+        // Discovery after the CRDs, so that their kinds resolve.
+        let discovery = Discovery::new(client.clone()).run().await.unwrap();
+        for doc in docs.iter().filter(|d| is_crd(d) == pass) {
+            let (api_version, kind) = (
+                doc["apiVersion"].as_str().unwrap(),
+                doc["kind"].as_str().unwrap(),
+            );
+            let name = doc["metadata"]["name"].as_str().unwrap();
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let gvk = GroupVersionKind::gvk(group, version, kind);
+            let (ar, caps) = discovery
+                .resolve_gvk(&gvk)
+                .unwrap_or_else(|| panic!("{kind}/{name}: {api_version} is not served"));
+            let api: Api<DynamicObject> = match caps.scope {
+                Scope::Namespaced => {
+                    let ns = doc["metadata"]["namespace"].as_str().unwrap_or("default");
+                    Api::namespaced_with(client.clone(), ns, &ar)
+                }
+                Scope::Cluster => Api::all_with(client.clone(), &ar),
+            };
+            api.patch(name, &pp, &Patch::Apply(doc))
+                .await
+                .unwrap_or_else(|e| panic!("{kind}/{name}: apply: {e}"));
+        }
+        if pass {
+            for doc in docs.iter().filter(|d| is_crd(d)) {
+                crd_served(client, doc["metadata"]["name"].as_str().unwrap()).await;
+            }
+        }
+    }
+}
+
+/// Waits until the CRD `name` is Established.
+pub async fn crd_served(client: &Client, name: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let crd = crds.get(name).await.unwrap();
+        let established = crd
+            .status
+            .and_then(|s| s.conditions)
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.type_ == "Established" && c.status == "True");
+        if established {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "CustomResourceDefinition/{name}: not Established in 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -28,8 +28,15 @@ pub enum Error {
         #[source]
         source: kube::config::KubeconfigError,
     },
-    #[error("no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) and not in a pod: {0}")]
-    Infer(#[source] kube::config::InferConfigError),
+    #[error(
+        "no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config: {kubeconfig}) and not in a pod (KUBERNETES_SERVICE_HOST is not set)"
+    )]
+    NoConfig {
+        #[source]
+        kubeconfig: kube::config::KubeconfigError,
+    },
+    #[error("in-cluster service account {path}: {what}")]
+    InCluster { path: PathBuf, what: String },
     #[error("kubeconfig from KUBECONFIG or ~/.kube/config: {0}")]
     Default(#[source] kube::config::KubeconfigError),
     #[error("cannot build a Kubernetes client: {0}")]
@@ -57,20 +64,84 @@ pub struct Options {
     pub context: Option<String>,
 }
 
+/// Where a pod's service-account files are (`token`, `ca.crt`, `namespace`).
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+/// Moves [`SERVICE_ACCOUNT_DIR`], for running the binary as a pod would outside one.
+pub const SERVICE_ACCOUNT_DIR_ENV: &str = "GITOPS_AGENT_SERVICE_ACCOUNT_DIR";
+
 /// Where the connection settings came from, for logs and `check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     File(PathBuf),
     Environment,
+    /// The pod's service account, from this directory.
+    InCluster(PathBuf),
+}
+
+/// The in-cluster connection: `KUBERNETES_SERVICE_HOST`/`PORT`, the service account's CA
+/// and namespace, and its token read from the file each time it is due, since a projected
+/// token is rotated by the kubelet under a running pod.
+fn in_cluster(host: &str, port: &str, dir: &std::path::Path) -> Result<Config> {
+    let fail = |path: PathBuf, what: String| Error::InCluster { path, what };
+    let port: u16 = if port.is_empty() {
+        443
+    } else {
+        port.parse().map_err(|_| {
+            fail(
+                dir.into(),
+                format!("KUBERNETES_SERVICE_PORT {port:?} is not a port"),
+            )
+        })?
+    };
+    let host = match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+        _ => host.to_string(),
+    };
+    let url = format!("https://{host}:{port}");
+    let uri: http::Uri = url.parse().map_err(|e| {
+        fail(
+            dir.into(),
+            format!("KUBERNETES_SERVICE_HOST gives {url:?}: {e}"),
+        )
+    })?;
+    let ca = dir.join("ca.crt");
+    let pem = std::fs::read(&ca).map_err(|e| fail(ca.clone(), e.to_string()))?;
+    let certs = ca_certificates(&pem).map_err(|what| fail(ca.clone(), what))?;
+    let token = dir.join("token");
+    std::fs::metadata(&token).map_err(|e| fail(token.clone(), e.to_string()))?;
+    let mut cfg = Config::new(uri);
+    cfg.default_namespace = std::fs::read_to_string(dir.join("namespace"))
+        .map(|n| n.trim().to_string())
+        .unwrap_or_else(|_| "default".into());
+    cfg.root_cert = Some(certs);
+    cfg.root_cert_file = Some(ca);
+    cfg.auth_info.token_file = Some(token.to_string_lossy().into_owned());
+    Ok(cfg)
+}
+
+/// The DER certificates of a PEM bundle; none is an error.
+fn ca_certificates(pem: &[u8]) -> std::result::Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut out = Vec::new();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        out.push(
+            cert.map_err(|e| format!("not a PEM certificate bundle: {e}"))?
+                .to_vec(),
+        );
+    }
+    if out.is_empty() {
+        return Err("no certificate in it".into());
+    }
+    Ok(out)
 }
 
 impl std::fmt::Display for Origin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Origin::File(p) => write!(f, "kubeconfig {}", p.display()),
-            Origin::Environment => {
-                f.write_str("KUBECONFIG, ~/.kube/config or in-cluster service account")
-            }
+            Origin::Environment => f.write_str("KUBECONFIG or ~/.kube/config"),
+            Origin::InCluster(dir) => write!(f, "in-cluster service account {}", dir.display()),
         }
     }
 }
@@ -102,7 +173,22 @@ impl Options {
                 .map_err(Error::Default)?;
             return Ok((cfg, Origin::Environment));
         }
-        let cfg = Config::infer().await.map_err(Error::Infer)?;
+        // kube's own inference reads the service account only from its fixed path; ours
+        // takes the same files from a directory that can move (tests run the binary
+        // exactly as a pod would, without writing to /var/run).
+        let mut cfg = match Config::from_kubeconfig(&kopts).await {
+            Ok(cfg) => cfg,
+            Err(kubeconfig) => match std::env::var("KUBERNETES_SERVICE_HOST") {
+                Ok(host) if !host.is_empty() => {
+                    let port = std::env::var("KUBERNETES_SERVICE_PORT").unwrap_or_default();
+                    let dir = std::env::var_os(SERVICE_ACCOUNT_DIR_ENV)
+                        .map_or_else(|| PathBuf::from(SERVICE_ACCOUNT_DIR), PathBuf::from);
+                    return Ok((in_cluster(&host, &port, &dir)?, Origin::InCluster(dir)));
+                }
+                _ => return Err(Error::NoConfig { kubeconfig }),
+            },
+        };
+        cfg.apply_debug_overrides();
         Ok((cfg, Origin::Environment))
     }
 
@@ -259,6 +345,33 @@ pub async fn identify(client: &Client) -> Result<Identity> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_cluster_names_the_file_or_setting_it_cannot_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = |port: &str| {
+            in_cluster("10.96.0.1", port, dir.path())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(
+            err("x").contains("KUBERNETES_SERVICE_PORT \"x\" is not a port"),
+            "{}",
+            err("x")
+        );
+        let ca = dir.path().join("ca.crt");
+        assert!(
+            err("443").contains(&format!("{}:", ca.display())),
+            "{}",
+            err("443")
+        );
+        std::fs::write(&ca, "not pem").unwrap();
+        assert!(
+            err("443").ends_with("no certificate in it"),
+            "{}",
+            err("443")
+        );
+    }
 
     #[test]
     fn counter_tells_writes_from_reads_and_dry_runs() {

@@ -80,6 +80,17 @@ pub struct Config {
     pub render: Render,
     /// The policy packs every sync must pass, and where packs are.
     pub policies: Policies,
+    /// Namespaced rights: the namespaces the agent may manage. Empty: cluster-wide.
+    pub scope: Scope,
+}
+
+/// `scope: {namespaces: [...]}`: the agent runs with Roles in these namespaces only (the
+/// `namespaced` install), so it watches for drift in each of them rather than
+/// cluster-wide, and every sync must target one of them. Read at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scope {
+    pub namespaces: Vec<String>,
 }
 
 /// Policy packs: `<dir>/<pack>/policies.yaml`, ValidatingAdmissionPolicies and bindings.
@@ -540,6 +551,39 @@ syncs:
     }
 
     #[test]
+    fn a_namespaced_scope_holds_every_sync() {
+        let text = "\
+scope: {namespaces: [shop, web]}
+sources:
+  - {name: apps, url: https://git.example/apps.git}
+syncs:
+  - {name: shop, source: apps, namespace: shop}
+";
+        assert_eq!(parse_ok(text).scope.namespaces, ["shop", "web"]);
+        assert!(
+            parse_ok(&text.replace("scope: {namespaces: [shop, web]}\n", ""))
+                .scope
+                .namespaces
+                .is_empty()
+        );
+        let p: Vec<String> = problems(&text.replace("[shop, web]", "[web, Web]"))
+            .into_iter()
+            .map(|p| p.message)
+            .collect();
+        assert!(
+            p.iter()
+                .any(|m| m.contains("\"Web\" is not a namespace name")),
+            "{p:?}"
+        );
+        assert!(
+            p.iter().any(
+                |m| m.contains("sync \"shop\": namespace \"shop\" is outside scope.namespaces")
+            ),
+            "{p:?}"
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_errors_with_their_line() {
         let p = problems("sources:\n  - name: a\n    url: https://h/r\n    branch: main\n");
         assert_eq!(p.len(), 1);
@@ -611,16 +655,17 @@ syncs:
     }
 
     #[test]
-    fn the_install_manifests_carry_a_valid_config() {
-        // The ConfigMap in manifests/install is what users start from: it must load.
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../manifests/install/config.yaml"
-        );
-        let cm: serde_json::Value =
-            serde_saphyr::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        let text = cm["data"]["config.yaml"].as_str().unwrap();
-        let c = parse(Path::new("config.yaml"), text).unwrap_or_else(|e| panic!("{e}"));
+    fn the_install_manifests_carry_valid_configs() {
+        // The ConfigMaps in manifests/install are what users start from: each must load.
+        let install = concat!(env!("CARGO_MANIFEST_DIR"), "/../manifests/install");
+        let load = |file: &str| {
+            let path = format!("{install}/{file}");
+            let cm: serde_json::Value =
+                serde_saphyr::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            let text = cm["data"]["config.yaml"].as_str().unwrap().to_string();
+            parse(Path::new(&path), &text).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let c = load("base/config.yaml");
         assert!(c.leader_election.enabled);
         assert_eq!(
             c.webhook.unwrap().secrets_dir,
@@ -628,6 +673,11 @@ syncs:
         );
         assert_eq!(c.alerts.sinks.len(), 1);
         assert_eq!(c.resync, Duration::from_secs(600));
+        assert!(c.scope.namespaces.is_empty());
+        assert_eq!(load("namespaced/config.yaml").scope.namespaces, ["team-a"]);
+        let oke = load("oke/config.yaml");
+        assert!(oke.oci.is_some());
+        assert_eq!(oke.alerts.sinks.len(), 2);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub(super) struct RawConfig {
     pub(super) render: Option<RawRender>,
     #[serde(default)]
     pub(super) policies: Option<super::Policies>,
+    #[serde(default)]
+    pub(super) scope: Option<Spanned<super::Scope>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -71,6 +71,10 @@ impl Validator {
             None => DEFAULT_NAMESPACE.to_string(),
         };
         let (sources, syncs) = self.sources_and_syncs(raw.sources, raw.syncs);
+        let scope = raw
+            .scope
+            .map(|sc| self.scope(sc, &syncs))
+            .unwrap_or_default();
         Config {
             state_dir: PathBuf::from(
                 raw.state_dir
@@ -116,6 +120,7 @@ impl Validator {
             },
             render: self.render(raw.render),
             policies: raw.policies.unwrap_or_default(),
+            scope,
             oci: raw.oci.map(|o| {
                 for p in o.value.problems() {
                     self.at(&o, p);
@@ -588,6 +593,31 @@ impl Validator {
                 default
             }
         }
+    }
+
+    /// Namespaced rights: names that are namespaces, and every sync inside them.
+    fn scope(&mut self, sc: Spanned<super::Scope>, syncs: &[super::Sync]) -> super::Scope {
+        if sc.value.namespaces.is_empty() {
+            self.at(&sc, "scope.namespaces: name at least one namespace (without scope: the agent is cluster-wide)");
+        }
+        for ns in &sc.value.namespaces {
+            if !crate::core::names::is_dns_label(ns) {
+                self.at(
+                    &sc,
+                    format!("scope.namespaces: {ns:?} is not a namespace name"),
+                );
+            }
+        }
+        for s in syncs {
+            if !sc.value.namespaces.contains(&s.namespace) {
+                let why = format!(
+                    "sync {:?}: namespace {:?} is outside scope.namespaces {:?}",
+                    s.name, s.namespace, sc.value.namespaces
+                );
+                self.at(&sc, why);
+            }
+        }
+        sc.value
     }
 
     fn dns_label(&mut self, s: &Spanned<String>, what: &str) {

@@ -67,7 +67,10 @@ impl Options {
                 resync: cfg.resync,
                 ..Default::default()
             },
-            drift: drift::Options::default(),
+            drift: drift::Options {
+                namespaced: !cfg.scope.namespaces.is_empty(),
+                ..Default::default()
+            },
         }
     }
 }

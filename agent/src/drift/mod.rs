@@ -76,6 +76,9 @@ pub struct Options {
     pub fight_window: Duration,
     /// How long self-heal leaves a fought-over object alone.
     pub fight_backoff: Duration,
+    /// The agent holds rights in some namespaces only: watch each kind in each namespace
+    /// it manages objects in, not cluster-wide (which would be forbidden).
+    pub namespaced: bool,
 }
 
 impl Default for Options {
@@ -85,6 +88,7 @@ impl Default for Options {
             fight_threshold: 3,
             fight_window: Duration::from_secs(60),
             fight_backoff: Duration::from_secs(300),
+            namespaced: false,
         }
     }
 }
@@ -132,10 +136,14 @@ struct State {
     paused: HashSet<String>,
     dirty: HashSet<Key>,
     /// One watch per API resource (group, version, plural).
-    watches: HashMap<(String, String, String), tokio::task::JoinHandle<()>>,
+    watches: HashMap<WatchKey, tokio::task::JoinHandle<()>>,
     /// Watches whose initial list is done.
-    listed: HashSet<(String, String, String)>,
+    listed: HashSet<WatchKey>,
 }
+
+/// A watch: the API resource (group, version, plural), and its namespace when the agent's
+/// rights are namespaced (cluster-wide otherwise).
+type WatchKey = (String, String, String, Option<String>);
 
 /// Watches managed objects and reports drift. Cheap to clone.
 #[derive(Clone)]
@@ -262,18 +270,24 @@ impl Detector {
                 keep.insert(k, entry);
             }
             st.compared.clear();
-            let mut resources: HashMap<(String, String, String), Arc<ApiResource>> = HashMap::new();
-            for e in keep.values() {
+            let mut resources: HashMap<WatchKey, Arc<ApiResource>> = HashMap::new();
+            for (k, e) in &keep {
                 let ar = &e.target.resource;
-                let wk = (ar.group.clone(), ar.version.clone(), ar.plural.clone());
+                let ns = k.namespace.clone().filter(|_| self.inner.opts.namespaced);
+                if self.inner.opts.namespaced && ns.is_none() {
+                    // Cluster-scoped: not watchable with namespaced rights (nor appliable).
+                    continue;
+                }
+                let wk = (ar.group.clone(), ar.version.clone(), ar.plural.clone(), ns);
                 resources.entry(wk).or_insert_with(|| ar.clone());
             }
             st.entries.extend(keep);
             st.paused.remove(sync);
             for (wk, ar) in resources {
-                st.watches
-                    .entry(wk)
-                    .or_insert_with(|| self.spawn_watch((*ar).clone()));
+                if let std::collections::hash_map::Entry::Vacant(slot) = st.watches.entry(wk) {
+                    let w = self.spawn_watch((*ar).clone(), slot.key().clone());
+                    slot.insert(w);
+                }
             }
             take_dirty(&mut st, sync)
         };
@@ -345,12 +359,13 @@ impl Detector {
         self.inner.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn spawn_watch(&self, ar: ApiResource) -> tokio::task::JoinHandle<()> {
+    fn spawn_watch(&self, ar: ApiResource, key: WatchKey) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
-        let span = tracing::info_span!("drift_watch", kind = %ar.kind, group = %ar.group);
+        let ns = key.3.clone();
+        let span = tracing::info_span!("drift_watch", kind = %ar.kind, group = %ar.group, namespace = ns.as_deref().unwrap_or(""));
         tokio::spawn(
             async move {
-                let api: Api<DynamicObject> = Api::all_with(me.inner.client.clone(), &ar);
+                let api = crate::cluster::api_for(&me.inner.client, &ar, ns.as_deref());
                 let cfg = watcher::Config::default().labels(OWNER_LABEL);
                 let mut stream = std::pin::pin!(watcher(api, cfg).default_backoff());
                 while let Some(ev) = stream.next().await {
@@ -360,11 +375,7 @@ impl Detector {
                         // The initial list only records what is there; a full resync judges it.
                         Ok(watcher::Event::InitApply(o)) => me.observe_listed(&ar, o).await,
                         Ok(watcher::Event::InitDone) => {
-                            me.lock().listed.insert((
-                                ar.group.clone(),
-                                ar.version.clone(),
-                                ar.plural.clone(),
-                            ));
+                            me.lock().listed.insert(key.clone());
                         }
                         Ok(watcher::Event::Init) => {}
                         Err(e) => tracing::warn!(error = %e, "drift watch"),
