@@ -295,6 +295,7 @@ async fn the_watch_cache_lets_a_resync_skip_objects_unchanged_on_both_sides() {
     let opts = sync::Options {
         dry_run: false,
         cache: Some(Arc::new(det.clone())),
+        ..Default::default()
     };
     let (o, requests) = f.sync_with(&opts).await;
     fixture::assert_all_unchanged(&o);
@@ -368,6 +369,7 @@ async fn a_status_update_while_a_sync_applies_leaves_the_object_known_unchanged(
     let opts = sync::Options {
         dry_run: false,
         cache: Some(Arc::new(det.clone())),
+        ..Default::default()
     };
 
     // While the sync is paused (as during an apply), only the status changes.
@@ -400,6 +402,7 @@ async fn what_a_sync_compares_confirms_objects_for_the_watch_cache() {
     let opts = sync::Options {
         dry_run: false,
         cache: Some(Arc::new(det.clone())),
+        ..Default::default()
     };
     // The first sync compares every object (a GET and a dry-run each) ...
     let (o, requests) = f.sync_with(&opts).await;

@@ -103,6 +103,67 @@ pub fn control_plane() -> &'static ControlPlane {
     }
 }
 
+/// The control plane with its add-ons running (tests/addons: MetalLB's controller, External
+/// Secrets Operator, Ingress status), started once per test binary that asks for them.
+pub fn with_addons() -> &'static ControlPlane {
+    let cp = control_plane();
+    static ADDONS: OnceLock<Result<Mutex<Child>, String>> = OnceLock::new();
+    if let Err(e) = ADDONS.get_or_init(|| start_addons(cp)) {
+        panic!("cluster add-ons: {e}");
+    }
+    cp
+}
+
+fn start_addons(cp: &ControlPlane) -> Result<Mutex<Child>, String> {
+    let build = repo_root().join("tests/addons/build");
+    let out = Command::new(&build)
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("{}: {e}", build.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", build.display(), out.status));
+    }
+    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("addons");
+    // Beside the cluster's own files, so that its clean-up removes them too.
+    let dir = cp
+        .kubeconfig
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("addons");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let ready = dir.join("ready");
+    let log = std::fs::File::create(dir.join("addons.out")).map_err(|e| e.to_string())?;
+    let mut child = Command::new(&bin)
+        .arg("--kubeconfig")
+        .arg(&cp.kubeconfig)
+        .arg("--logs")
+        .arg(&dir)
+        .arg("--ready")
+        .arg(&ready)
+        .arg("--exit-with-stdin")
+        .stdin(Stdio::piped())
+        .stdout(log.try_clone().map_err(|e| e.to_string())?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("spawn {}: {e}", bin.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while !ready.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let out = std::fs::read_to_string(dir.join("addons.out")).unwrap_or_default();
+            return Err(format!(
+                "exited ({status}): {out}; logs in {}",
+                dir.display()
+            ));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(format!("not ready in 240s; logs in {}", dir.display()));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(Mutex::new(child))
+}
+
 fn start() -> Result<ControlPlane, String> {
     if let Ok(path) = std::env::var(KUBECONFIG_ENV) {
         return Ok(ControlPlane {

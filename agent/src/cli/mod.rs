@@ -10,6 +10,8 @@ use gitops_agent::core::Action;
 use gitops_agent::telemetry::logging;
 use gitops_agent::{cluster, config, controller, health, inventory, oci, render, source, sync};
 
+mod progress;
+
 #[derive(Debug, Parser)]
 #[command(name = "gitops-agent", version = gitops_agent::VERSION, about = "Keeps a Kubernetes cluster in step with Git: server-side apply, prune, drift alerts.", long_about = None)]
 pub struct Cli {
@@ -595,8 +597,13 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
         }
         let before = counter.snapshot();
         let started = std::time::Instant::now();
-        let outcome =
-            controller::sync_once(&engine, Some(&client), &cfg, s, &sync::Options::default()).await;
+        let reporter = progress::Reporter::new(&s.name);
+        let opts = sync::Options {
+            progress: Some(reporter.callback()),
+            ..Default::default()
+        };
+        let outcome = controller::sync_once(&engine, Some(&client), &cfg, s, &opts).await;
+        reporter.finish();
         let requests = counter.snapshot() - before;
         println!("sync {}: revision {}", s.name, outcome.revision);
         for c in &outcome.changes.entries {

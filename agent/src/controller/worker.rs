@@ -97,6 +97,7 @@ async fn apply(
     let opts = sync::Options {
         dry_run: false,
         cache: Some(Arc::new(ctx.detector.clone())),
+        ..Default::default()
     };
     let mut outcome = ctx
         .engine

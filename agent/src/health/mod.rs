@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::core::ObjectKey;
 use json::str_at;
-pub use wait::{WaitOptions, wait};
+pub use wait::{OnProgress, Progress, WaitOptions, wait};
 
 /// The health of one object. Variants are declared best to worst, so `Ord` is "worst
 /// wins": Healthy < Suspended < Progressing < Missing < Degraded < Unknown. This is Argo
@@ -856,7 +856,41 @@ mod tests {
             timeout: Duration::from_secs(timeout),
             poll_interval: Duration::from_secs(2),
             concurrency: 4,
+            progress: None,
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_names_what_is_still_waited_for_and_the_time_left() {
+        let start = tokio::time::Instant::now();
+        let targets = [target("Deployment", "web"), target("Deployment", "api")];
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        let mut o = opts(60);
+        o.progress = Some(OnProgress(std::sync::Arc::new(move |p: &Progress| {
+            sink.lock().unwrap().push(p.clone())
+        })));
+        poll(&targets, &o, |i| {
+            let elapsed = start.elapsed();
+            async move {
+                Ok(Some(match i {
+                    0 if elapsed >= Duration::from_secs(3) => rolled_out(2),
+                    0 => rolled_out(1),
+                    _ => rolled_out(2),
+                }))
+            }
+        })
+        .await
+        .unwrap();
+        let seen = seen.lock().unwrap();
+        // Told after the polls at 0 and 2 s, not after the one at 4 s that settles all.
+        assert_eq!(seen.len(), 2, "{seen:?}");
+        assert_eq!(seen[0].total, 2);
+        assert_eq!(seen[0].pending.len(), 1);
+        assert_eq!(seen[0].pending[0].0, targets[0]);
+        assert_eq!(seen[0].pending[0].1.status, Status::Progressing);
+        assert_eq!(seen[0].left, Duration::from_secs(60));
+        assert_eq!(seen[1].left, Duration::from_secs(58));
     }
 
     #[tokio::test(start_paused = true)]

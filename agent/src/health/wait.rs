@@ -23,6 +23,8 @@ pub struct WaitOptions {
     pub poll_interval: Duration,
     /// At most this many GETs in flight at once.
     pub concurrency: usize,
+    /// Told after every poll that leaves objects unsettled (a person is waiting).
+    pub progress: Option<OnProgress>,
 }
 
 impl Default for WaitOptions {
@@ -31,7 +33,27 @@ impl Default for WaitOptions {
             timeout: Duration::from_secs(300),
             poll_interval: Duration::from_secs(2),
             concurrency: 16,
+            progress: None,
         }
+    }
+}
+
+/// Where a wait stands: what is still not settled and why, and the time left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Progress {
+    pub total: usize,
+    pub pending: Vec<(ObjectKey, Assessment)>,
+    pub elapsed: Duration,
+    pub left: Duration,
+}
+
+/// A callback for [`Progress`]; cheap to clone.
+#[derive(Clone)]
+pub struct OnProgress(pub std::sync::Arc<dyn Fn(&Progress) + Send + Sync>);
+
+impl std::fmt::Debug for OnProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnProgress")
     }
 }
 
@@ -126,6 +148,20 @@ where
             continue;
         }
         let now = tokio::time::Instant::now();
+        if let Some(p) = &opts.progress {
+            let pending = targets
+                .iter()
+                .zip(&current)
+                .filter(|(_, a)| !a.status.is_settled())
+                .map(|(r, a)| (r.clone(), a.clone()))
+                .collect();
+            (p.0)(&Progress {
+                total: targets.len(),
+                pending,
+                elapsed: now - start,
+                left: deadline.saturating_duration_since(now),
+            });
+        }
         if now >= deadline {
             let unhealthy = targets
                 .iter()

@@ -395,20 +395,27 @@ mod examples {
     /// The bundled examples (one per reference architecture) parse as the sync would.
     #[test]
     fn the_bundled_infra_examples_are_valid() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../manifests/examples/oke-infra");
-        let files = crate::source::read_dir(&dir, &Default::default()).unwrap();
-        let manifests =
-            crate::render::render(&files, &Default::default(), &crate::render::BuiltinScopes)
-                .unwrap_or_else(|e| panic!("{e}"));
-        let specs = super::parse_manifests(&manifests).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(specs.len(), 2);
-        let virt = specs
-            .iter()
-            .find(|s| s.key.kind == "VirtualNodePool")
-            .unwrap();
+        let examples =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/examples");
+        let parse = |dir: &str| {
+            let files = crate::source::read_dir(&examples.join(dir), &Default::default()).unwrap();
+            let manifests =
+                crate::render::render(&files, &Default::default(), &crate::render::BuiltinScopes)
+                    .unwrap_or_else(|e| panic!("{e}"));
+            super::parse_manifests(&manifests).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let managed = parse("microservices/infra");
+        assert_eq!(managed.len(), 1);
+        assert_eq!(managed[0].key.kind, "NodePool");
         assert_eq!(
-            virt.desired["placementConfigurations"][0]["faultDomain"]
+            managed[0].desired["nodeConfigDetails"]["size"], 2,
+            "{}",
+            managed[0].desired
+        );
+        let virt = parse("serverless/infra");
+        assert_eq!(virt[0].key.kind, "VirtualNodePool");
+        assert_eq!(
+            virt[0].desired["placementConfigurations"][0]["faultDomain"]
                 .as_array()
                 .unwrap()
                 .len(),

@@ -130,6 +130,8 @@ pub struct Options {
     /// Objects known unchanged on both sides skip their GET and dry-run (the daemon passes
     /// the drift detector's watch cache).
     pub cache: Option<std::sync::Arc<dyn apply::LiveCache>>,
+    /// Told how the health wait goes, while it goes (`sync --once` shows it).
+    pub progress: Option<health::OnProgress>,
 }
 
 impl Scopes for Discovery {
@@ -436,7 +438,15 @@ impl Engine {
         // 5. Health.
         if sync.health.wait && !opts.dry_run {
             let cache = opts.cache.as_deref();
-            let waited = self.wait_healthy(sync, &manifests, &outcome.changes, cache, &discovery);
+            let progress = opts.progress.clone();
+            let waited = self.wait_healthy(
+                sync,
+                &manifests,
+                &outcome.changes,
+                cache,
+                &discovery,
+                progress,
+            );
             match waited.await {
                 Ok(h) => outcome.health = h,
                 Err(e) => outcome.failure = Some(Failure::Health(e.to_string())),
@@ -683,6 +693,7 @@ impl Engine {
         changes: &ChangeSet,
         cache: Option<&dyn apply::LiveCache>,
         discovery: &Discovery,
+        progress: Option<health::OnProgress>,
     ) -> health::Result<Vec<(ObjectKey, Assessment)>> {
         let actions: HashMap<&ObjectKey, Action> = changes
             .entries
@@ -706,6 +717,7 @@ impl Engine {
         let wopts = health::WaitOptions {
             timeout: sync.health.timeout,
             poll_interval: std::time::Duration::from_millis(500),
+            progress,
             ..Default::default()
         };
         let mut polled: HashMap<ObjectKey, Assessment> =
