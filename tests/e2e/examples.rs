@@ -20,25 +20,6 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
 use k8s_openapi::api::networking::v1::Ingress;
 use kube::Api;
 
-/// The example tree as one Git repository, as a user would publish it.
-fn example_files() -> Vec<(String, String)> {
-    let root = harness::repo_root().join("manifests/examples");
-    let mut files = Vec::new();
-    let mut dirs = vec![root.clone()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let p = entry.unwrap().path();
-            if p.is_dir() {
-                dirs.push(p);
-                continue;
-            }
-            let rel = p.strip_prefix(&root).unwrap().to_str().unwrap().to_owned();
-            files.push((rel, std::fs::read_to_string(&p).unwrap()));
-        }
-    }
-    files
-}
-
 fn write_config(dir: &Path, agent_ns: &str, url: &str) -> PathBuf {
     let config = dir.join("config.yaml");
     let text = format!(
@@ -67,7 +48,13 @@ async fn both_reference_architectures_sync_and_become_healthy() {
     let agent_ns = TestNamespace::create(&admin, "example").await;
     let upstream = Upstream::new();
     let repo = upstream.create("examples");
-    repo.push("main", &harness::borrowed(&example_files()), &[]);
+    let files = harness::files_under(&harness::repo_root().join("manifests"), "examples");
+    // The example tree as one Git repository, as a user would publish it.
+    let files: Vec<(String, String)> = files
+        .into_iter()
+        .map(|(p, c)| (p.trim_start_matches("examples/").to_string(), c))
+        .collect();
+    repo.push("main", &harness::borrowed(&files), &[]);
     let state = tempfile::tempdir().unwrap();
     let config = write_config(state.path(), &agent_ns.name, &repo.file_url());
     let run = |args: &[&str], config: &Path| {

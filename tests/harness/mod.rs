@@ -459,3 +459,22 @@ pub async fn crd_served(client: &Client, name: &str) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Every file under `root/dir`, as (path relative to `root`, content): a directory of the
+/// repository published as a Git repository's tree.
+pub fn files_under(root: &Path, dir: &str) -> Vec<(String, String)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.join(dir)];
+    while let Some(d) = dirs.pop() {
+        for entry in std::fs::read_dir(d).unwrap() {
+            let p = entry.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else {
+                let rel = p.strip_prefix(root).unwrap().to_str().unwrap().to_owned();
+                files.push((rel, std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    files
+}

@@ -29,7 +29,7 @@ pub enum Error {
         source: kube::config::KubeconfigError,
     },
     #[error(
-        "no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config: {kubeconfig}) and not in a pod (KUBERNETES_SERVICE_HOST is not set)"
+        "no kubeconfig (--kubeconfig, KUBECONFIG, ~/.kube/config) and not in a pod (KUBERNETES_SERVICE_HOST is not set)"
     )]
     NoConfig {
         #[source]

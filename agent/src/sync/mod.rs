@@ -437,16 +437,7 @@ impl Engine {
         outcome.desired = desired_objects(&manifests, &discovery);
         // 5. Health.
         if sync.health.wait && !opts.dry_run {
-            let cache = opts.cache.as_deref();
-            let progress = opts.progress.clone();
-            let waited = self.wait_healthy(
-                sync,
-                &manifests,
-                &outcome.changes,
-                cache,
-                &discovery,
-                progress,
-            );
+            let waited = self.wait_healthy(sync, &manifests, &outcome.changes, &discovery, opts);
             match waited.await {
                 Ok(h) => outcome.health = h,
                 Err(e) => outcome.failure = Some(Failure::Health(e.to_string())),
@@ -691,10 +682,10 @@ impl Engine {
         sync: &config::Sync,
         manifests: &[render::Manifest],
         changes: &ChangeSet,
-        cache: Option<&dyn apply::LiveCache>,
         discovery: &Discovery,
-        progress: Option<health::OnProgress>,
+        opts: &Options,
     ) -> health::Result<Vec<(ObjectKey, Assessment)>> {
+        let cache = opts.cache.as_deref();
         let actions: HashMap<&ObjectKey, Action> = changes
             .entries
             .iter()
@@ -717,7 +708,7 @@ impl Engine {
         let wopts = health::WaitOptions {
             timeout: sync.health.timeout,
             poll_interval: std::time::Duration::from_millis(500),
-            progress,
+            progress: opts.progress.clone(),
             ..Default::default()
         };
         let mut polled: HashMap<ObjectKey, Assessment> =
