@@ -252,3 +252,49 @@ async fn missing_object_is_reported_missing() {
         )
     );
 }
+
+/// `sync --once` is not silent while it waits: piped, it prints a line every 10 s naming
+/// what is still not ready, why, and the time left, then fails naming it at the timeout.
+#[tokio::test]
+async fn sync_once_shows_what_it_waits_for_while_it_waits() {
+    let client = control_plane().client().await;
+    let ns = TestNamespace::create(&client, "health-progress").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("apps")).unwrap();
+    let mut body = deployment(
+        1,
+        json!({"nodeSelector": {"gitops-agent.io/no-such-node": "true"}}),
+    );
+    body["apiVersion"] = json!("apps/v1");
+    body["kind"] = json!("Deployment");
+    body["metadata"] = json!({"name": "stuck"});
+    std::fs::write(dir.path().join("apps/stuck.yaml"), body.to_string()).unwrap();
+    let config = dir.path().join("config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "stateDir: {d}/state\nnamespace: {ns}\nsources:\n  - {{name: local, directory: {d}/apps}}\n\
+             syncs:\n  - {{name: stuck, source: local, namespace: {ns}, health: {{timeout: 15s}}}}\n",
+            d = dir.path().display(),
+            ns = ns.name
+        ),
+    )
+    .unwrap();
+    let (code, text) = harness::agent_cli(&["sync", "--once"], &config, None);
+    assert_eq!(code, Some(1), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("sync stuck: waiting on health, 1 of 1 objects not ready, "))
+        .unwrap_or_else(|| panic!("no progress line in:\n{text}"));
+    assert!(
+        line.contains(&format!(
+            "s left: Deployment/{}/stuck (Progressing",
+            ns.name
+        )),
+        "{line}"
+    );
+    assert!(
+        !text.contains('\x1b'),
+        "no terminal codes when piped:\n{text}"
+    );
+}
