@@ -5,7 +5,10 @@
 //! its projected volume reads, the namespace file, `KUBERNETES_SERVICE_HOST`/`PORT`, and no
 //! kubeconfig. Under each variant's RBAC the agent leads (the Lease), syncs, heals drift,
 //! prunes and writes Events; an object outside the granted rights is refused by the API
-//! server, and `status` (itself run in-cluster) names it and says forbidden.
+//! server, and `status` (itself run in-cluster) names it and says forbidden. Under the
+//! cluster-wide rights it also syncs both reference architectures (`manifests/examples`,
+//! local overlays) to Healthy; the namespaced rights cannot hold them (they declare
+//! Namespaces and cluster-scoped RBAC), and that variant syncs team-a's repository only.
 //!
 //! Both variants install into the `gitops-agent` namespace the manifests name, so they run
 //! one after the other in one test.
@@ -45,7 +48,7 @@ struct Variant {
 const VARIANTS: [Variant; 2] = [
     Variant {
         overlay: "cluster-wide",
-        target: "shop-installed",
+        target: "apps-installed",
         declares_namespace: true,
         forbidden: (
             "PriorityClass/urgent",
@@ -65,7 +68,8 @@ const VARIANTS: [Variant; 2] = [
 
 #[tokio::test]
 async fn the_install_runs_in_cluster_under_each_rbac_variant() {
-    let client = control_plane().client().await;
+    // The examples' LoadBalancers and ExternalSecret need the add-ons to become Healthy.
+    let client = harness::with_addons().client().await;
     for v in &VARIANTS {
         run_variant(&client, v).await;
         uninstall(&client, v).await;
@@ -75,22 +79,28 @@ async fn the_install_runs_in_cluster_under_each_rbac_variant() {
 async fn run_variant(client: &Client, v: &Variant) {
     let built = kustomize_build(v.overlay);
     harness::apply_documents(client, &built, "gitops-agent-install").await;
+    let status_of = |pod: &Pod, dir: &Path| pod.cli(&["status", "--config"], dir);
 
     let upstream = git::Upstream::new();
     let repo = upstream.create("platform");
-    let mut files = vec![
+    let mut files = if v.overlay == "cluster-wide" {
+        harness::files_under(&harness::repo_root().join("manifests"), "examples")
+    } else {
+        Vec::new()
+    };
+    files.extend(own(&[
         ("apps/settings.yaml", harness::cm("settings", "v1")),
         ("apps/extra.yaml", harness::cm("extra", "x")),
         ("apps/web.yaml", WEB.to_string()),
-    ];
+    ]));
     if v.declares_namespace {
         let ns = format!(
             "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {}\n",
             v.target
         );
-        files.push(("apps/namespace.yaml", ns));
+        files.push(("apps/namespace.yaml".into(), ns));
     }
-    repo.push("main", &harness::borrowed(&own(&files)), &[]);
+    repo.push("main", &harness::borrowed(&files), &[]);
     let daemon = git::GitDaemon::start(upstream.root());
     let dir = tempfile::tempdir().unwrap();
     let pod = Pod::start(
@@ -153,11 +163,21 @@ async fn run_variant(client: &Client, v: &Variant) {
     .await;
 
     // A write its rights do not cover is refused, and reported naming the object.
+    if v.overlay == "cluster-wide" {
+        wait(&pod, "both examples are synced and Healthy", || async {
+            let s = status_of(&pod, dir.path());
+            ["shop ", "crud "].iter().all(|sync| {
+                s.lines().any(|l| {
+                    l.starts_with(sync) && l.contains("Succeeded") && l.contains("Healthy")
+                })
+            })
+        })
+        .await;
+    }
     let (subject, manifest) = v.forbidden;
     repo.push("main", &[("apps/forbidden.yaml", manifest)], &[]);
-    let status_of = || pod.cli(&["status", "--config"], dir.path());
     wait(&pod, "status reports the forbidden write", || async {
-        let s = status_of();
+        let s = status_of(&pod, dir.path());
         s.contains(subject) && s.contains("forbidden")
     })
     .await;
@@ -205,14 +225,25 @@ fn config(dir: &Path, v: &Variant, url: &str) -> PathBuf {
     } else {
         String::new()
     };
+    // Under cluster-wide rights, the reference architectures too.
+    let examples = if v.overlay == "cluster-wide" {
+        "  - {name: shop, source: platform, path: examples/microservices/overlays/local, namespace: shop}\n\
+         \x20 - {name: crud, source: platform, path: examples/serverless/overlays/local, namespace: crud}\n"
+            .to_string()
+    } else {
+        String::new()
+    };
+    let kustomize = harness::renderer("kustomize");
     let text = format!(
         "stateDir: {state}\nnamespace: {AGENT_NS}\n{scope}\
+         render: {{kustomize: {kustomize}}}\n\
          leaderElection: {{enabled: true, leaseName: gitops-agent}}\n\
          alerts:\n  sinks:\n    - {{type: events, name: cluster, agentRef: {{apiVersion: apps/v1, kind: Deployment, name: gitops-agent}}}}\n\
          sources:\n  - {{name: platform, url: {url}, interval: 1s}}\n\
-         syncs:\n  - {{name: apps, source: platform, path: apps, namespace: {ns}, selfHeal: true, health: {{wait: false}}}}\n",
+         syncs:\n  - {{name: apps, source: platform, path: apps, namespace: {ns}, selfHeal: true, health: {{wait: false}}}}\n{examples}",
         state = dir.join("state").display(),
         ns = v.target,
+        kustomize = kustomize.display(),
     );
     let path = dir.join("config.yaml");
     std::fs::write(&path, text).unwrap();
@@ -372,7 +403,7 @@ where
 async fn uninstall(client: &Client, v: &Variant) {
     let dp = DeleteParams::background();
     let nss: Api<Namespace> = Api::all(client.clone());
-    for ns in [AGENT_NS, v.target] {
+    for ns in [AGENT_NS, v.target, "shop", "crud", "ingress-nginx"] {
         let _ = nss.delete(ns, &dp).await;
     }
     use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};

@@ -171,6 +171,19 @@ fn start() -> Result<ControlPlane, String> {
             _supervisor: None,
         });
     }
+    // The supervisor picks free ports and then binds them; with test binaries running side
+    // by side (tests/run), another process can take one in between. Start afresh then.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match start_once(attempt) {
+            Err(e) if attempt < 3 && e.contains("address already in use") => continue,
+            done => return done,
+        }
+    }
+}
+
+fn start_once(attempt: u32) -> Result<ControlPlane, String> {
     let build = repo_root().join("tests/cluster/build");
     let out = Command::new(&build)
         .stderr(Stdio::inherit())
@@ -180,7 +193,8 @@ fn start() -> Result<ControlPlane, String> {
         return Err(format!("{} failed: {}", build.display(), out.status));
     }
     let bin_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-    let dir = std::env::temp_dir().join(format!("gitops-agent-e2e-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("gitops-agent-e2e-{}-{attempt}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let log = std::fs::File::create(dir.join("supervisor.out")).map_err(|e| e.to_string())?;
     let mut child = Command::new(bin_dir.join("k8s-local"))
