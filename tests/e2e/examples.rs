@@ -203,6 +203,64 @@ async fn both_reference_architectures_sync_and_become_healthy() {
     }
 }
 
+/// Every overlay of both examples validates offline, the serverless ones with the
+/// virtual-nodes and secrets packs, given the CRDs of the add-ons the cluster runs (ESO's),
+/// which the examples do not carry.
+#[test]
+fn every_overlay_validates_offline_with_the_packs() {
+    let examples = harness::repo_root().join("manifests/examples");
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.yaml");
+    let kustomize = harness::renderer("kustomize");
+    std::fs::write(
+        &config,
+        format!("render: {{kustomize: {}}}\n", kustomize.display()),
+    )
+    .unwrap();
+    let crds = harness::addons_dir().unwrap().join("crds");
+    let policies = harness::repo_root().join("policies");
+    for overlay in [
+        "microservices/overlays/local",
+        "microservices/overlays/oke",
+        "serverless/overlays/local",
+        "serverless/overlays/oke",
+    ] {
+        let path = examples.join(overlay);
+        let mut args = vec![
+            "validate",
+            "--root",
+            examples.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ];
+        if overlay.starts_with("serverless") {
+            args.extend(["--pack", "virtual-nodes", "--pack", "secrets"]);
+            args.extend([
+                "--policies",
+                policies.to_str().unwrap(),
+                "--crds",
+                crds.to_str().unwrap(),
+            ]);
+        }
+        let (code, text) = harness::agent_cli(&args, &config, None);
+        assert_eq!(code, Some(0), "{overlay}:\n{text}");
+        assert!(text.contains("objects valid"), "{overlay}:\n{text}");
+    }
+    // Without the cluster's CRDs, the ExternalSecret's kind is unknown offline, and said so.
+    let path = examples.join("serverless/overlays/oke");
+    let args = [
+        "validate",
+        "--root",
+        examples.to_str().unwrap(),
+        path.to_str().unwrap(),
+    ];
+    let (code, text) = harness::agent_cli(&args, &config, None);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("ExternalSecret/crud/db-credentials: unknown kind ExternalSecret"),
+        "{text}"
+    );
+}
+
 async fn load_balancer_ip(client: &kube::Client, ns: &str, name: &str) -> String {
     let svc = Api::<Service>::namespaced(client.clone(), ns)
         .get(name)

@@ -114,7 +114,9 @@ pub fn with_addons() -> &'static ControlPlane {
     cp
 }
 
-fn start_addons(cp: &ControlPlane) -> Result<Mutex<Child>, String> {
+/// The directory tests/addons/build fills (built once per version): the add-ons, and
+/// their CRDs in `crds/`.
+pub fn addons_dir() -> Result<PathBuf, String> {
     let build = repo_root().join("tests/addons/build");
     let out = Command::new(&build)
         .stderr(Stdio::inherit())
@@ -123,7 +125,11 @@ fn start_addons(cp: &ControlPlane) -> Result<Mutex<Child>, String> {
     if !out.status.success() {
         return Err(format!("{} failed: {}", build.display(), out.status));
     }
-    let bin = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("addons");
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn start_addons(cp: &ControlPlane) -> Result<Mutex<Child>, String> {
+    let bin = addons_dir()?.join("addons");
     // Beside the cluster's own files, so that its clean-up removes them too.
     let dir = cp
         .kubeconfig

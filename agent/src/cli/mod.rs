@@ -10,6 +10,7 @@ use gitops_agent::core::Action;
 use gitops_agent::telemetry::logging;
 use gitops_agent::{cluster, config, controller, health, inventory, oci, render, source, sync};
 
+mod crds;
 mod progress;
 
 #[derive(Debug, Parser)]
@@ -41,7 +42,7 @@ pub enum Command {
     /// Parse and validate manifests offline (no cluster): a directory of the repository,
     /// built first when it holds a kustomization or a chart (Chart.yaml), as a sync would.
     /// Exit code 0 when valid, 1 when not.
-    Validate(ValidateArgs),
+    Validate(Box<ValidateArgs>),
     /// Show what a sync would change, as a unified diff per object. Exit code 1 when
     /// something would change, 0 when nothing would, 2 on error (like kubectl diff).
     Diff {
@@ -105,6 +106,10 @@ pub struct ValidateArgs {
     /// Where packs are (default: the configuration's policies.dir).
     #[arg(long, value_name = "DIR")]
     policies: Option<PathBuf>,
+    /// CustomResourceDefinitions the cluster already has (a file, or a directory of them),
+    /// so that objects of their kinds validate offline (repeatable).
+    #[arg(long = "crds", value_name = "PATH")]
+    crds: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -206,7 +211,7 @@ impl Cli {
                 check_renderers(&self.config).await;
                 check_oci(&self.config).await
             }
-            Command::Validate(args) => validate(&self.config, args).await,
+            Command::Validate(args) => validate(&self.config, *args).await,
             Command::Diff { ref sync } => {
                 let code = match diff(&self, sync.as_deref()).await {
                     Ok(true) => 1,
@@ -365,7 +370,9 @@ async fn validate(config: &std::path::Path, args: ValidateArgs) -> anyhow::Resul
     };
     let packs =
         sync::policy::Packs::read(&policies_dir, &args.packs).map_err(|e| anyhow::anyhow!(e))?;
+    let crds = crds::ClusterCrds::read(&args.crds)?;
     let checks = Checks {
+        crds: &crds,
         namespace: &args.namespace,
         packs: &packs,
         names: &args.packs,
@@ -434,6 +441,7 @@ fn work_tree(dir: &std::path::Path) -> Option<PathBuf> {
 
 /// What `validate` checks the objects against.
 struct Checks<'a> {
+    crds: &'a crds::ClusterCrds,
     namespace: &'a str,
     packs: &'a sync::policy::Packs,
     names: &'a [String],
@@ -450,7 +458,7 @@ fn report_valid(
         default_namespace: checks.namespace.to_string(),
         ..Default::default()
     };
-    let rendered = render::render(files, &opts, &render::BuiltinScopes).and_then(|manifests| {
+    let rendered = render::render(files, &opts, checks.crds).and_then(|manifests| {
         // Infra specs (OKE node pools) are checked as the sync would check them.
         let infra: Vec<render::Manifest> = manifests
             .iter()
@@ -471,7 +479,7 @@ fn report_valid(
         .map_err(|e| anyhow::anyhow!(e))?;
     let findings = match &set {
         None => Vec::new(),
-        Some(set) => offline_findings(set, &manifests),
+        Some(set) => offline_findings(set, &manifests, checks.crds),
     };
     for f in &findings {
         println!("{f}");
@@ -488,6 +496,7 @@ fn report_valid(
 fn offline_findings(
     set: &gitops_agent::policy::PolicySet,
     manifests: &[render::Manifest],
+    cluster: &crds::ClusterCrds,
 ) -> Vec<sync::policy::Finding> {
     let crds: Vec<(String, String, String, bool)> = manifests
         .iter()
@@ -506,8 +515,8 @@ fn offline_findings(
         })
         .collect();
     let resolve = |id: &gitops_agent::core::ObjectKey| {
-        if let Some((plural, namespaced)) = render::BuiltinScopes::resource(&id.group, &id.kind) {
-            return Some((plural.to_owned(), namespaced));
+        if let Some(known) = cluster.resource(&id.group, &id.kind) {
+            return Some(known);
         }
         crds.iter()
             .find(|(g, k, _, _)| *g == id.group && *k == id.kind)
