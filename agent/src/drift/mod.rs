@@ -135,7 +135,7 @@ struct State {
     compared: HashMap<Key, (u64, u64)>,
     paused: HashSet<String>,
     dirty: HashSet<Key>,
-    /// One watch per API resource (group, version, plural).
+    /// One watch per API resource, and per namespace under namespaced rights.
     watches: HashMap<WatchKey, tokio::task::JoinHandle<()>>,
     /// Watches whose initial list is done.
     listed: HashSet<WatchKey>,
