@@ -148,31 +148,27 @@ where
             continue;
         }
         let now = tokio::time::Instant::now();
-        if let Some(p) = &opts.progress {
-            let pending = targets
+        let unsettled = || -> Vec<(ObjectKey, Assessment)> {
+            targets
                 .iter()
                 .zip(&current)
                 .filter(|(_, a)| !a.status.is_settled())
                 .map(|(r, a)| (r.clone(), a.clone()))
-                .collect();
+                .collect()
+        };
+        if let Some(p) = &opts.progress {
             (p.0)(&Progress {
                 total: targets.len(),
-                pending,
+                pending: unsettled(),
                 elapsed: now - start,
                 left: deadline.saturating_duration_since(now),
             });
         }
         if now >= deadline {
-            let unhealthy = targets
-                .iter()
-                .zip(&current)
-                .filter(|(_, a)| !a.status.is_settled())
-                .map(|(r, a)| (r.clone(), a.clone()))
-                .collect();
             return Err(Error::Timeout {
                 timeout: opts.timeout,
                 total: targets.len(),
-                unhealthy,
+                unhealthy: unsettled(),
             });
         }
         // The final poll happens at the deadline, not an interval past it.
