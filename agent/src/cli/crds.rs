@@ -2,9 +2,10 @@
 //! operator's install, such as External Secrets Operator's), read from files, so that a
 //! repository using their kinds validates offline without carrying the CRDs itself.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use gitops_agent::render::{self, Scopes};
+use gitops_agent::source;
 
 /// One kind a CRD defines: (group, kind, plural, namespaced).
 type Defined = (String, String, String, bool);
@@ -16,31 +17,31 @@ pub struct ClusterCrds {
 }
 
 impl ClusterCrds {
-    /// Reads every `.yaml`/`.yml`/`.json` file of each path (a file, or a directory, not
-    /// recursively); documents that are not CustomResourceDefinitions are skipped.
+    /// Reads each path (a file, or a directory as a sync reads one: the same limits and
+    /// parser), renders it, and keeps the kinds its CustomResourceDefinitions define.
     pub fn read(paths: &[PathBuf]) -> anyhow::Result<ClusterCrds> {
         let mut kinds = Vec::new();
         for path in paths {
-            for file in files(path)? {
-                let text = std::fs::read_to_string(&file)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
-                for d in docs
-                    .iter()
-                    .filter(|d| d["kind"] == "CustomResourceDefinition")
-                {
-                    kinds.push(defined(d).ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "{}: CustomResourceDefinition/{}: needs spec.group, spec.names.kind, spec.names.plural and spec.scope",
-                            file.display(),
-                            d["metadata"]["name"].as_str().unwrap_or("?")
-                        )
-                    })?);
-                }
-            }
+            let files = match path.is_dir() {
+                true => source::read_dir(path, &Default::default())?,
+                false => vec![source::File {
+                    path: path.display().to_string(),
+                    content: std::fs::read(path)
+                        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?,
+                }],
+            };
+            let manifests = render::render(&files, &Default::default(), &render::BuiltinScopes)
+                .map_err(|e| anyhow::anyhow!("--crds {}:\n{e}", path.display()))?;
+            kinds.extend(ClusterCrds::from_manifests(&manifests).kinds);
         }
         Ok(ClusterCrds { kinds })
+    }
+
+    /// The kinds the CustomResourceDefinitions among `manifests` define.
+    pub fn from_manifests(manifests: &[render::Manifest]) -> ClusterCrds {
+        ClusterCrds {
+            kinds: manifests.iter().filter_map(render::crd_resource).collect(),
+        }
     }
 
     /// The plural and scope of a kind, built-in or defined by these CRDs.
@@ -61,37 +62,6 @@ impl Scopes for ClusterCrds {
     }
 }
 
-fn defined(crd: &serde_json::Value) -> Option<Defined> {
-    let s = &crd["spec"];
-    let text = |v: &serde_json::Value| v.as_str().filter(|t| !t.is_empty()).map(str::to_owned);
-    let scope = s["scope"].as_str()?;
-    Some((
-        text(&s["group"])?,
-        text(&s["names"]["kind"])?,
-        text(&s["names"]["plural"])?,
-        scope == "Namespaced",
-    ))
-}
-
-fn files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    if !path.is_dir() {
-        return Ok(vec![path.to_owned()]);
-    }
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))? {
-        let p = entry?.path();
-        let manifest = p
-            .extension()
-            .and_then(|e| e.to_str())
-            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
-        if p.is_file() && manifest {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,8 +72,9 @@ mod tests {
         std::fs::write(
             dir.path().join("eso.yaml"),
             "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: externalsecrets.external-secrets.io}\n\
-             spec: {group: external-secrets.io, scope: Namespaced, names: {kind: ExternalSecret, plural: externalsecrets}, versions: []}\n\
-             ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: skipped}\n",
+             spec: {group: external-secrets.io, scope: Namespaced, names: {kind: ExternalSecret, plural: externalsecrets},\n\
+             \x20 versions: [{name: v1, served: true, storage: true}]}\n\
+             ---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: skipped, namespace: default}\n",
         )
         .unwrap();
         std::fs::write(dir.path().join("README.md"), "not read").unwrap();
@@ -114,16 +85,15 @@ mod tests {
         );
         assert_eq!(crds.namespaced("apps", "Deployment"), Some(true));
         assert_eq!(crds.namespaced("example.com", "Widget"), None);
+        let bad = dir.path().join("bad.yaml");
         std::fs::write(
-            dir.path().join("bad.yaml"),
-            "kind: CustomResourceDefinition\nmetadata: {name: broken}\nspec: {group: x}\n",
+            &bad,
+            "apiVersion: apiextensions.k8s.io/v1\nkind: CustomResourceDefinition\nmetadata: {name: broken}\nspec: {group: x}\n",
         )
         .unwrap();
-        let err = ClusterCrds::read(&[dir.path().to_owned()])
-            .unwrap_err()
-            .to_string();
+        let err = ClusterCrds::read(&[bad]).unwrap_err().to_string();
         assert!(
-            err.contains("bad.yaml: CustomResourceDefinition/broken: needs"),
+            err.contains("bad.yaml") && err.contains("CustomResourceDefinition/broken"),
             "{err}"
         );
     }

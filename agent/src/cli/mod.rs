@@ -491,36 +491,19 @@ fn report_valid(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The policies' findings without a cluster: kinds resolve from the built-in ones and the
-/// revision's CustomResourceDefinitions, namespaces and params from the revision.
+/// The policies' findings without a cluster: kinds resolve from the built-in ones, the
+/// cluster's CustomResourceDefinitions (`--crds`) and the revision's; namespaces and params
+/// from the revision.
 fn offline_findings(
     set: &gitops_agent::policy::PolicySet,
     manifests: &[render::Manifest],
     cluster: &crds::ClusterCrds,
 ) -> Vec<sync::policy::Finding> {
-    let crds: Vec<(String, String, String, bool)> = manifests
-        .iter()
-        .filter(|m| m.id.kind == "CustomResourceDefinition")
-        .map(|m| {
-            let v = m.value();
-            let s = &v["spec"];
-            let text = |x: &serde_json::Value| x.as_str().unwrap_or_default().to_owned();
-            let namespaced = s["scope"] == "Namespaced";
-            (
-                text(&s["group"]),
-                text(&s["names"]["kind"]),
-                text(&s["names"]["plural"]),
-                namespaced,
-            )
-        })
-        .collect();
+    let revision = crds::ClusterCrds::from_manifests(manifests);
     let resolve = |id: &gitops_agent::core::ObjectKey| {
-        if let Some(known) = cluster.resource(&id.group, &id.kind) {
-            return Some(known);
-        }
-        crds.iter()
-            .find(|(g, k, _, _)| *g == id.group && *k == id.kind)
-            .map(|(_, _, plural, namespaced)| (plural.clone(), *namespaced))
+        cluster
+            .resource(&id.group, &id.kind)
+            .or_else(|| revision.resource(&id.group, &id.kind))
     };
     let lookups = sync::policy::Lookups::from_revision(manifests, set);
     let user = gitops_agent::policy::User::default();

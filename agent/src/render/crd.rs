@@ -16,6 +16,7 @@ pub(super) const CRD_KIND: &str = "CustomResourceDefinition";
 /// A kind defined by a CustomResourceDefinition of the revision.
 #[derive(Debug, Clone)]
 pub(super) struct CrdKind {
+    pub(super) plural: String,
     pub(super) namespaced: bool,
     pub(super) versions: Vec<String>,
 }
@@ -89,6 +90,7 @@ pub(super) fn crd_kind(obj: &Map<String, Value>) -> Result<((String, String), Cr
     Ok((
         (group, kind),
         CrdKind {
+            plural,
             namespaced,
             versions,
         },

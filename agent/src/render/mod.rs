@@ -26,6 +26,16 @@ mod validate;
 use crd::collect_crd;
 use parse::{Candidate, Compact, JSON_MAX_DEPTH, expand_list, format_of, parse_file};
 pub use validate::add_labels;
+
+/// The kind a CustomResourceDefinition among rendered manifests defines: (group, kind,
+/// plural, namespaced); `None` for any other object.
+pub fn crd_resource(m: &Manifest) -> Option<(String, String, String, bool)> {
+    if m.id.group != crd::CRD_GROUP || m.id.kind != crd::CRD_KIND {
+        return None;
+    }
+    let ((group, kind), defined) = crd::crd_kind(m.value().as_object()?).ok()?;
+    Some((group, kind, defined.plural, defined.namespaced))
+}
 use validate::{find_duplicates, validate};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
