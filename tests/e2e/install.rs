@@ -24,11 +24,10 @@ use std::time::{Duration, Instant};
 
 use harness::control_plane;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::api::events::v1::Event;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::{Api, Client};
 
 const WAIT: Duration = Duration::from_secs(120);
@@ -278,7 +277,9 @@ impl Pod {
     async fn start(client: &Client, dir: &Path, config: &Path) -> Pod {
         let sa_dir = dir.join("serviceaccount");
         std::fs::create_dir_all(&sa_dir).unwrap();
-        std::fs::write(sa_dir.join("token"), token(client).await).unwrap();
+        // The token the kubelet would project for the install's service account.
+        let token = control_plane().issue_token(AGENT_NS, "gitops-agent").await;
+        std::fs::write(sa_dir.join("token"), token).unwrap();
         std::fs::write(sa_dir.join("ca.crt"), root_ca(client).await).unwrap();
         std::fs::write(sa_dir.join("namespace"), AGENT_NS).unwrap();
         let server = control_plane().config().await.cluster_url;
@@ -336,24 +337,6 @@ impl Drop for Pod {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The token the kubelet would project: TokenRequest for the install's service account.
-async fn token(client: &Client) -> String {
-    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), AGENT_NS);
-    let req = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(3600),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    sas.create_token_request("gitops-agent", &PostParams::default(), &req)
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .token
 }
 
 /// `ca.crt` of the `kube-root-ca.crt` ConfigMap the controller-manager publishes in every

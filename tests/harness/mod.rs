@@ -55,17 +55,21 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// The shared control plane, started on first use. Panics (failing the test) with the
-/// supervisor's own error when the cluster cannot start.
 /// What a build script beside the tests prints: the directory holding its binaries.
 fn built(script: &str) -> PathBuf {
+    try_built(script).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn try_built(script: &str) -> Result<PathBuf, String> {
     let script = repo_root().join(script);
     let out = Command::new(&script)
         .stderr(Stdio::inherit())
         .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
-    assert!(out.status.success(), "{} failed", script.display());
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+        .map_err(|e| format!("{}: {e}", script.display()))?;
+    if !out.status.success() {
+        return Err(format!("{} failed: {}", script.display(), out.status));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
 }
 
 /// kubectl at the control plane's version (tests/cluster/build), the peer tests compare with.
@@ -96,6 +100,8 @@ pub fn agent_cli(args: &[&str], config: &Path, dir: Option<&Path>) -> (Option<i3
     (out.status.code(), text)
 }
 
+/// The shared control plane, started on first use. Panics (failing the test) with the
+/// supervisor's own error when the cluster cannot start.
 pub fn control_plane() -> &'static ControlPlane {
     match CONTROL_PLANE.get_or_init(start) {
         Ok(cp) => cp,
@@ -117,15 +123,7 @@ pub fn with_addons() -> &'static ControlPlane {
 /// The directory tests/addons/build fills (built once per version): the add-ons, and
 /// their CRDs in `crds/`.
 pub fn addons_dir() -> Result<PathBuf, String> {
-    let build = repo_root().join("tests/addons/build");
-    let out = Command::new(&build)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("{}: {e}", build.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} failed: {}", build.display(), out.status));
-    }
-    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    try_built("tests/addons/build")
 }
 
 fn start_addons(cp: &ControlPlane) -> Result<Mutex<Child>, String> {
@@ -190,15 +188,7 @@ fn start() -> Result<ControlPlane, String> {
 }
 
 fn start_once(attempt: u32) -> Result<ControlPlane, String> {
-    let build = repo_root().join("tests/cluster/build");
-    let out = Command::new(&build)
-        .stderr(Stdio::inherit())
-        .output()
-        .map_err(|e| format!("{}: {e}", build.display()))?;
-    if !out.status.success() {
-        return Err(format!("{} failed: {}", build.display(), out.status));
-    }
-    let bin_dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    let bin_dir = try_built("tests/cluster/build")?;
     let dir =
         std::env::temp_dir().join(format!("gitops-agent-e2e-{}-{attempt}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
@@ -266,13 +256,21 @@ impl ControlPlane {
     /// A new service account `namespace/name` and a token the API server issued for it
     /// (the TokenRequest API, an hour long).
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> String {
-        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
         use k8s_openapi::api::core::v1::ServiceAccount;
         let client = self.client().await;
         let sas: Api<ServiceAccount> = Api::namespaced(client, namespace);
         let sa = serde_json::json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}});
         let sa: ServiceAccount = serde_json::from_value(sa).unwrap();
         sas.create(&PostParams::default(), &sa).await.unwrap();
+        self.issue_token(namespace, name).await
+    }
+
+    /// A token the API server issues (TokenRequest, an hour long) for the existing service
+    /// account `namespace/name`: what the kubelet projects into its pods.
+    pub async fn issue_token(&self, namespace: &str, name: &str) -> String {
+        use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+        use k8s_openapi::api::core::v1::ServiceAccount;
+        let sas: Api<ServiceAccount> = Api::namespaced(self.client().await, namespace);
         let req = TokenRequest {
             spec: TokenRequestSpec {
                 expiration_seconds: Some(3600),
