@@ -292,11 +292,23 @@ impl ResourceManager {
     }
 
     async fn apply_group(&self, group: &[Desired<'_>], opts: &Options) -> ChangeSet {
+        // Objects the cache knows unchanged are settled here, without a future each: a
+        // resync of thousands would otherwise build (and page in) thousands of them.
+        let mut settled: Vec<Option<Change>> = group
+            .iter()
+            .map(|d| {
+                let cache = opts.cache.as_ref()?;
+                cache
+                    .known_unchanged(d.id, d.object)
+                    .then(|| Change::new(d.id.clone(), Action::Unchanged))
+            })
+            .collect();
         // The futures are made first, so the stream holds no closure over borrowed
         // objects: that keeps a sync's future `Send` for the task it runs in.
         let work: Vec<_> = group
             .iter()
             .enumerate()
+            .filter(|(i, _)| settled[*i].is_none())
             .map(|(i, d)| {
                 let d = *d;
                 async move { (i, self.apply_one(d, opts).await) }
@@ -306,10 +318,11 @@ impl ResourceManager {
             .buffer_unordered(opts.concurrency.max(1))
             .collect()
             .await;
-        let mut results = results;
-        results.sort_by_key(|(i, _)| *i);
+        for (i, c) in results {
+            settled[i] = Some(c);
+        }
         ChangeSet {
-            entries: results.into_iter().map(|(_, c)| c).collect(),
+            entries: settled.into_iter().flatten().collect(),
         }
     }
 
@@ -325,6 +338,14 @@ impl ResourceManager {
     /// error: a failure is a `Failed` change naming the object.
     pub async fn apply_one(&self, d: Desired<'_>, opts: &Options) -> Change {
         let id = d.id;
+        let body = d.object;
+        // First, as most objects of a resync are known unchanged: they cost no lookup.
+        if let Some(cache) = &opts.cache {
+            if cache.known_unchanged(id, body) {
+                return Change::new(id.clone(), Action::Unchanged);
+            }
+            tracing::debug!(object = %id, "not known unchanged: compared with the cluster");
+        }
         let discovery = self.discovery();
         let Some(res) = discovery.resolve(&id.group, &id.version, &id.kind) else {
             return Change::new(id.clone(), Action::Failed).with_message(format!(
@@ -334,13 +355,6 @@ impl ResourceManager {
             ));
         };
         let api = self.api_for(res, id.namespace.as_deref());
-        let body = d.object;
-        if let Some(cache) = &opts.cache {
-            if cache.known_unchanged(id, body) {
-                return Change::new(id.clone(), Action::Unchanged);
-            }
-            tracing::debug!(object = %id, "not known unchanged: compared with the cluster");
-        }
 
         if let Some(owner) = d.foreign_owner
             && let Some(c) = conflict(id, owner, body)

@@ -621,8 +621,12 @@ async fn sync_once(cli: &Cli, only: Option<&str>, show_diff: bool) -> anyhow::Re
             };
             println!("  rendered: {} {how}", b.renderer.as_str());
         }
+        let waited = match outcome.health_wait {
+            Some(w) => format!(" ({:.2}s of it waiting on health)", w.as_secs_f64()),
+            None => String::new(),
+        };
         println!(
-            "  took {:.2}s, {} API requests ({} writes, {} dry-runs)",
+            "  took {:.2}s{waited}, {} API requests ({} writes, {} dry-runs)",
             started.elapsed().as_secs_f64(),
             requests.total,
             requests.writes,

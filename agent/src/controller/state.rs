@@ -38,7 +38,8 @@ pub enum Done {
     Synced {
         sync: String,
         revision: String,
-        ran: Option<Ran>,
+        /// Boxed: an outcome is far larger than the other reports.
+        ran: Option<Box<Ran>>,
     },
     /// Stopped when this replica lost the lease; due again should it lead again.
     Stopped { sync: String, reason: Reason },
@@ -238,7 +239,7 @@ impl Controller {
                 Done::Synced {
                     sync: name,
                     revision: revision.id,
-                    ran,
+                    ran: ran.map(Box::new),
                 }
             }
             .instrument(span),

@@ -124,6 +124,8 @@ struct Entry {
     seen_version: Option<String>,
     heals: VecDeque<Instant>,
     fight_until: Option<Instant>,
+    /// The `set_desired` that last kept this entry.
+    stamp: u64,
 }
 
 #[derive(Default)]
@@ -139,6 +141,8 @@ struct State {
     watches: HashMap<WatchKey, tokio::task::JoinHandle<()>>,
     /// Watches whose initial list is done.
     listed: HashSet<WatchKey>,
+    /// Counts `set_desired` calls, for the entries' stamps.
+    generation: u64,
 }
 
 /// A watch: the API resource (group, version, plural), and its namespace when the agent's
@@ -225,22 +229,29 @@ impl Detector {
     /// and checks the objects that changed while it was paused.
     pub async fn set_desired(&self, sync: &str, self_heal: bool, desired: Vec<DesiredObject>) {
         let dirty = {
-            let mut st = self.lock();
-            let mut keep: HashMap<Key, Entry> = HashMap::new();
-            let old: Vec<Key> = st
-                .entries
-                .iter()
-                .filter(|(_, e)| e.sync == sync)
-                .map(|(k, _)| k.clone())
-                .collect();
-            let mut previous: HashMap<Key, Entry> = old
-                .into_iter()
-                .filter_map(|k| st.entries.remove_entry(&k))
-                .collect();
+            let mut guard = self.lock();
+            let st = &mut *guard;
+            // Entries are updated where they are: a revision that changed one object of
+            // thousands moves no others. The stamp tells which this call kept.
+            st.generation += 1;
+            let stamp = st.generation;
+            // The kinds (shared resources, so told apart by address) and, under namespaced
+            // rights, namespaces this sync's objects need watched.
+            let mut resources: HashMap<(usize, Option<String>), Arc<ApiResource>> = HashMap::new();
+            let namespaced = self.inner.opts.namespaced;
+            for target in &desired {
+                let ns = target.id.namespace.as_ref().filter(|_| namespaced).cloned();
+                // Cluster-scoped under namespaced rights: not watchable (nor appliable).
+                if !namespaced || ns.is_some() {
+                    let ar = &target.resource;
+                    let at = Arc::as_ptr(ar) as usize;
+                    resources.entry((at, ns)).or_insert_with(|| ar.clone());
+                }
+            }
             for target in desired {
-                let k = target.id.clone();
-                let mut entry = match previous.remove(&k) {
-                    Some(mut e) => {
+                let compared = st.compared.remove(&target.id);
+                let entry = match st.entries.get_mut(&target.id) {
+                    Some(e) if e.sync == sync => {
                         e.self_heal = self_heal;
                         if e.target.object.get() != target.object.get() {
                             // Git changed: the last confirmation no longer holds.
@@ -249,47 +260,31 @@ impl Detector {
                         e.target = target;
                         e
                     }
-                    None => Entry {
-                        sync: sync.to_string(),
-                        self_heal,
-                        target,
-                        seen: None,
-                        checked: None,
-                        health: None,
-                        seen_version: None,
-                        active: None,
-                        heals: VecDeque::new(),
-                        fight_until: None,
-                    },
+                    _ => {
+                        let k = target.id.clone();
+                        st.entries
+                            .insert(k.clone(), Entry::new(sync, self_heal, target));
+                        st.entries.get_mut(&k).expect("just inserted")
+                    }
                 };
-                if let Some((text, live)) = st.compared.remove(&k)
+                entry.stamp = stamp;
+                if let Some((text, live)) = compared
                     && text == text_hash(entry.target.object.get())
                 {
                     entry.confirm(live);
                 }
-                keep.insert(k, entry);
             }
+            st.entries.retain(|_, e| e.sync != sync || e.stamp == stamp);
             st.compared.clear();
-            let mut resources: HashMap<WatchKey, Arc<ApiResource>> = HashMap::new();
-            for (k, e) in &keep {
-                let ar = &e.target.resource;
-                let ns = k.namespace.clone().filter(|_| self.inner.opts.namespaced);
-                if self.inner.opts.namespaced && ns.is_none() {
-                    // Cluster-scoped: not watchable with namespaced rights (nor appliable).
-                    continue;
-                }
-                let wk = (ar.group.clone(), ar.version.clone(), ar.plural.clone(), ns);
-                resources.entry(wk).or_insert_with(|| ar.clone());
-            }
-            st.entries.extend(keep);
             st.paused.remove(sync);
-            for (wk, ar) in resources {
+            for ((_, ns), ar) in resources {
+                let wk = (ar.group.clone(), ar.version.clone(), ar.plural.clone(), ns);
                 if let std::collections::hash_map::Entry::Vacant(slot) = st.watches.entry(wk) {
                     let w = self.spawn_watch((*ar).clone(), slot.key().clone());
                     slot.insert(w);
                 }
             }
-            take_dirty(&mut st, sync)
+            take_dirty(st, sync)
         };
         self.recheck(dirty).await;
     }
@@ -342,15 +337,28 @@ impl Detector {
     /// resync reads) and those not known healthy, for the gauges.
     pub fn counts(&self) -> HashMap<String, Counts> {
         let st = self.lock();
-        let mut out: HashMap<String, Counts> = HashMap::new();
+        // Every scrape walks every object: per object, no allocation and (as entries of a
+        // sync tend to come in runs) mostly no lookup of its sync either.
+        let mut out: Vec<(&str, Counts)> = Vec::new();
+        let mut last = 0;
         for (k, e) in &st.entries {
-            let c = out.entry(e.sync.clone()).or_default();
+            if out.get(last).is_none_or(|(s, _)| *s != e.sync) {
+                last = match out.iter().position(|(s, _)| *s == e.sync) {
+                    Some(i) => i,
+                    None => {
+                        out.push((&e.sync, Counts::default()));
+                        out.len() - 1
+                    }
+                };
+            }
+            let c = &mut out[last].1;
             c.drifted += usize::from(e.active.is_some());
-            c.unconfirmed += usize::from(!e.confirmed() || st.dirty.contains(k));
+            let dirty = !st.dirty.is_empty() && st.dirty.contains(k);
+            c.unconfirmed += usize::from(!e.confirmed() || dirty);
             let healthy = e.health.as_ref().map(|h| h.status) == Some(health::Status::Healthy);
             c.unhealthy += usize::from(!healthy);
         }
-        out
+        out.into_iter().map(|(s, c)| (s.to_owned(), c)).collect()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -700,6 +708,22 @@ impl Detector {
 }
 
 impl Entry {
+    fn new(sync: &str, self_heal: bool, target: DesiredObject) -> Self {
+        Entry {
+            sync: sync.to_string(),
+            self_heal,
+            target,
+            seen: None,
+            checked: None,
+            health: None,
+            seen_version: None,
+            active: None,
+            heals: VecDeque::new(),
+            fight_until: None,
+            stamp: 0,
+        }
+    }
+
     fn confirmed(&self) -> bool {
         self.active.is_none() && self.seen.is_some() && self.seen == self.checked
     }
@@ -720,15 +744,17 @@ impl apply::LiveCache for Detector {
     /// Git's side is what was last applied, and the watch has seen no change on the
     /// cluster's side since the object was last confirmed to match.
     fn known_unchanged(&self, id: &ObjectKey, desired: &RawValue) -> bool {
-        let k = id.clone();
         let st = self.lock();
         // Both sides are the renderer's compact JSON of the object, so equal text is an
-        // equal object.
-        !st.dirty.contains(&k)
+        // equal object; a file the revision did not touch hands over the very same text.
+        let same = |target: &RawValue| {
+            std::ptr::eq(target.get(), desired.get()) || target.get() == desired.get()
+        };
+        !st.dirty.contains(id)
             && st
                 .entries
-                .get(&k)
-                .is_some_and(|e| e.confirmed() && e.target.object.get() == desired.get())
+                .get(id)
+                .is_some_and(|e| e.confirmed() && same(&e.target.object))
     }
 
     fn health(&self, id: &ObjectKey) -> Option<Assessment> {

@@ -5,12 +5,14 @@
 //! resourceVersion it was read at, so a writer that lost the lease fails instead of
 //! overwriting what the new leader wrote.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use sha2::{Digest, Sha256};
+
+use crate::core::ObjectKey;
 
 use super::{
     DIGEST_LABEL, Error, INVENTORY_LABEL, Inventory, Record, Result, SHARD_LABEL, configmap_name,
@@ -43,6 +45,10 @@ pub struct Store {
     client: Client,
     namespace: String,
     shard_bytes: usize,
+    /// Per sync, the sharded list last read or written, by digest: shards are named by
+    /// their list's digest and never change, so a head naming the same digest needs them
+    /// neither read nor decoded again.
+    lists: std::sync::Mutex<HashMap<String, (String, BTreeSet<ObjectKey>)>>,
 }
 
 impl Store {
@@ -52,6 +58,7 @@ impl Store {
             client,
             namespace: namespace.to_string(),
             shard_bytes: SHARD_BYTES,
+            lists: Default::default(),
         }
     }
 
@@ -84,22 +91,56 @@ impl Store {
         self.decode(sync, &name, cm).await
     }
 
-    /// A head as read (its shards read too, when it names them).
-    async fn decode(&self, sync: &str, name: &str, cm: ConfigMap) -> Result<Stored> {
-        let data = cm.data.unwrap_or_default();
-        let (text, digest) = match data.get("shards") {
-            Some(shards) => {
-                let (digest, text) = self.load_shards(sync, name, shards).await?;
-                (text, Some(digest))
-            }
-            None => (data.get("inventory").cloned().unwrap_or_default(), None),
-        };
-        let entries = decode_entries(&text).map_err(|(line, message)| Error::Corrupt {
+    /// What an undecodable list is, as the error naming its ConfigMap and line.
+    fn corrupt<'a>(&'a self, name: &'a str) -> impl FnOnce((usize, String)) -> Error + 'a {
+        move |(line, message)| Error::Corrupt {
             namespace: self.namespace.clone(),
             name: name.to_string(),
             line,
             message,
-        })?;
+        }
+    }
+
+    /// The list a head's `shards` (`<digest> <count>`) names, when it is the one last seen.
+    fn known_list(
+        &self,
+        sync: &str,
+        shards: &str,
+    ) -> Option<(BTreeSet<ObjectKey>, Option<String>)> {
+        let digest = shards.split_once(' ')?.0;
+        let lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+        let (known, entries) = lists.get(sync)?;
+        (known == digest).then(|| (entries.clone(), Some(known.clone())))
+    }
+
+    fn remember_list(&self, sync: &str, digest: &str, entries: &BTreeSet<ObjectKey>) {
+        let mut lists = self.lists.lock().unwrap_or_else(|p| p.into_inner());
+        if lists.get(sync).is_none_or(|(d, _)| d != digest) {
+            lists.insert(sync.to_string(), (digest.to_string(), entries.clone()));
+        }
+    }
+
+    /// A head as read (its shards read too, when it names them).
+    async fn decode(&self, sync: &str, name: &str, cm: ConfigMap) -> Result<Stored> {
+        let data = cm.data.unwrap_or_default();
+        let (entries, digest) = match data.get("shards") {
+            Some(shards) => match self.known_list(sync, shards) {
+                Some(known) => known,
+                None => {
+                    let (digest, text) = self.load_shards(sync, name, shards).await?;
+                    let entries = decode_entries(&text).map_err(self.corrupt(name))?;
+                    self.remember_list(sync, &digest, &entries);
+                    (entries, Some(digest))
+                }
+            },
+            None => {
+                let text = data
+                    .get("inventory")
+                    .map(String::as_str)
+                    .unwrap_or_default();
+                (decode_entries(text).map_err(self.corrupt(name))?, None)
+            }
+        };
         let status = data
             .get("status")
             .and_then(|s| serde_json::from_str(s).ok())
@@ -205,6 +246,7 @@ impl Store {
                 self.write_shards(sync, &name, &digest, &parts).await?;
             }
             data.insert("shards".to_string(), format!("{digest} {}", parts.len()));
+            self.remember_list(sync, &digest, &record.inventory.entries);
             Some(digest)
         };
         if let Some(r) = &record.inventory.revision {

@@ -18,12 +18,14 @@ mod crd;
 pub mod exec;
 pub mod helm;
 pub mod kustomize;
+mod memo;
 mod parse;
 #[cfg(test)]
 mod testing;
 mod validate;
 
 use crd::collect_crd;
+pub use memo::{Memo, Reuse, render_with_memo};
 use parse::{Candidate, Compact, JSON_MAX_DEPTH, expand_list, format_of, parse_file};
 pub use validate::add_labels;
 
@@ -436,6 +438,36 @@ pub fn render(
 ) -> Result<Vec<Manifest>, Errors> {
     let mut errors = Vec::new();
     let (candidates, crds) = collect(files, options, &mut errors);
+    finish(candidates, options, scopes, &crds, errors)
+}
+
+/// Validates every candidate, then looks for duplicates: the manifests, or every problem.
+fn finish(
+    candidates: Vec<Compact>,
+    options: &Options,
+    scopes: &dyn Scopes,
+    crds: &HashMap<(String, String), crd::CrdKind>,
+    mut errors: Vec<Located>,
+) -> Result<Vec<Manifest>, Errors> {
+    let manifests = validate_all(candidates, options, scopes, crds, &mut errors);
+    find_duplicates(&manifests, &mut errors);
+    if errors.is_empty() {
+        Ok(manifests)
+    } else {
+        // Stable, so errors on one line keep the order they were found in.
+        errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        Err(Errors(errors))
+    }
+}
+
+/// The valid candidates as manifests, in order; the problems of the others to `errors`.
+fn validate_all(
+    candidates: Vec<Compact>,
+    options: &Options,
+    scopes: &dyn Scopes,
+    crds: &HashMap<(String, String), crd::CrdKind>,
+    errors: &mut Vec<Located>,
+) -> Vec<Manifest> {
     let mut manifests = Vec::with_capacity(candidates.len());
     for c in candidates {
         let (file, line, item) = (c.file.clone(), c.line, c.item);
@@ -446,7 +478,7 @@ pub fn render(
             value: parse_compact(&c.json),
         };
         drop(c.json);
-        match validate(candidate, options, scopes, &crds) {
+        match validate(candidate, options, scopes, crds) {
             Ok(m) => manifests.push(m),
             Err((subject, errs)) => errors.extend(errs.into_iter().map(|error| Located {
                 subject: subject.clone(),
@@ -455,14 +487,7 @@ pub fn render(
             })),
         }
     }
-    find_duplicates(&manifests, &mut errors);
-    if errors.is_empty() {
-        Ok(manifests)
-    } else {
-        // Stable, so errors on one line keep the order they were found in.
-        errors.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
-        Err(Errors(errors))
-    }
+    manifests
 }
 
 /// Every document of every manifest file, in path order, kept compact until validated,

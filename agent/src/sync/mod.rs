@@ -17,7 +17,7 @@ use crate::core::{Action, ChangeSet, OWNER_LABEL, ObjectKey};
 use crate::health::{self, Assessment};
 use crate::inventory::{self, Inventory, Record, Status, Stored};
 use crate::prune;
-use crate::render::{self, Renderer, Scopes};
+use crate::render::{self, Scopes};
 use crate::source;
 
 mod claims;
@@ -68,6 +68,9 @@ pub struct Outcome {
     pub changes: ChangeSet,
     /// Per-object health after the apply (empty when not waited for).
     pub health: Vec<(ObjectKey, Assessment)>,
+    /// How long the health wait took (none when not waited for): the sync's time up to the
+    /// wait is the apply's, the rest is the cluster's controllers.
+    pub health_wait: Option<std::time::Duration>,
     pub failure: Option<Failure>,
     /// The objects as applied (owner labels included), for drift detection; empty when the
     /// revision was not applied.
@@ -99,6 +102,7 @@ impl Outcome {
             revision: revision.to_string(),
             changes: ChangeSet::default(),
             health: Vec::new(),
+            health_wait: None,
             failure: None,
             desired: Vec::new(),
             pools: None,
@@ -149,6 +153,8 @@ pub struct Engine {
     oci: Option<Arc<crate::oci::Shared>>,
     /// Pools found drifted, by sync: a drift is reported once, and its end once.
     infra_drifted: std::sync::Mutex<HashSet<(String, ObjectKey)>>,
+    /// Each sync's last good render, file by file: a new revision renders what it changed.
+    memos: std::sync::Mutex<HashMap<String, render::Memo>>,
     /// Pools named by cluster and name, looked up once.
     resolved: crate::infra::Resolved,
     /// The renderers (kustomize, Helm) and their cache.
@@ -180,6 +186,7 @@ impl Engine {
             claims: claims::Claims::default(),
             oci: None,
             infra_drifted: Default::default(),
+            memos: Default::default(),
             resolved: Default::default(),
             renderers: Default::default(),
             kube_version: Default::default(),
@@ -212,8 +219,8 @@ impl Engine {
         files: &[source::File],
     ) -> InfraDrift {
         let mut out = InfraDrift::default();
-        let none = Inventory::default();
-        let (Ok(manifests), _, _) = self.render(sync, revision, files, &none).await else {
+        let (Ok(manifests), _, _) = self.render(sync, revision, files, &Recorded::new()).await
+        else {
             return out;
         };
         let (pools, _) = infra::split(manifests);
@@ -367,9 +374,11 @@ impl Engine {
             Err(e) => return outcome.failed(Failure::Store(e.to_string())),
         };
         let previous = stored.inventory.clone();
+        // Built once: thousands of lookups (is this object recorded?) in the steps below.
+        let recorded = previous.index();
         // 1. Render, validate and judge the whole revision before any write.
         let (manifests, discovery) = match self
-            .admit(sync, revision, files, &previous, &mut outcome)
+            .admit(sync, revision, files, &previous, &recorded, &mut outcome)
             .await
         {
             Ok(admitted) => admitted,
@@ -403,9 +412,12 @@ impl Engine {
                 .await;
         }
         // 3. Find what other syncs own, record the intent, then apply in stages.
-        let owners = self.owners(sync, &manifests, &previous, opts).await;
+        let owners = self.owners(sync, &manifests, &recorded, opts).await;
         let intent = manifests.iter().filter(|m| !conflicted(m, &owners));
-        if let Err(e) = self.record_intent(sync, &mut stored, intent, opts).await {
+        if let Err(e) = self
+            .record_intent(sync, &mut stored, intent, &recorded, opts)
+            .await
+        {
             return outcome.failed(e);
         }
         // Capacity first: a pool that cannot grow stops the revision before its workloads.
@@ -416,7 +428,7 @@ impl Engine {
                 .stop(sync, &mut stored, &previous, outcome, failure, opts)
                 .await;
         }
-        outcome.changes = match self.apply(&manifests, &previous, &owners, opts).await {
+        outcome.changes = match self.apply(&manifests, &recorded, &owners, opts).await {
             Ok(changes) => changes,
             Err(e) => return outcome.failed(Failure::Source(e.to_string())),
         };
@@ -437,11 +449,8 @@ impl Engine {
         outcome.desired = desired_objects(&manifests, &discovery);
         // 5. Health.
         if sync.health.wait && !opts.dry_run {
-            let waited = self.wait_healthy(sync, &manifests, &outcome.changes, &discovery, opts);
-            match waited.await {
-                Ok(h) => outcome.health = h,
-                Err(e) => outcome.failure = Some(Failure::Health(e.to_string())),
-            }
+            self.health(sync, &manifests, &discovery, &mut outcome, opts)
+                .await;
         }
         if outcome.failure.is_none() {
             outcome.failure = apply_failure(&outcome.changes);
@@ -459,9 +468,10 @@ impl Engine {
         revision: &str,
         files: &[source::File],
         previous: &Inventory,
+        recorded: &Recorded<'_>,
         outcome: &mut Outcome,
     ) -> Result<(Vec<render::Manifest>, Arc<Discovery>), Failure> {
-        let (rendered, discovery, built) = self.render(sync, revision, files, previous).await;
+        let (rendered, discovery, built) = self.render(sync, revision, files, recorded).await;
         outcome.render = built;
         let manifests = rendered.map_err(|errors| Failure::Render {
             revision: revision.to_string(),
@@ -496,7 +506,7 @@ impl Engine {
         sync: &config::Sync,
         revision: &str,
         files: &[source::File],
-        previous: &Inventory,
+        recorded: &Recorded<'_>,
     ) -> (
         Result<Vec<render::Manifest>, render::Errors>,
         Arc<Discovery>,
@@ -511,7 +521,7 @@ impl Engine {
         let mut discovery = self.rm.discovery();
         // 1. Render and validate the whole revision before any write; a kind discovery does
         // not know yet makes it look again (once in a while) before that counts as an error.
-        let mut rendered = render_revision(sync, files, &discovery);
+        let mut rendered = self.render_revision(sync, files, &discovery);
         if let Err(errors) = &rendered
             && errors.iter().any(|e| {
                 matches!(
@@ -522,16 +532,43 @@ impl Engine {
             && matches!(self.rm.refresh_for_unknown_kind().await, Ok(true))
         {
             discovery = self.rm.discovery();
-            rendered = render_revision(sync, files, &discovery);
+            rendered = self.render_revision(sync, files, &discovery);
         }
         let rendered = rendered.and_then(|manifests| {
-            let recorded: HashSet<&ObjectKey> = previous.entries.iter().collect();
             let declared = self
                 .claims
                 .declare(&sync.name, &manifests, |k| recorded.contains(k));
             declared.map(|()| manifests)
         });
         (rendered, discovery, built)
+    }
+
+    /// Renders with the sync's memo: only the files the revision changed are parsed and
+    /// validated again (a kustomization's or chart's output arrives here as files).
+    fn render_revision(
+        &self,
+        sync: &config::Sync,
+        files: &[source::File],
+        discovery: &Arc<Discovery>,
+    ) -> Result<Vec<render::Manifest>, render::Errors> {
+        let ropts = render::Options {
+            default_namespace: sync.namespace.clone(),
+            labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
+            ..Default::default()
+        };
+        // Taken out while rendering: syncs render at the same time, each its own memo.
+        let taken = self
+            .memos
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&sync.name);
+        let mut memo = taken.unwrap_or_default();
+        let scopes: Arc<dyn render::Scopes + Send + Sync> = discovery.clone();
+        let (rendered, reuse) = render::render_with_memo(files, &ropts, &scopes, &mut memo);
+        tracing::debug!(sync = %sync.name, ?reuse, "rendered");
+        let mut memos = self.memos.lock().unwrap_or_else(|p| p.into_inner());
+        memos.insert(sync.name.clone(), memo);
+        rendered
     }
 
     /// The revision's infra specs parsed, compared with OCI and guarded (no write).
@@ -575,15 +612,20 @@ impl Engine {
         sync: &config::Sync,
         stored: &mut Stored,
         manifests: impl Iterator<Item = &'a render::Manifest>,
+        recorded: &Recorded<'_>,
         opts: &Options,
     ) -> Result<(), Failure> {
         if opts.dry_run {
             return Ok(());
         }
-        let intent = stored.inventory.with_intent(manifests.map(|m| &m.id));
-        if intent.entries.len() == stored.inventory.entries.len() {
+        let new: Vec<&ObjectKey> = manifests
+            .map(|m| &m.id)
+            .filter(|id| !recorded.contains(*id))
+            .collect();
+        if new.is_empty() {
             return Ok(());
         }
+        let intent = stored.inventory.with_intent(new);
         let record = Record {
             inventory: intent,
             status: stored.status.clone(),
@@ -602,7 +644,7 @@ impl Engine {
         &self,
         sync: &config::Sync,
         manifests: &[render::Manifest],
-        previous: &Inventory,
+        recorded: &Recorded<'_>,
         opts: &Options,
     ) -> apply::Owners {
         if opts.dry_run {
@@ -611,7 +653,7 @@ impl Engine {
         let unseen: Vec<&ObjectKey> = manifests
             .iter()
             .map(|m| &m.id)
-            .filter(|id| !previous.entries.contains(*id))
+            .filter(|id| !recorded.contains(*id))
             .collect();
         if unseen.is_empty() {
             return apply::Owners::default();
@@ -622,7 +664,7 @@ impl Engine {
     async fn apply(
         &self,
         manifests: &[render::Manifest],
-        previous: &Inventory,
+        recorded: &Recorded<'_>,
         owners: &apply::Owners,
         opts: &Options,
     ) -> Result<ChangeSet, apply::Error> {
@@ -631,7 +673,7 @@ impl Engine {
             .map(|m| Desired {
                 id: &m.id,
                 object: &m.object,
-                inventoried: previous.entries.contains(&m.id) || owners.unchecked.contains(&m.id),
+                inventoried: recorded.contains(&m.id) || owners.unchecked.contains(&m.id),
                 foreign_owner: owners.foreign.get(&m.id).map(String::as_str),
             })
             .collect();
@@ -671,6 +713,24 @@ impl Engine {
             }
         }
         outcome.changes.extend(pruned);
+    }
+
+    /// The health wait, and how long it took, into the outcome.
+    async fn health(
+        &self,
+        sync: &config::Sync,
+        manifests: &[render::Manifest],
+        discovery: &Discovery,
+        outcome: &mut Outcome,
+        opts: &Options,
+    ) {
+        let started = std::time::Instant::now();
+        let waited = self.wait_healthy(sync, manifests, &outcome.changes, discovery, opts);
+        match waited.await {
+            Ok(h) => outcome.health = h,
+            Err(e) => outcome.failure = Some(Failure::Health(e.to_string())),
+        }
+        outcome.health_wait = Some(started.elapsed());
     }
 
     /// Waits for the revision's objects to be healthy. An object this sync did not write
@@ -876,19 +936,8 @@ fn helm_chart(h: &config::Helm) -> render::helm::Chart {
 }
 
 /// The revision rendered with the sync's namespace and owner label.
-fn render_revision(
-    sync: &config::Sync,
-    files: &[source::File],
-    discovery: &Discovery,
-) -> Result<Vec<render::Manifest>, render::Errors> {
-    let ropts = render::Options {
-        default_namespace: sync.namespace.clone(),
-        labels: BTreeMap::from([(OWNER_LABEL.to_string(), sync.name.clone())]),
-        ..Default::default()
-    };
-    // A kustomization's or chart's output arrives here as files (see `built`).
-    render::Plain.render(files, &ropts, discovery)
-}
+/// The previous inventory's objects, for lookups (see [`Inventory::index`]).
+type Recorded<'a> = HashSet<&'a ObjectKey>;
 
 /// The objects of the previous inventory that the revision no longer has.
 fn stale_objects(previous: &Inventory, manifests: &[render::Manifest]) -> Vec<ObjectKey> {

@@ -757,6 +757,7 @@ mod tests {
             revision: revision.into(),
             changes,
             health: vec![],
+            health_wait: None,
             failure,
             desired: vec![],
             pools: None,
