@@ -21,7 +21,8 @@ pub struct Agent {
     pub kubeconfig: PathBuf,
     pub config: PathBuf,
     pub dir: PathBuf,
-    pub sync: String,
+    /// Every sync's name.
+    pub syncs: Vec<String>,
     pub metrics_port: u16,
     pub webhook_port: u16,
 }
@@ -36,6 +37,18 @@ pub struct SyncRun {
     pub requests: u64,
     pub writes: u64,
     pub dry_runs: u64,
+    /// Of `took`, the time spent waiting on health (the rest is fetch, render, apply).
+    pub health_wait: Option<Duration>,
+    /// The process's peak RSS (`sync --once` only), KiB.
+    pub peak_kib: u64,
+}
+
+impl SyncRun {
+    /// From the start to every object applied: the wall time short of the health wait.
+    pub fn applied(&self) -> Duration {
+        self.wall
+            .saturating_sub(self.health_wait.unwrap_or_default())
+    }
 }
 
 /// Where to write the config and what to point it at.
@@ -43,7 +56,12 @@ pub struct Setup<'a> {
     pub binary: &'a Path,
     pub kubeconfig: &'a Path,
     pub dir: &'a Path,
-    pub objects: usize,
+    /// The sync's name (its inventory's): one per corpus copy, so each is synced cold.
+    pub sync: &'a str,
+    /// The source's poll interval (`1h` when only webhooks should trigger).
+    pub interval: &'a str,
+    /// Directories under `deploy/`, one sync each; empty for one sync of `deploy` itself.
+    pub parts: &'a [String],
     pub url: &'a str,
     pub first_namespace: &'a str,
     pub alert_url: &'a str,
@@ -52,7 +70,27 @@ pub struct Setup<'a> {
 impl Agent {
     pub fn configure(s: Setup<'_>) -> anyhow::Result<Self> {
         let (metrics_port, webhook_port) = (free_port()?, free_port()?);
-        let sync = format!("bench-{}", s.objects);
+        let sync = s.sync.to_owned();
+        let names: Vec<String> = match s.parts.is_empty() {
+            true => vec![sync.clone()],
+            false => s.parts.iter().map(|p| format!("{sync}-{p}")).collect(),
+        };
+        let syncs: String = if s.parts.is_empty() {
+            format!(
+                "  - name: {sync}\n    source: {sync}\n    path: deploy\n    namespace: {ns}\n    selfHeal: true\n",
+                ns = s.first_namespace
+            )
+        } else {
+            s.parts
+                .iter()
+                .map(|p| {
+                    format!(
+                        "  - name: {sync}-{p}\n    source: {sync}\n    path: deploy/{p}\n    namespace: {ns}\n    selfHeal: true\n",
+                        ns = s.first_namespace
+                    )
+                })
+                .collect()
+        };
         std::fs::create_dir_all(s.dir.join("webhook"))?;
         std::fs::write(s.dir.join("webhook/github"), format!("{WEBHOOK_SECRET}\n"))?;
         let text = format!(
@@ -60,12 +98,12 @@ impl Agent {
              metrics: {{listen: \"127.0.0.1:{metrics_port}\"}}\n\
              webhook: {{listen: \"127.0.0.1:{webhook_port}\", secretsDir: {dir}/webhook}}\n\
              alerts:\n  sinks:\n    - type: webhook\n      name: bench\n      url: {alert}\n      secretRef: {{name: {ALERT_SECRET}, key: key}}\n\
-             sources:\n  - name: {sync}\n    url: {url}\n    interval: 1h\n\
-             syncs:\n  - name: {sync}\n    source: {sync}\n    path: deploy\n    namespace: {ns}\n    selfHeal: true\n",
+             sources:\n  - name: {sync}\n    url: {url}\n    interval: {interval}\n\
+             syncs:\n{syncs}",
             dir = s.dir.display(),
             alert = s.alert_url,
             url = s.url,
-            ns = s.first_namespace,
+            interval = s.interval,
         );
         let config = s.dir.join("config.yaml");
         std::fs::write(&config, text)?;
@@ -74,7 +112,7 @@ impl Agent {
             kubeconfig: s.kubeconfig.to_owned(),
             config,
             dir: s.dir.to_owned(),
-            sync,
+            syncs: names,
             metrics_port,
             webhook_port,
         })
@@ -95,11 +133,15 @@ impl Agent {
         let mut c = tokio::process::Command::from(self.command());
         c.args(["--log-level", "warn", "sync", "--once"])
             .kill_on_drop(true);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
         let started = Instant::now();
-        let out = tokio::time::timeout(limit, c.output())
+        let child = c.spawn().context("spawn sync --once")?;
+        let peak = tokio::spawn(crate::proc::track_peak(child.id().unwrap_or_default()));
+        let out = tokio::time::timeout(limit, child.wait_with_output())
             .await
             .with_context(|| format!("sync --once did not finish in {limit:?}"))??;
         let wall = started.elapsed();
+        let peak_kib = peak.await.unwrap_or_default();
         let stdout = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             let errors: Vec<&str> = stdout
@@ -119,6 +161,7 @@ impl Agent {
         }
         let mut run = parse_took(&stdout).context("no `took` line in sync --once output")?;
         run.wall = wall;
+        run.peak_kib = peak_kib;
         Ok(run)
     }
 
@@ -142,7 +185,8 @@ impl Agent {
     }
 }
 
-/// Parses `took 1.23s, 456 API requests (7 writes, 8 dry-runs)`.
+/// Parses `took 1.23s, 456 API requests (7 writes, 8 dry-runs)`, with
+/// ` (1.00s of it waiting on health)` after the time when the sync waited.
 pub fn parse_took(stdout: &str) -> Option<SyncRun> {
     let line = stdout
         .lines()
@@ -152,23 +196,23 @@ pub fn parse_took(stdout: &str) -> Option<SyncRun> {
         .filter(|t| !t.is_empty() && *t != ".")
         .filter_map(|t| t.parse().ok())
         .collect();
-    let [took, requests, writes, dry_runs] = nums[..] else {
-        return None;
+    let (took, health_wait, rest) = match nums[..] {
+        [took, waited, ref rest @ ..] if rest.len() == 3 => (took, Some(waited), rest),
+        [took, ref rest @ ..] if rest.len() == 3 => (took, None, rest),
+        _ => return None,
     };
     Some(SyncRun {
         wall: Duration::ZERO,
         took: Duration::from_secs_f64(took),
-        requests: requests as u64,
-        writes: writes as u64,
-        dry_runs: dry_runs as u64,
+        requests: rest[0] as u64,
+        writes: rest[1] as u64,
+        dry_runs: rest[2] as u64,
+        health_wait: health_wait.map(Duration::from_secs_f64),
+        peak_kib: 0,
     })
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
+use crate::proc::free_port;
 
 /// Counters read from the daemon's `/metrics`.
 #[derive(Debug, Clone, Copy)]
@@ -283,36 +327,46 @@ impl Daemon {
         }
     }
 
-    /// Runs `trigger` and waits for the next successful sync; returns its timings and the
-    /// API requests the daemon made meanwhile.
+    /// Runs `trigger` and waits for the next successful sync of every one of `syncs`; returns
+    /// the time to the last and the API requests the daemon made meanwhile.
     pub async fn triggered_sync<F>(
         &self,
         http: &reqwest::Client,
-        sync: &str,
+        syncs: &[String],
         limit: Duration,
         trigger: F,
     ) -> anyhow::Result<SyncRun>
     where
         F: std::future::Future<Output = anyhow::Result<()>>,
     {
-        let before = self.counters(http, sync).await?;
+        let mut before = Vec::new();
+        for s in syncs {
+            before.push(self.counters(http, s).await?);
+        }
         let started = Instant::now();
         trigger.await?;
         loop {
-            let now = self.counters(http, sync).await?;
-            if now.syncs > before.syncs {
+            let mut all = true;
+            for (s, b) in syncs.iter().zip(&before) {
+                all &= self.counters(http, s).await?.syncs > b.syncs;
+            }
+            if all {
                 let wall = started.elapsed();
                 // The request counters are published just after the sync's own metrics.
                 tokio::time::sleep(Duration::from_millis(200)).await;
-                let after = self.counters(http, sync).await?;
+                let mut took = 0.0;
+                for (s, b) in syncs.iter().zip(&before) {
+                    took += self.counters(http, s).await?.sync_seconds - b.sync_seconds;
+                }
+                let (b, after) = (&before[0], self.counters(http, &syncs[0]).await?);
                 return Ok(SyncRun {
                     wall,
-                    took: Duration::from_secs_f64(
-                        (after.sync_seconds - before.sync_seconds).max(0.0),
-                    ),
-                    requests: after.requests - before.requests,
-                    writes: after.writes - before.writes,
-                    dry_runs: after.dry_runs - before.dry_runs,
+                    took: Duration::from_secs_f64(took.max(0.0)),
+                    requests: after.requests - b.requests,
+                    writes: after.writes - b.writes,
+                    dry_runs: after.dry_runs - b.dry_runs,
+                    health_wait: None,
+                    peak_kib: 0,
                 });
             }
             anyhow::ensure!(
@@ -324,14 +378,9 @@ impl Daemon {
         }
     }
 
-    /// Peak resident set size (`VmHWM`) in KiB.
-    pub fn peak_rss_kib(&self) -> anyhow::Result<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .context("no VmHWM in /proc/<pid>/status")
+    /// CPU time and memory of the daemon so far.
+    pub fn usage(&self) -> anyhow::Result<crate::proc::Usage> {
+        crate::proc::usage(self.pid())
     }
 }
 
@@ -352,5 +401,10 @@ mod tests {
         let r = parse_took(out).unwrap();
         assert_eq!(r.took, Duration::from_millis(420));
         assert_eq!((r.requests, r.writes, r.dry_runs), (1234, 0, 17));
+        assert_eq!(r.health_wait, None);
+        let waited = "  took 3.50s (2.25s of it waiting on health), 10 API requests (2 writes, 0 dry-runs)\n";
+        let r = parse_took(waited).unwrap();
+        assert_eq!(r.health_wait, Some(Duration::from_millis(2250)));
+        assert_eq!((r.requests, r.writes, r.dry_runs), (10, 2, 0));
     }
 }

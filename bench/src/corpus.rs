@@ -21,6 +21,15 @@ pub struct Corpus {
     pub objects: usize,
 }
 
+/// The corpus's namespaced kinds: (group, version, kind, plural).
+pub const KINDS: [(&str, &str, &str, &str); 5] = [
+    ("", "v1", "ConfigMap", "configmaps"),
+    ("", "v1", "Secret", "secrets"),
+    ("", "v1", "ServiceAccount", "serviceaccounts"),
+    ("", "v1", "Service", "services"),
+    ("apps", "v1", "Deployment", "deployments"),
+];
+
 /// Share of each kind, in percent (Deployments kept small: every one becomes a kwok pod).
 const MIX: [(&str, usize); 5] = [
     ("ConfigMap", 40),
@@ -40,6 +49,20 @@ impl Corpus {
 
     pub fn namespace(&self, i: usize) -> String {
         format!("{}-{i:02}", self.prefix)
+    }
+
+    /// All its namespaces.
+    pub fn namespaces(&self) -> Vec<String> {
+        (0..NAMESPACES).map(|i| self.namespace(i)).collect()
+    }
+
+    /// How many Deployments (each a kwok pod) it holds.
+    pub fn deployments(&self) -> usize {
+        self.groups()
+            .iter()
+            .filter(|(name, _)| name.ends_with("/deployment"))
+            .map(|(_, objs)| objs.len())
+            .sum()
     }
 
     /// The namespace of the hot and drift ConfigMaps.

@@ -1,5 +1,6 @@
-//! The synthetic repositories and the `git daemon` that serves them on loopback: one bare
-//! repository per corpus, a work tree to commit from, and the daemon child killed on drop.
+//! The synthetic repositories and the servers that serve them on loopback (`git daemon`,
+//! and smart HTTP for the rows against Flux): one bare repository per corpus, a work tree
+//! to commit from, each server stopped on drop.
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -7,6 +8,12 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+
+// Flux's GitRepository refuses `git://`: both contenders fetch over smart HTTP, the same
+// server the end-to-end tests use.
+#[path = "../../tests/harness/http_git.rs"]
+mod http_git;
+pub use http_git::HttpGit;
 
 /// A directory of bare repositories `<name>.git`, each with a work tree beside it.
 pub struct Upstream {

@@ -20,7 +20,7 @@ use crate::sink::Sink;
 const DRIFT_PACE: Duration = Duration::from_millis(2500);
 
 /// Per-sample limit: far beyond any target, so a timeout means "broken", not "slow".
-const SAMPLE_LIMIT: Duration = Duration::from_secs(30);
+pub const SAMPLE_LIMIT: Duration = Duration::from_secs(30);
 
 /// Samples of one latency, with how many never completed.
 #[derive(Debug, Clone, Default)]
@@ -42,46 +42,124 @@ impl Samples {
     }
 }
 
+/// Drift samples: when the alert came, and when the object was back as Git has it.
+#[derive(Debug, Clone, Default)]
+pub struct Drift {
+    pub detected: Samples,
+    pub corrected: Samples,
+}
+
 /// Edits a ConfigMap's data with another field manager (a different one each sample, see
-/// [`Corpus::drift_targets`]), times the `driftDetected` alert, then waits for
-/// `driftResolved` (self-heal) so the next sample starts clean.
-pub async fn drift(api: &Api<ConfigMap>, corpus: &Corpus, sink: &Sink, samples: usize) -> Samples {
-    let pp = PatchParams {
-        field_manager: Some("bench-drift".into()),
-        ..Default::default()
-    };
-    let mut out = Samples::default();
+/// [`Corpus::drift_targets`]), times the `driftDetected` alert and the value's return
+/// (self-heal), and waits for `driftResolved` so the next sample starts clean.
+pub async fn drift(api: &Api<ConfigMap>, corpus: &Corpus, sink: &Sink, samples: usize) -> Drift {
+    let mut out = Drift::default();
     let targets = corpus.drift_targets(samples);
     if targets.is_empty() {
-        out.note = Some("no ConfigMap to edit".into());
+        out.detected.note = Some("no ConfigMap to edit".into());
     }
     for (i, target) in targets.iter().enumerate() {
         let subject = format!("ConfigMap/{}/{target}", corpus.first_namespace());
-        let started = Instant::now();
-        let patch = Patch::Merge(json!({"data": {"value": format!("drift-{i}")}}));
-        if let Err(e) = api.patch(target, &pp, &patch).await {
-            out.note = Some(format!("edit failed: {e}"));
-            out.missed += 1;
-            continue;
-        }
-        match wait_alert(sink, "driftDetected", &subject, started).await {
-            Some(at) => out.times.push(at.duration_since(started)),
-            None => {
-                out.missed += 1;
+        let edited = match edit(api, target, &format!("drift-{i}")).await {
+            Ok(e) => e,
+            Err(e) => {
+                out.detected.note = Some(format!("edit failed: {e}"));
+                out.detected.missed += 1;
                 continue;
             }
+        };
+        match wait_alert(sink, "driftDetected", &subject, edited.at).await {
+            Some(at) => out.detected.times.push(at.duration_since(edited.at)),
+            None => out.detected.missed += 1,
         }
-        if wait_alert(sink, "driftResolved", &subject, started)
+        out.corrected
+            .push(edited.wait_corrected(api, SAMPLE_LIMIT).await);
+        if wait_alert(sink, "driftResolved", &subject, edited.at)
             .await
             .is_none()
         {
-            out.note = Some(format!(
+            out.detected.note = Some(format!(
                 "sample {i}: no driftResolved within {SAMPLE_LIMIT:?}"
             ));
         }
         tokio::time::sleep(DRIFT_PACE).await;
     }
     out
+}
+
+/// An out-of-band edit: what the value was (as Git has it) and when it was changed.
+pub struct Edited {
+    name: String,
+    original: String,
+    pub at: Instant,
+}
+
+/// Sets a ConfigMap's `value` with field manager `bench-drift` (a merge patch, as a hand
+/// edit with kubectl would be).
+pub async fn edit(api: &Api<ConfigMap>, name: &str, value: &str) -> anyhow::Result<Edited> {
+    let original = api
+        .get(name)
+        .await?
+        .data
+        .and_then(|mut d| d.remove("value"))
+        .unwrap_or_default();
+    let pp = PatchParams {
+        field_manager: Some("bench-drift".into()),
+        ..Default::default()
+    };
+    let patch = Patch::Merge(json!({"data": {"value": value}}));
+    let at = Instant::now();
+    api.patch(name, &pp, &patch).await?;
+    Ok(Edited {
+        name: name.to_owned(),
+        original,
+        at,
+    })
+}
+
+impl Edited {
+    /// Time from the edit until the value is back; `None` past `limit`.
+    pub async fn wait_corrected(&self, api: &Api<ConfigMap>, limit: Duration) -> Option<Duration> {
+        while self.at.elapsed() < limit {
+            if let Ok(Some(cm)) = api.get_opt(&self.name).await
+                && cm.data.as_ref().and_then(|d| d.get("value")) == Some(&self.original)
+            {
+                return Some(self.at.elapsed());
+            }
+            tokio::time::sleep(poll_pace(self.at)).await;
+        }
+        None
+    }
+}
+
+/// 10 ms for the first two seconds (the agent's latencies), then 100 ms (Flux's interval).
+fn poll_pace(since: Instant) -> Duration {
+    match since.elapsed() < Duration::from_secs(2) {
+        true => Duration::from_millis(10),
+        false => Duration::from_millis(100),
+    }
+}
+
+/// Commits the hot ConfigMap with `value` under `deploy/` and pushes; the commit id.
+pub fn push_hot(repo: &Repo, corpus: &Corpus, value: &str) -> anyhow::Result<String> {
+    let (path, text) = corpus.hot_file(value);
+    repo.push_file(&format!("deploy/{path}"), &text)
+}
+
+impl Samples {
+    /// A sample that could not be taken, and why.
+    pub fn fail(&mut self, why: String) {
+        self.note = Some(why);
+        self.missed += 1;
+    }
+
+    /// One sample, or a miss.
+    pub fn push(&mut self, sample: Option<Duration>) {
+        match sample {
+            Some(d) => self.times.push(d),
+            None => self.missed += 1,
+        }
+    }
 }
 
 async fn wait_alert(sink: &Sink, kind: &str, subject: &str, since: Instant) -> Option<Instant> {
@@ -141,10 +219,8 @@ pub async fn webhook(
     let mut out = Samples::default();
     for i in 0..samples {
         let value = format!("hook-{i}");
-        let (path, text) = corpus.hot_file(&value);
-        if let Err(e) = repo.push_file(&format!("deploy/{path}"), &text) {
-            out.note = Some(format!("push failed: {e}"));
-            out.missed += 1;
+        if let Err(e) = push_hot(repo, corpus, &value) {
+            out.fail(format!("push failed: {e}"));
             continue;
         }
         let started = Instant::now();
@@ -156,10 +232,7 @@ pub async fn webhook(
             out.missed += 1;
             continue;
         }
-        match wait_value(api, &value, started).await {
-            Some(d) => out.times.push(d),
-            None => out.missed += 1,
-        }
+        out.push(wait_value(api, &value, started, SAMPLE_LIMIT).await);
         // The receiver allows a burst of 5 fetches per source, then 1 a second: pace the
         // samples like real pushes, so the bench times syncing, not the rate limit.
         tokio::time::sleep(WEBHOOK_PACE).await;
@@ -169,8 +242,14 @@ pub async fn webhook(
 
 const WEBHOOK_PACE: Duration = Duration::from_millis(1100);
 
-async fn wait_value(api: &Api<ConfigMap>, value: &str, started: Instant) -> Option<Duration> {
-    while started.elapsed() < SAMPLE_LIMIT {
+/// Polls the hot ConfigMap until its value is `value`: the time from `started`.
+pub async fn wait_value(
+    api: &Api<ConfigMap>,
+    value: &str,
+    started: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    while started.elapsed() < limit {
         if let Ok(Some(cm)) = api.get_opt(HOT).await
             && cm
                 .data
@@ -181,7 +260,7 @@ async fn wait_value(api: &Api<ConfigMap>, value: &str, started: Instant) -> Opti
         {
             return Some(started.elapsed());
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(poll_pace(started)).await;
     }
     None
 }

@@ -1,19 +1,24 @@
-//! `gitops-agent-bench`: starts the local control plane, generates synthetic repositories
-//! of N objects, and measures the agent (cold sync, no-change resync, one-object change,
-//! drift and webhook latency, memory) against `kubectl apply --server-side` and the raw
-//! server-side-apply bound. Reports only: nothing here asserts a time.
+//! `gitops-agent-bench`: starts the local control plane and Flux's controllers, generates
+//! synthetic repositories of N objects, and measures the agent against Flux side by side
+//! (cold sync, no-change reconcile, push → applied, drift, memory), with `kubectl apply
+//! --server-side` and the raw server-side-apply bound for the cold sync. Reports only:
+//! nothing here asserts a time.
 #![forbid(unsafe_code)]
 
 mod agent;
 mod cluster;
 mod corpus;
+mod flux;
 mod git;
 mod latency;
 mod oci;
 mod peers;
 mod policies;
+mod proc;
 mod report;
 mod sink;
+mod targets;
+mod versus;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,37 +26,41 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde_json::json;
 
-use crate::agent::{Agent, SyncRun};
 use crate::cluster::ControlPlane;
 use crate::corpus::Corpus;
-use crate::report::{Measured, Run};
 
 #[derive(Parser, Debug)]
-#[command(about = "Benchmark gitops-agent against kubectl and the apiserver's raw SSA bound")]
+#[command(about = "Benchmark gitops-agent against Flux, kubectl and the apiserver's raw SSA bound")]
 pub struct Args {
-    /// Corpus sizes, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    /// Corpus sizes, comma separated (one sync each).
+    #[arg(long, value_delimiter = ',', default_value = "1000")]
     pub objects: Vec<usize>,
+    /// The large rows: N = 1,000, 5,000 and 20,000 in one sync, and 50,000 across ten.
+    #[arg(long)]
+    large: bool,
     /// Use this running cluster instead of starting the local control plane.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
     /// The agent binary (default: `gitops-agent` beside this binary, i.e. target/release).
     #[arg(long)]
     agent: Option<PathBuf>,
-    /// Samples for the drift and webhook latencies.
-    #[arg(long, default_value_t = 20)]
-    samples: usize,
-    /// Concurrency of the raw bound's client.
-    #[arg(long, default_value_t = 48)]
-    concurrency: usize,
-    /// Skip kubectl and the raw bound (for profiling the agent alone).
-    #[arg(long)]
-    skip_peers: bool,
+    /// Runs of the cold-sync and no-change rows (median and spread).
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Samples of the fast latencies: webhook and drift for the agent.
+    #[arg(long, default_value_t = 10)]
+    pub samples: usize,
+    /// Samples of the slow ones: polling, Flux's webhook path and its interval-bound drift.
+    #[arg(long, default_value_t = 3)]
+    slow_samples: usize,
+    /// kubectl's cold sync runs up to this N (it is 20-30× the raw bound).
+    #[arg(long, default_value_t = 5_000)]
+    kubectl_up_to: usize,
     /// Where the Markdown results go.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/RESULTS.md"))]
     out: PathBuf,
@@ -68,12 +77,9 @@ pub struct Args {
 
 /// Bounds for the long steps: far past any plausible time, so a timeout means broken.
 pub const SYNC_LIMIT: Duration = Duration::from_secs(20 * 60);
-const DAEMON_READY_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// Lets the controllers' churn after one contender (ReplicaSets, kwok pods) settle
 /// before the next is timed.
 pub const SETTLE: Duration = Duration::from_secs(15);
-/// Bound for the controllers to roll out the corpus's Deployments.
-const SETTLE_LIMIT: Duration = Duration::from_secs(10 * 60);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -115,62 +121,87 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
     if args.policies {
         return policies::bench_policies(args, cp, agent_bin).await;
     }
+    let repo_root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .context("bench crate has no parent")?;
     let client = cp.client().await?;
     let kubernetes = cp.version().await;
     prepare_system_namespace(&client).await?;
+    let flux = flux::Flux::start(repo_root, &cp.kubeconfig, &client).await?;
     let sink = sink::Sink::default();
     let alert_url = sink.start().await?;
     let http = reqwest::Client::new();
     let upstream = git::Upstream::new()?;
-    let daemon = git::GitDaemon::start(upstream.root())?;
+    let server = git::HttpGit::anonymous(upstream.root());
     let work = tempfile::Builder::new()
         .prefix("gitops-agent-bench-")
         .tempdir()?;
-
-    let mut runs = Vec::new();
-    for &n in &args.objects {
-        eprintln!("== N = {n}");
-        let ctx = Ctx {
-            args,
-            client: &client,
-            kubeconfig: &cp.kubeconfig,
-            agent_bin,
-            upstream: &upstream,
-            daemon: &daemon,
-            work: work.path(),
-            sink: &sink,
-            alert_url: &alert_url,
-            http: &http,
-        };
-        runs.push(ctx.run(n).await);
+    let env = versus::Env {
+        client: &client,
+        kubeconfig: &cp.kubeconfig,
+        agent_bin,
+        upstream: &upstream,
+        git: &server,
+        work: work.path(),
+        sink: &sink,
+        alert_url: &alert_url,
+        http: &http,
+        flux: &flux,
+        repeat: args.repeat,
+        samples: args.samples,
+        slow_samples: args.slow_samples,
+        kubectl_up_to: args.kubectl_up_to,
+    };
+    let sizes = match args.large {
+        true => vec![1_000, 5_000, 20_000],
+        false => args.objects.clone(),
+    };
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        rows.push(env.row(n).await);
     }
-
-    let machine = report::Machine::describe(kubernetes);
-    let mut notes = vec![
-        "Each contender applies the same objects into its own fresh namespaces (`b-agent-N-*`, `b-kubectl-N-*`, `b-raw-N-*`), so every cold sync is really cold; contenders run one after another with a 15 s pause for the controllers' churn to settle.".to_owned(),
-        "Object mix per namespace (10 namespaces, Namespace objects included in N): 40% ConfigMaps, 20% Secrets (stringData), 15% ServiceAccounts, 20% Services, 5% Deployments (1 replica; kept at 5% because each becomes a ReplicaSet and a kwok pod). Services are headless: the local control plane's service range is a /24.".to_owned(),
-        "Agent times are the `sync --once` process wall time (start, Git fetch, render, apply, exit); the agent's own `took` is shown beside it. The agent runs its default config, health waiting included: its times include waiting until every object is healthy, which kubectl and the raw bound do not do.".to_owned(),
-        format!("The raw bound: kube-rs, `Patch::Apply` with force, {} requests in flight, Namespaces first, no GETs, no dry-runs.", args.concurrency),
-        "kubectl is v1.32 against a v1.34 server: two minor versions apart, outside kubectl's supported skew of ±1; server-side apply worked across it here.".to_owned(),
-        format!("Drift: `selfHeal: true`; each of {} samples edits a different ConfigMap's data (one object healed more than three times a minute is a fight the agent stops healing) with field manager `bench-drift` (merge patch) and times the `driftDetected` alert at a loopback webhook sink, then waits for `driftResolved`. Webhook: push a commit to the `git daemon` source, POST a signed GitHub push webhook, poll GET every 10 ms until the value is live.", args.samples),
-        "Drift samples are 2.5 s apart: each raises two alerts and a sink delivers at most one a second after a burst of ten (the agent's default), so back-to-back samples would time that rate limiter (about 1 s each), not the detection.".to_owned(),
-        "Daemon rows: a signed webhook for the unchanged revision, then one after a one-object push, each once the controllers have rolled out the corpus's Deployments and the daemon has made no request for 2 s; timed from the webhook to the sync's end, and counting every request the daemon made meanwhile (from its `/metrics`). The change's 7 are the inventory's read and write, the object's GET, dry-run and apply, and the drift detector's GET and dry-run confirming the new state.".to_owned(),
-        "Numbers are one run each, not averages.".to_owned(),
-    ];
-    notes.extend(runs.iter().filter_map(where_time_goes));
-    let text = report::render(&runs, &machine, &notes);
+    if args.large {
+        rows.push(env.row_many(10, 5_000).await);
+    }
+    let mut machine = report::Machine::describe(kubernetes);
+    machine.flux = format!(
+        "{} (built from their Go modules by bench/flux/build)",
+        flux.versions
+    );
+    let text = report::render(&rows, &machine, &notes(args));
     println!("\n{text}");
+    let command = match args.large {
+        true => "cargo run --release -p gitops-agent-bench -- --large".to_owned(),
+        false => format!(
+            "cargo run --release -p gitops-agent-bench -- --objects {}",
+            sizes
+                .iter()
+                .map(usize::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
     let doc = format!(
-        "# Benchmark results\n\nProduced by `cargo build --release -p gitops-agent && cargo run --release -p gitops-agent-bench -- --objects {}` (see README.md, \"Benchmark\").\n\n{text}",
-        args.objects
-            .iter()
-            .map(usize::to_string)
-            .collect::<Vec<_>>()
-            .join(",")
+        "# Benchmark results: the agent against Flux\n\nProduced by `cargo build --release -p gitops-agent && {command}` (see README.md, \"Benchmark\").\n\n{text}"
     );
     std::fs::write(&args.out, doc).with_context(|| args.out.display().to_string())?;
     eprintln!("results written to {}", args.out.display());
     Ok(())
+}
+
+/// How each row was measured, for the report.
+fn notes(args: &Args) -> Vec<String> {
+    vec![
+        "Same control plane, same Git server (`git http-backend` over loopback HTTP: Flux's GitRepository refuses `git://`), same corpus. Each contender's copy lives in its own namespaces (`b-agent<k>-N-*`, `b-flux<k>-N-*`, `b-raw<k>-N-*`), so every cold sync is really cold; copies done with are deleted before the next contender runs, and contenders alternate (agent, Flux, raw bound) with a 15 s pause between them.".to_owned(),
+        "Object mix per namespace (10 namespaces, Namespace objects included in N): 40% ConfigMaps, 20% Secrets (stringData), 15% ServiceAccounts, 20% headless Services, 5% Deployments (1 replica, each a kwok pod).".to_owned(),
+        format!("Cold sync, agent: `gitops-agent sync --once` at its default config (health wait on), process wall time; \"applied\" is that short of the time it reports waiting on health. Flux: a Kustomization (`prune: true`, `wait: true`) created once its GitRepository's artifact is stored (the commit known), timed to the status that says it starts health checks (applied) and to Ready (healthy). Median and spread of {} runs; kubectl (`apply --server-side -R`) once, up to N = {}.", args.repeat, args.kubectl_up_to),
+        "The raw bound: kube-rs, `Patch::Apply` with force, 48 requests in flight, Namespaces first, no GETs, no dry-runs, no health.".to_owned(),
+        "No-change reconcile: the agent's daemon (`gitops-agent run`, its default config) triggered by a signed GitHub webhook for the unchanged revision; Flux's Kustomization triggered by the `reconcile.fluxcd.io/requestedAt` annotation (what `flux reconcile` writes), timed to `status.lastHandledReconcileAt` with Ready. Requests: the agent's `/metrics`, Flux's `rest_client_requests_total` of both controllers. Objects written: every corpus object's resourceVersion listed before and after. CPU: user + system time from `/proc` of the agent's daemon or both Flux controllers.".to_owned(),
+        format!("Push → applied by webhook: a commit changing one ConfigMap, then a signed webhook to the agent, or for Flux the reconcile request on the GitRepository that its Receiver makes (Flux's notification-controller is not served by the module proxy here, so no Receiver runs); timed until the value is live (GET every 10 ms). Agent {} samples, Flux {}. Polling: both contenders' sources polled every 10 s, {} samples each, each at a different point of the interval.", args.samples, args.slow_samples, args.slow_samples),
+        format!("Drift: a merge patch of a ConfigMap's data by another field manager, timed until the value is back as Git has it. The agent: `selfHeal: true`, {} samples, each a different ConfigMap, 2.5 s apart (its alert rate limit). Flux corrects drift only when it reconciles: its Kustomization at a 1-minute interval, {} samples at different points of the interval. Flux's `interval` is required and has no default; `flux bootstrap` writes 10m, where a correction takes up to 10 minutes.", args.samples, args.slow_samples),
+        "Memory: `VmHWM` and `VmRSS` from `/proc`. The agent's peak is the larger of its `sync --once` processes (sampled every 50 ms) and its daemons; Flux's is both controllers' summed, over the whole run (one pair of processes serves every Kustomization). Steady: after the rows.".to_owned(),
+        "Both contenders run at their defaults: Flux's controllers with `--kube-api-qps 50 --kube-api-burst 300 --concurrent 4 --concurrent-ssa 4`, and the agent with its own.".to_owned(),
+    ]
 }
 
 /// The OCI row at each N, to `bench/RESULTS-oci.md`.
@@ -237,249 +268,10 @@ pub async fn prepare_system_namespace(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What every step of one size's run needs.
-struct Ctx<'a> {
-    args: &'a Args,
-    client: &'a Client,
-    kubeconfig: &'a Path,
-    agent_bin: &'a Path,
-    upstream: &'a git::Upstream,
-    daemon: &'a git::GitDaemon,
-    work: &'a Path,
-    sink: &'a sink::Sink,
-    alert_url: &'a str,
-    http: &'a reqwest::Client,
-}
-
-fn measured<T>(what: &str, r: anyhow::Result<T>) -> Measured<T> {
-    r.map_err(|e| {
-        eprintln!("{what}: {e:#}");
-        format!("{e:#}")
-    })
-}
-
-impl Ctx<'_> {
-    async fn run(&self, n: usize) -> Run {
-        let corpus = Corpus::new("agent", n);
-        let setup = self.setup_agent(&corpus);
-        let (agent, repo, url) = match setup {
-            Ok(v) => v,
-            Err(e) => {
-                let e = format!("setup: {e:#}");
-                eprintln!("{e}");
-                return Run {
-                    objects: n,
-                    agent_cold: Err(e.clone()),
-                    kubectl_cold: Err(e.clone()),
-                    raw_cold: Err(e.clone()),
-                    resync_once: Err(e.clone()),
-                    change_once: Err(e.clone()),
-                    resync_daemon: Err(e.clone()),
-                    change_daemon: Err(e.clone()),
-                    drift: Err(e.clone()),
-                    webhook: Err(e.clone()),
-                    peak_rss_kib: Err(e),
-                };
-            }
-        };
-
-        eprintln!("cold sync: agent");
-        let agent_cold = measured("agent cold", agent.sync_once(SYNC_LIMIT).await);
-        report_sync("agent cold", &agent_cold);
-        tokio::time::sleep(SETTLE).await;
-
-        let (kubectl_cold, raw_cold) = if self.args.skip_peers {
-            let skipped = || Err("skipped (--skip-peers)".to_owned());
-            (skipped(), skipped())
-        } else {
-            self.peers(n).await
-        };
-
-        eprintln!("no-change resync");
-        let resync = measured("resync", agent.sync_once(SYNC_LIMIT).await);
-        report_sync("resync", &resync);
-
-        eprintln!("one-object change");
-        let change = match push_hot(&repo, &corpus, "changed-once") {
-            Ok(()) => measured("change", agent.sync_once(SYNC_LIMIT).await),
-            Err(e) => measured("change", Err(e)),
-        };
-        report_sync("change", &change);
-
-        let d = self.daemon_steps(&agent, &repo, &corpus, &url).await;
-        Run {
-            objects: n,
-            agent_cold,
-            kubectl_cold,
-            raw_cold,
-            resync_once: resync,
-            change_once: change,
-            resync_daemon: d.resync,
-            change_daemon: d.change,
-            drift: d.drift,
-            webhook: d.webhook,
-            peak_rss_kib: d.peak_rss_kib,
-        }
-    }
-
-    /// Cold syncs of kubectl and the raw bound, each into its own fresh namespaces.
-    async fn peers(&self, n: usize) -> (Measured<Duration>, Measured<Duration>) {
-        eprintln!("cold sync: kubectl");
-        let kubectl_cold = measured("kubectl cold", self.kubectl(n).await);
-        eprintln!("  {kubectl_cold:?}");
-        tokio::time::sleep(SETTLE).await;
-
-        eprintln!("cold sync: raw bound");
-        let raw = Corpus::new("raw", n).all();
-        let raw_cold = measured(
-            "raw cold",
-            peers::raw(self.client, &raw, self.args.concurrency).await,
-        );
-        eprintln!("  {raw_cold:?}");
-        tokio::time::sleep(SETTLE).await;
-        (kubectl_cold, raw_cold)
-    }
-
-    fn setup_agent(&self, corpus: &Corpus) -> anyhow::Result<(Agent, git::Repo, String)> {
-        let name = format!("corpus-{}", corpus.objects);
-        let repo = self
-            .upstream
-            .create(&name, |work| corpus.write(&work.join("deploy")))?;
-        let url = self.daemon.url(&name);
-        let dir = self.work.join(format!("agent-{}", corpus.objects));
-        std::fs::create_dir_all(&dir)?;
-        let first = corpus.first_namespace();
-        let agent = Agent::configure(agent::Setup {
-            binary: self.agent_bin,
-            kubeconfig: self.kubeconfig,
-            dir: &dir,
-            objects: corpus.objects,
-            url: &url,
-            first_namespace: &first,
-            alert_url: self.alert_url,
-        })?;
-        Ok((agent, repo, url))
-    }
-
-    async fn kubectl(&self, n: usize) -> anyhow::Result<Duration> {
-        let dir = self.work.join(format!("kubectl-{n}"));
-        Corpus::new("kubectl", n).write(&dir)?;
-        peers::kubectl(self.kubeconfig, &dir, SYNC_LIMIT).await
-    }
-
-    /// Steps 2 to 6 in the daemon, on the synced corpus: drift and webhook latencies, a
-    /// no-change resync and a one-object change (each triggered by a webhook, timed and
-    /// counted from the daemon's metrics), then its peak RSS.
-    async fn daemon_steps(
-        &self,
-        agent: &Agent,
-        repo: &git::Repo,
-        corpus: &Corpus,
-        url: &str,
-    ) -> DaemonResults {
-        eprintln!("daemon: starting");
-        let failed = |e: String| DaemonResults {
-            drift: Err(e.clone()),
-            webhook: Err(e.clone()),
-            resync: Err(e.clone()),
-            change: Err(e.clone()),
-            peak_rss_kib: Err(e),
-        };
-        let mut daemon = match agent.start_daemon() {
-            Ok(d) => d,
-            Err(e) => return failed(format!("{e:#}")),
-        };
-        if let Err(e) = daemon
-            .wait_synced(self.http, &agent.sync, DAEMON_READY_LIMIT)
-            .await
-        {
-            let e = format!("{e:#}");
-            eprintln!("daemon: {e}");
-            return failed(e);
-        }
-        // The watches are started with the first sync; give them a moment to list.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), &corpus.first_namespace());
-        eprintln!("daemon: drift samples");
-        let drift = latency::drift(&cms, corpus, self.sink, self.args.samples).await;
-        eprintln!(
-            "  median {:?} worst {:?} missed {}",
-            drift.median(),
-            drift.worst(),
-            drift.missed
-        );
-        eprintln!("daemon: webhook samples");
-        let hook = latency::Hook {
-            http: self.http,
-            port: agent.webhook_port,
-            url,
-            secret: agent::WEBHOOK_SECRET.as_bytes(),
-        };
-        let webhook = latency::webhook(&cms, repo, corpus, &hook, self.args.samples).await;
-        eprintln!(
-            "  median {:?} worst {:?} missed {}",
-            webhook.median(),
-            webhook.worst(),
-            webhook.missed
-        );
-
-        eprintln!("daemon: no-change resync");
-        let pid = std::process::id();
-        let resync = async {
-            // Until the controllers have rolled out every Deployment, each still gets
-            // metadata written (the revision annotation), which the daemon rightly judges:
-            // wait, so the counts are the resync's own.
-            settle_deployments(self.client, corpus, SETTLE_LIMIT).await?;
-            daemon.quiet(self.http, &agent.sync, SYNC_LIMIT).await?;
-            daemon
-                .triggered_sync(
-                    self.http,
-                    &agent.sync,
-                    SYNC_LIMIT,
-                    hook.post(&format!("bench-resync-{pid}")),
-                )
-                .await
-        }
-        .await;
-        let resync = measured("daemon resync", resync);
-        report_sync("daemon resync", &resync);
-
-        eprintln!("daemon: one-object change");
-        let change = async {
-            daemon.quiet(self.http, &agent.sync, SYNC_LIMIT).await?;
-            push_hot(repo, corpus, "daemon-change")?;
-            daemon
-                .triggered_sync(
-                    self.http,
-                    &agent.sync,
-                    SYNC_LIMIT,
-                    hook.post(&format!("bench-change-{pid}")),
-                )
-                .await
-        }
-        .await;
-        let change = measured("daemon change", change);
-        report_sync("daemon change", &change);
-
-        let rss = measured("peak RSS", daemon.peak_rss_kib());
-        eprintln!(
-            "  peak RSS {rss:?} KiB; daemon log {}",
-            daemon.log.display()
-        );
-        DaemonResults {
-            drift: Ok(drift),
-            webhook: Ok(webhook),
-            resync,
-            change,
-            peak_rss_kib: rss,
-        }
-    }
-}
-
 /// Waits until the deployment controller is done with every Deployment of the corpus: the
 /// revision annotation set and the latest generation observed. (Not availability: kwok's
 /// pods come and go with its fake nodes' heartbeats on a loaded machine.)
-async fn settle_deployments(
+pub async fn settle_deployments(
     client: &Client,
     corpus: &Corpus,
     limit: Duration,
@@ -513,55 +305,8 @@ async fn settle_deployments(
     }
 }
 
-/// What the daemon steps measured.
-struct DaemonResults {
-    drift: Measured<latency::Samples>,
-    webhook: Measured<latency::Samples>,
-    resync: Measured<SyncRun>,
-    change: Measured<SyncRun>,
-    peak_rss_kib: Measured<u64>,
-}
-
-/// Derived from the counts: what the agent's requests per object are.
-fn where_time_goes(r: &Run) -> Option<String> {
-    let s = r.resync_once.as_ref().ok()?;
-    let n = r.objects.max(1) as f64;
-    Some(format!(
-        "N = {}: the one-shot no-change resync made {:.2} API requests per object ({} dry-runs, {} writes: a GET and a dry-run per object, as a one-shot process has no watch cache), {:.1} ms per object; the daemon's made {}. The cold sync made {} (one apply each: an object the inventory never listed is not read first).",
-        r.objects,
-        s.requests as f64 / n,
-        s.dry_runs,
-        s.writes,
-        s.took.as_secs_f64() * 1000.0 / n,
-        r.resync_daemon
-            .as_ref()
-            .map(|d| format!(
-                "{} requests in all ({} dry-runs, {} writes)",
-                d.requests, d.dry_runs, d.writes
-            ))
-            .unwrap_or_else(|_| "n/a".into()),
-        r.agent_cold
-            .as_ref()
-            .map(|c| format!("{:.2} per object", c.requests as f64 / n))
-            .unwrap_or_else(|_| "n/a".into()),
-    ))
-}
-
-fn push_hot(repo: &git::Repo, corpus: &Corpus, value: &str) -> anyhow::Result<()> {
-    let (path, text) = corpus.hot_file(value);
-    repo.push_file(&format!("deploy/{path}"), &text)?;
-    Ok(())
-}
-
-fn report_sync(what: &str, r: &Measured<SyncRun>) {
-    if let Ok(s) = r {
-        eprintln!(
-            "  {what}: {:.2}s wall, took {:.2}s, {} requests ({} writes, {} dry-runs)",
-            s.wall.as_secs_f64(),
-            s.took.as_secs_f64(),
-            s.requests,
-            s.writes,
-            s.dry_runs
-        );
-    }
+/// Lets the controllers' churn after one contender (ReplicaSets, kwok pods) settle before
+/// the next is timed.
+pub async fn settle() {
+    tokio::time::sleep(SETTLE).await;
 }

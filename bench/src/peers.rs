@@ -46,6 +46,9 @@ pub async fn kubectl(kubeconfig: &Path, dir: &Path, limit: Duration) -> anyhow::
     Ok(took)
 }
 
+/// Requests the raw bound keeps in flight.
+pub const CONCURRENCY: usize = 48;
+
 /// Server-side applies every object, Namespaces first, `concurrency` at a time.
 pub async fn raw(
     client: &Client,

@@ -49,19 +49,19 @@ pub async fn bench_policies(
                     binary: agent_bin,
                     kubeconfig: &cp.kubeconfig,
                     dir: &dir,
-                    objects: n,
+                    sync: &name,
+                    interval: "1h",
+                    parts: &[],
                     url: &daemon.url(&name),
                     first_namespace: &first,
                     alert_url: &alert_url,
                 })?;
                 // Its own sync (and inventory) each time, and no health wait: the kwok
                 // rollout of the Deployments would dwarf what is measured.
-                let mut text = std::fs::read_to_string(&agent.config)?
-                    .replace(&format!("bench-{n}"), &name)
-                    .replace(
-                        "    selfHeal: true\n",
-                        "    selfHeal: true\n    health: {wait: false}\n",
-                    );
+                let mut text = std::fs::read_to_string(&agent.config)?.replace(
+                    "    selfHeal: true\n",
+                    "    selfHeal: true\n    health: {wait: false}\n",
+                );
                 if with_pack {
                     text.push_str(&format!(
                         "policies: {{dir: {}, packs: [{PACK}]}}\n",
