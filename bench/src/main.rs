@@ -43,6 +43,9 @@ pub struct Args {
     /// The large rows: N = 1,000, 5,000 and 20,000 in one sync, and 50,000 across ten.
     #[arg(long)]
     large: bool,
+    /// Only the row of 50,000 objects across ten syncs (the last of `--large`).
+    #[arg(long, conflicts_with = "large")]
+    many: bool,
     /// Use this running cluster instead of starting the local control plane.
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
@@ -152,15 +155,16 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
         slow_samples: args.slow_samples,
         kubectl_up_to: args.kubectl_up_to,
     };
-    let sizes = match args.large {
-        true => vec![1_000, 5_000, 20_000],
-        false => args.objects.clone(),
+    let sizes = match (args.large, args.many) {
+        (true, _) => vec![1_000, 5_000, 20_000],
+        (_, true) => Vec::new(),
+        _ => args.objects.clone(),
     };
     let mut rows = Vec::new();
     for &n in &sizes {
         rows.push(env.row(n).await);
     }
-    if args.large {
+    if args.large || args.many {
         rows.push(env.row_many(10, 5_000).await);
     }
     let mut machine = report::Machine::describe(kubernetes);
@@ -170,9 +174,10 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
     );
     let text = report::render(&rows, &machine, &notes(args));
     println!("\n{text}");
-    let command = match args.large {
-        true => "cargo run --release -p gitops-agent-bench -- --large".to_owned(),
-        false => format!(
+    let command = match (args.large, args.many) {
+        (true, _) => "cargo run --release -p gitops-agent-bench -- --large".to_owned(),
+        (_, true) => "cargo run --release -p gitops-agent-bench -- --many".to_owned(),
+        _ => format!(
             "cargo run --release -p gitops-agent-bench -- --objects {}",
             sizes
                 .iter()
