@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use futures::{StreamExt as _, TryStreamExt as _};
+use futures::StreamExt as _;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt as _, watcher};
@@ -359,23 +359,36 @@ impl Flux {
         limit: Duration,
         mut done: impl FnMut(&DynamicObject) -> Option<T>,
     ) -> anyhow::Result<(DynamicObject, T)> {
-        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut events = watcher(self.api(kind), config).applied_objects().boxed();
+        // The server ends each watch before the client's 60 s read timeout would; a watch
+        // that fails anyway is started again (backoff), as a controller's would be.
+        let config = watcher::Config::default()
+            .fields(&format!("metadata.name={name}"))
+            .timeout(45);
+        let mut events = watcher(self.api(kind), config)
+            .default_backoff()
+            .applied_objects()
+            .boxed();
         let mut last = None;
         let found = tokio::time::timeout(limit, async {
-            while let Some(o) = events.try_next().await? {
+            while let Some(event) = events.next().await {
+                let o = match event {
+                    Ok(o) => o,
+                    Err(e) => {
+                        eprintln!("  {kind:?}/{name}: watch restarted: {e}");
+                        continue;
+                    }
+                };
                 if let Some(v) = done(&o) {
-                    return Ok::<_, anyhow::Error>(Some((o, v)));
+                    return Some((o, v));
                 }
                 last = Some(o);
             }
-            Ok(None)
+            None
         })
         .await;
         match found {
-            Ok(Ok(Some(v))) => Ok(v),
-            Ok(Ok(None)) => anyhow::bail!("{kind:?}/{name}: watch ended"),
-            Ok(Err(e)) => Err(e),
+            Ok(Some(v)) => Ok(v),
+            Ok(None) => anyhow::bail!("{kind:?}/{name}: watch ended"),
             Err(_) => {
                 for c in &self.controllers {
                     c.check_alive()?;

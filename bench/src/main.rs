@@ -108,13 +108,24 @@ async fn main() -> anyhow::Result<()> {
         None => ControlPlane::up(repo_root)?,
     };
     // Run inside a function so the control plane guard drops (and stops it) on every path.
-    // Ctrl-C ends the run the same way, so child processes and the control plane stop.
+    // Ctrl-C and SIGTERM end the run the same way, so child processes and the control plane stop.
     let result = tokio::select! {
         r = bench(&args, &cp, &agent_bin) => r,
         _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        _ = terminated() => Err(anyhow::anyhow!("terminated")),
     };
     drop(cp);
     result
+}
+
+/// SIGTERM (a `kill`, a timeout): stopped like Ctrl-C, the control plane with it.
+async fn terminated() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut s) => {
+            s.recv().await;
+        }
+        Err(_) => std::future::pending().await,
+    }
 }
 
 async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Result<()> {
@@ -160,21 +171,27 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
         (_, true) => Vec::new(),
         _ => args.objects.clone(),
     };
-    let mut rows = Vec::new();
-    for &n in &sizes {
-        rows.push(env.row(n).await);
-    }
-    if args.large || args.many {
-        rows.push(env.row_many(10, 5_000).await);
-    }
     let mut machine = report::Machine::describe(kubernetes);
     machine.flux = format!(
         "{} (built from their Go modules by bench/flux/build)",
         flux.versions
     );
-    let text = report::render(&rows, &machine, &notes(args));
-    println!("\n{text}");
-    let command = match (args.large, args.many) {
+    let command = command(args, &sizes);
+    // Written after every size, so a long run that is stopped keeps what it measured.
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        rows.push(env.row(n).await);
+        write_results(args, &command, &rows, &machine, false)?;
+    }
+    if args.large || args.many {
+        rows.push(env.row_many(10, 5_000).await);
+    }
+    write_results(args, &command, &rows, &machine, true)
+}
+
+/// The command line that reproduces this run.
+fn command(args: &Args, sizes: &[usize]) -> String {
+    match (args.large, args.many) {
         (true, _) => "cargo run --release -p gitops-agent-bench -- --large".to_owned(),
         (_, true) => "cargo run --release -p gitops-agent-bench -- --many".to_owned(),
         _ => format!(
@@ -185,12 +202,29 @@ async fn bench(args: &Args, cp: &ControlPlane, agent_bin: &Path) -> anyhow::Resu
                 .collect::<Vec<_>>()
                 .join(",")
         ),
+    }
+}
+
+fn write_results(
+    args: &Args,
+    command: &str,
+    rows: &[versus::Row],
+    machine: &report::Machine,
+    done: bool,
+) -> anyhow::Result<()> {
+    let text = report::render(rows, machine, &notes(args));
+    let partial = match done {
+        true => "",
+        false => "**The run is still going: the sizes so far.**\n\n",
     };
     let doc = format!(
-        "# Benchmark results: the agent against Flux\n\nProduced by `cargo build --release -p gitops-agent && {command}` (see README.md, \"Benchmark\").\n\n{text}"
+        "# Benchmark results: the agent against Flux\n\nProduced by `cargo build --release -p gitops-agent && {command}` (see README.md, \"Benchmark\").\n\n{partial}{text}"
     );
     std::fs::write(&args.out, doc).with_context(|| args.out.display().to_string())?;
-    eprintln!("results written to {}", args.out.display());
+    if done {
+        println!("\n{text}");
+        eprintln!("results written to {}", args.out.display());
+    }
     Ok(())
 }
 
