@@ -8,7 +8,7 @@
 //! renders the whole revision again whenever the context changes, or a changed file
 //! defines CRDs or did before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use super::parse::format_of;
@@ -84,10 +84,11 @@ pub fn render_with_memo(
                 .is_none_or(|r| r.content != f.content)
         })
         .collect();
+    let present: HashSet<&str> = paths.iter().map(|f| f.path.as_str()).collect();
     let gone_defined_crds = memo
         .files
         .iter()
-        .any(|(p, r)| r.defines_crds && !paths.iter().any(|f| f.path == *p));
+        .any(|(p, r)| r.defines_crds && !present.contains(p.as_str()));
     let touched_crds = gone_defined_crds
         || changed
             .iter()
@@ -96,8 +97,7 @@ pub fn render_with_memo(
         return (full(&paths, options, scopes, memo), Reuse::Full);
     }
     let mut errors = Vec::new();
-    let owned: Vec<File> = changed.iter().map(|f| (*f).clone()).collect();
-    let (candidates, crds) = collect(&owned, options, &mut errors);
+    let (candidates, crds) = collect(changed.iter().copied(), options, &mut errors);
     if !crds.is_empty() {
         return (full(&paths, options, scopes, memo), Reuse::Full);
     }
@@ -113,35 +113,28 @@ pub fn render_with_memo(
         // render's (a duplicate across files, the object limit, every file's problems).
         return (full(&paths, options, scopes, memo), Reuse::Full);
     }
-    let mut fresh_by_file: HashMap<&str, Vec<Manifest>> = HashMap::new();
+    let mut fresh_by_file: HashMap<String, Vec<Manifest>> = HashMap::new();
     for m in fresh {
-        // `m.file` is one of the changed files' paths, which outlive this map.
-        let path = changed
-            .iter()
-            .find(|f| f.path == m.file)
-            .map(|f| f.path.as_str());
-        fresh_by_file
-            .entry(path.unwrap_or_default())
-            .or_default()
-            .push(m);
+        fresh_by_file.entry(m.file.clone()).or_default().push(m);
     }
+    let changed_paths: HashSet<&str> = changed.iter().map(|f| f.path.as_str()).collect();
     let mut manifests = Vec::new();
     for f in &paths {
-        match fresh_by_file.get(f.path.as_str()) {
-            Some(m) => manifests.extend(m.iter().cloned()),
-            None if changed.iter().any(|c| c.path == f.path) => {}
-            None => manifests.extend(memo.files[&f.path].manifests.iter().cloned()),
+        match changed_paths.contains(f.path.as_str()) {
+            // A changed file without objects (now empty, say) has no entry.
+            true => manifests.extend(fresh_by_file.get(&f.path).into_iter().flatten().cloned()),
+            false => manifests.extend(memo.files[&f.path].manifests.iter().cloned()),
         }
     }
     find_duplicates(&manifests, &mut errors);
     if manifests.len() > options.limits.max_objects || !errors.is_empty() {
         return (full(&paths, options, scopes, memo), Reuse::Full);
     }
-    memo.files.retain(|p, _| paths.iter().any(|f| f.path == *p));
+    memo.files.retain(|p, _| present.contains(p.as_str()));
     for f in &changed {
         let rendered = Rendered {
             content: f.content.clone(),
-            manifests: fresh_by_file.remove(f.path.as_str()).unwrap_or_default(),
+            manifests: fresh_by_file.remove(&f.path).unwrap_or_default(),
             defines_crds: false,
         };
         memo.files.insert(f.path.clone(), rendered);
@@ -156,19 +149,19 @@ fn full(
     scopes: &Arc<dyn Scopes + Send + Sync>,
     memo: &mut Memo,
 ) -> Result<Vec<Manifest>, Errors> {
-    let files: Vec<File> = paths.iter().map(|f| (*f).clone()).collect();
     let mut errors = Vec::new();
-    let (candidates, crds) = collect(&files, options, &mut errors);
+    let (candidates, crds) = collect(paths.iter().copied(), options, &mut errors);
     let manifests = super::finish(candidates, options, scopes.as_ref(), &crds, errors)?;
-    let mut by_file: HashMap<String, Rendered> = files
-        .into_iter()
+    // Copied only now, for a revision that rendered: the memo owns what it compares with.
+    let mut by_file: HashMap<String, Rendered> = paths
+        .iter()
         .map(|f| {
             let r = Rendered {
-                content: f.content,
+                content: f.content.clone(),
                 manifests: Vec::new(),
                 defines_crds: false,
             };
-            (f.path, r)
+            (f.path.clone(), r)
         })
         .collect();
     for m in &manifests {

@@ -492,14 +492,14 @@ fn validate_all(
 
 /// Every document of every manifest file, in path order, kept compact until validated,
 /// with the kinds the revision's CRDs define.
-fn collect(
-    files: &[File],
+fn collect<'a>(
+    files: impl IntoIterator<Item = &'a File>,
     options: &Options,
     errors: &mut Vec<Located>,
 ) -> (Vec<Compact>, HashMap<(String, String), crd::CrdKind>) {
     // The caller sorts, but output order is part of the contract, so do not depend on it.
     let mut files: Vec<&File> = files
-        .iter()
+        .into_iter()
         .filter(|f| format_of(&f.path).is_some())
         .collect();
     files.sort_by(|a, b| a.path.cmp(&b.path));
