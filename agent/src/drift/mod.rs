@@ -337,21 +337,11 @@ impl Detector {
     /// resync reads) and those not known healthy, for the gauges.
     pub fn counts(&self) -> HashMap<String, Counts> {
         let st = self.lock();
-        // Every scrape walks every object: per object, no allocation and (as entries of a
-        // sync tend to come in runs) mostly no lookup of its sync either.
-        let mut out: Vec<(&str, Counts)> = Vec::new();
-        let mut last = 0;
+        // Every scrape walks every object: keyed by the borrowed name, nothing is
+        // allocated per object.
+        let mut out: HashMap<&str, Counts> = HashMap::new();
         for (k, e) in &st.entries {
-            if out.get(last).is_none_or(|(s, _)| *s != e.sync) {
-                last = match out.iter().position(|(s, _)| *s == e.sync) {
-                    Some(i) => i,
-                    None => {
-                        out.push((&e.sync, Counts::default()));
-                        out.len() - 1
-                    }
-                };
-            }
-            let c = &mut out[last].1;
+            let c = out.entry(e.sync.as_str()).or_default();
             c.drifted += usize::from(e.active.is_some());
             let dirty = !st.dirty.is_empty() && st.dirty.contains(k);
             c.unconfirmed += usize::from(!e.confirmed() || dirty);
